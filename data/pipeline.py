@@ -1,0 +1,137 @@
+"""`tf.data` pipelines for registered tasks, from local files or TensorFlow Datasets.
+
+    >>> import data
+    >>> ds = data.load("mnist", "train", data_dir="../shared/datasets", batch_size=128)
+    >>> x, y = next(iter(ds))       # x: [128, 28, 28, 1] float32, y: [128] int64
+
+Local sources stream files (paths are shuffled, images/audio decoded in the
+map), so datasets never have to fit in memory. Without `data_dir` the task's
+TFDS builder is used (downloads on first use, as on Colab).
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from data import local
+from data.spec import AUDIO, SPLITS, TaskSpec, get
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _files(spec: TaskSpec, split: str, data_dir: str) -> local.FileList:
+    if spec.multilabel:
+        return local.list_multilabel_files(spec, split, data_dir)
+    source = get(spec.source_task) if spec.source_task else spec
+    files = local.list_files(source, split, data_dir)
+    if spec.label_map is None:
+        return files
+    labels = np.asarray(spec.label_map, np.int64)[files.labels]
+    keep = np.flatnonzero(labels >= 0)
+    return local.FileList(tuple(files.paths[i] for i in keep), labels[keep],
+                          spec.class_names)
+
+
+def num_examples(task: str, split: str, data_dir: str) -> int:
+    """Number of local examples of `task`/`split` under `data_dir`."""
+    return len(_files(get(task), split, data_dir).paths)
+
+
+def _decode(spec: TaskSpec, path):
+    contents = tf.io.read_file(path)
+    if spec.kind == AUDIO:
+        audio, _ = tf.audio.decode_wav(contents, desired_channels=1)
+        return audio[:, 0]
+    image = tf.io.decode_image(contents, channels=spec.channels, expand_animations=False)
+    image.set_shape([None, None, spec.channels])
+    return image
+
+
+def _tfds_examples(spec: TaskSpec, split: str):
+    if spec.tfds_name is None:
+        raise ValueError(f"task {spec.name!r} has no TensorFlow Datasets source: pass "
+                         f"--data_dir with the layout {spec.name}/<split>/<class>/<file>")
+    import tensorflow_datasets as tfds  # imported lazily: heavy and only for TFDS use
+
+    tfds_split = spec.tfds_splits.get(split, split)
+    try:
+        ds = tfds.load(spec.tfds_name, split=tfds_split, shuffle_files=False)
+    except Exception as err:  # network, missing builder, manual download
+        raise RuntimeError(f"could not load TFDS dataset {spec.tfds_name!r} split "
+                           f"{tfds_split!r} for task {spec.name!r} ({err}); offline, "
+                           f"pass --data_dir with local files") from err
+    x_key, y_key = spec.tfds_keys
+
+    def unpack(ex):
+        x = ex[x_key]
+        if spec.kind == AUDIO:
+            x = tf.cast(x, tf.float32) / 32768.0
+        y = ex[y_key]
+        if spec.multilabel:
+            y = tf.cast(tf.stack([y[k] for k in sorted(y)]), tf.float32)
+        elif spec.label_map is not None:
+            y = tf.gather(tf.constant(spec.label_map, tf.int64), tf.cast(y, tf.int64))
+        return x, y
+
+    ds = ds.map(unpack, num_parallel_calls=AUTOTUNE)
+    if spec.label_map is not None and not spec.multilabel:
+        ds = ds.filter(lambda x, y: y >= 0)
+    return ds
+
+
+def load(task: str, split: str, data_dir: str | None = None, batch_size: int = 64,
+         seed: int = 0, shuffle: bool | None = None, augment: bool = False,
+         limit: int | None = None, drop_remainder: bool = False) -> tf.data.Dataset:
+    """A batched, prefetched dataset of (inputs, labels) for `task` and `split`.
+
+    Args:
+      task: registered task name (see `data.available()`).
+      split: "train", "validation" or "test"; missing local splits are carved
+        from train (see `data.local`).
+      data_dir: local folder or tarball(s); None loads from TFDS.
+      batch_size: examples per batch.
+      seed: shuffling and augmentation seed (same seed, same order).
+      shuffle: shuffle examples; defaults to True for "train".
+      augment: apply the task's augmentation (train-time only).
+      limit: keep the first `limit` examples (after shuffling), for quick runs.
+
+    Returns:
+      Dataset of (x [batch, *input_shape] float32, y [batch] int64, or
+      [batch, attributes] float32 for multi-label tasks).
+
+    Raises:
+      ValueError / FileNotFoundError: unknown task or split, missing or
+        malformed local data, naming what was looked for.
+    """
+    spec = get(task)
+    if split not in SPLITS:
+        raise ValueError(f"expected split in {SPLITS}, received {split!r}")
+    shuffle = (split == "train") if shuffle is None else shuffle
+    if data_dir:
+        files = _files(spec, split, data_dir)
+        ds = tf.data.Dataset.from_tensor_slices((list(files.paths), files.labels))
+        if shuffle:
+            ds = ds.shuffle(len(files.paths), seed=seed, reshuffle_each_iteration=True)
+        if limit:
+            ds = ds.take(limit)
+        ds = ds.map(lambda p, y: (_decode(spec, p), y), num_parallel_calls=AUTOTUNE,
+                    deterministic=True)
+    else:
+        ds = _tfds_examples(spec, split)
+        if shuffle:
+            ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
+        if limit:
+            ds = ds.take(limit)
+    if augment and spec.augment is not None:
+        rand = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        ds = tf.data.Dataset.zip((ds, rand.batch(2))).map(
+            lambda xy, s: (spec.augment(xy[0], s), xy[1]), num_parallel_calls=AUTOTUNE,
+            deterministic=True)
+    shape = spec.input_shape
+
+    def prepare(x, y):
+        x = tf.ensure_shape(spec.preprocess(x), shape)
+        return x, y
+
+    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)

@@ -1,0 +1,19 @@
+"""CIFAR-10: 32x32 RGB, pixels/255, 10 classes by name."""
+from data import features
+from data.spec import IMAGE, TaskSpec, register_task
+
+INPUT_SHAPE = (32, 32, 3)
+CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+               "ship", "truck")
+
+
+def preprocess(image):
+    """uint8 [32, 32, 3] -> float32 [32, 32, 3] in [0, 1]."""
+    return features.scale_image(image)
+
+
+SPEC = register_task(TaskSpec(
+    name="cifar10", kind=IMAGE, input_shape=INPUT_SHAPE, class_names=CLASS_NAMES,
+    preprocess=preprocess, channels=3, tfds_name="cifar10", default_model="nwv_cifar10",
+    tfds_splits={"train": "train[:90%]", "validation": "train[90%:]", "test": "test"},
+))
