@@ -1,0 +1,44 @@
+"""Evaluate an artifact on a task split; the LAST printed line is one JSON object.
+
+    python scripts/evaluate.py --task=mnist --model=nwv_mnist \
+        --weights=../shared/reference/nwv/mnist.npz --data_dir=../shared/datasets --split=test
+
+`--weights` is a folder written by train.py, a `.keras` file, or a reference
+`.npz` together with `--model`. Prints e.g.
+{"task": "mnist", "split": "test", "accuracy": 0.99, "loss": 0.03, "examples": 5999, ...}
+"""
+import json
+
+import _cli
+from absl import flags
+
+import data
+from models import artifacts, training
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("task", None, "Task to evaluate on.", required=True)
+flags.DEFINE_string("weights", None, "Artifact: train.py folder, .keras or .npz.",
+                    required=True)
+flags.DEFINE_string("model", None, "Registered model name (needed for a .npz).")
+flags.DEFINE_string("data_dir", None, "Local data folder or tarball; default TFDS.")
+flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split to evaluate.")
+flags.DEFINE_integer("batch_size", 256, "Batch size.")
+flags.DEFINE_integer("limit", None, "Evaluate at most this many examples.")
+flags.DEFINE_integer("seed", 0, "Random seed (evaluation is deterministic; kept for "
+                     "uniformity).")
+
+
+def main(argv):
+    del argv
+    data.get(FLAGS.task)  # unknown task: fail before loading anything
+    training.set_seed(FLAGS.seed)
+    model = artifacts.load_model(FLAGS.weights, FLAGS.model)
+    training.check_compatible(model, FLAGS.task)
+    result = training.evaluate(model, FLAGS.task, FLAGS.split, FLAGS.data_dir,
+                               FLAGS.batch_size, FLAGS.limit)
+    result.update(weights=FLAGS.weights, model=model.name)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    _cli.run(main)

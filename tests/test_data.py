@@ -1,0 +1,109 @@
+"""Task modules: declared shapes from local folders and tarballs, carving, clear errors."""
+import os
+
+import numpy as np
+import pytest
+
+import data
+from tests.conftest import write_images
+
+
+@pytest.mark.parametrize("task", ["mnist", "cifar10", "tts_commands", "mnist_parity",
+                                  "tts_directions", "cifar10_animals"])
+@pytest.mark.parametrize("split", ["train", "validation", "test"])
+def test_pipeline_yields_declared_shapes(tiny_data, task, split):
+    spec = data.get(task)
+    x, y = next(iter(data.load(task, split, tiny_data, batch_size=4)))
+    assert x.shape[1:] == spec.input_shape
+    assert x.dtype.name == "float32" and y.dtype.name == "int64"
+    assert np.all(np.isfinite(x.numpy()))
+    assert 0 <= y.numpy().min() and y.numpy().max() < spec.num_classes
+
+
+def test_carved_splits_are_disjoint_stratified_and_fixed(tiny_data):
+    spec = data.get("mnist")
+    parts = {s: data.list_files(spec, s, tiny_data) for s in data.SPLITS}
+    sets = {s: set(f.paths) for s, f in parts.items()}
+    assert not sets["train"] & sets["test"] and not sets["train"] & sets["validation"]
+    assert not sets["validation"] & sets["test"]
+    assert sum(len(v) for v in sets.values()) == 200
+    assert np.bincount(parts["test"].labels).tolist() == [2] * 10
+    assert data.list_files(spec, "test", tiny_data).paths == parts["test"].paths
+
+
+def test_existing_test_split_is_used_not_carved(tiny_data):
+    spec = data.get("cifar10")
+    test = data.list_files(spec, "test", tiny_data)
+    assert len(test.paths) == 30 and all("/test/" in p for p in test.paths)
+    train = data.list_files(spec, "train", tiny_data)
+    val = data.list_files(spec, "validation", tiny_data)
+    assert len(train.paths) + len(val.paths) == 80  # only validation carved
+
+
+def test_derived_task_relabels_and_drops(tiny_data):
+    animals = data.list_files(data.get("cifar10"), "test", tiny_data)
+    assert data.num_examples("cifar10_animals", "test", tiny_data) == 18
+    assert len(animals.paths) == 30
+
+
+def test_same_seed_same_order(tiny_data):
+    def labels(seed):
+        ds = data.load("mnist", "train", tiny_data, batch_size=200, seed=seed)
+        return next(iter(ds))[1].numpy()
+    assert np.array_equal(labels(3), labels(3))
+    assert not np.array_equal(labels(3), labels(4))
+
+
+def test_audio_augmentation_is_seeded(tiny_data):
+    def first(seed):
+        ds = data.load("tts_commands", "train", tiny_data, batch_size=8, seed=seed,
+                       shuffle=False, augment=True)
+        return next(iter(ds))[0].numpy()
+    assert np.array_equal(first(1), first(1))
+    assert not np.array_equal(first(1), first(2))
+
+
+def test_directory_of_task_itself_and_tarball_path(tiny_data, tmp_path):
+    direct = data.num_examples("mnist", "test", os.path.join(tiny_data, "mnist"))
+    assert direct == 20
+    tarball = os.path.join(tiny_data, "cifar10_train.tar.gz")
+    assert data.num_examples("cifar10", "test", tarball) == 30
+
+
+def test_unknown_task_suggests():
+    with pytest.raises(ValueError, match="did you mean mnist"):
+        data.get("mnits")
+
+
+def test_missing_task_names_places(tiny_data):
+    with pytest.raises(FileNotFoundError, match="no data for task 'svhn'.*svhn_"):
+        data.load("svhn", "train", tiny_data)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data.load("mnist", "train", "/nonexistent/folder")
+
+
+def test_malformed_folders_are_clear(tmp_path):
+    write_images(str(tmp_path), "mnist", "train", ["0", "banana"], 2, (28, 28, 1))
+    with pytest.raises(ValueError, match=r"class folders \['banana'\]"):
+        data.load("mnist", "train", str(tmp_path))
+    os.makedirs(tmp_path / "svhn" / "extra")
+    with pytest.raises(ValueError, match="splits present: \\['extra'\\]"):
+        data.load("svhn", "test", str(tmp_path))
+    (tmp_path / "gtsrb_train.tar.gz").write_bytes(b"not a tarball")
+    with pytest.raises(ValueError, match="cannot read tarball"):
+        data.load("gtsrb", "train", str(tmp_path))
+
+
+def test_task_without_tfds_needs_data_dir():
+    with pytest.raises(ValueError, match="no TensorFlow Datasets source"):
+        data.load("gtsrb", "train")
+
+
+def test_every_task_declares_consistent_metadata():
+    import models
+    for name in data.available():
+        spec = data.get(name)
+        assert spec.num_classes >= 2 and len(spec.input_shape) == 3
+        if spec.default_model in ("nwv_mnist", "nwv_cifar10", "nwv_tts", "nwv_gsc"):
+            info = models.info(spec.default_model)
+            assert info.input_shape == spec.input_shape

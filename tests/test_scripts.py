@@ -1,0 +1,71 @@
+"""train.py and evaluate.py end to end on tiny data, in subprocesses as users run them."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def run_script(name, *args, check=True):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", name), *args],
+                          capture_output=True, text=True, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("run"))
+    run_script("train.py", "--task=mnist", "--model=lenet_300_100", f"--out={out}",
+               f"--data_dir={tiny_data}", "--epochs=3", "--batch_size=32", "--verbose=0",
+               "--seed=3")
+    return out
+
+
+def test_train_writes_model_and_metrics(trained):
+    metrics = json.load(open(os.path.join(trained, "metrics.json")))
+    assert os.path.exists(os.path.join(trained, "model.keras"))
+    assert metrics["task"] == "mnist" and 1 <= metrics["best_epoch"] <= 3
+    assert metrics["val_accuracy"] == max(metrics["history"]["val_accuracy"])
+
+
+def test_evaluate_last_line_is_json(trained, tiny_data):
+    proc = run_script("evaluate.py", "--task=mnist", f"--weights={trained}",
+                      f"--data_dir={tiny_data}", "--split=test")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    metrics = json.load(open(os.path.join(trained, "metrics.json")))
+    assert result["task"] == "mnist" and result["examples"] == 20
+    assert abs(result["accuracy"] - metrics["test_accuracy"]) < 1e-6
+
+
+def test_same_seed_same_model(trained, tiny_data, tmp_path):
+    run_script("train.py", "--task=mnist", "--model=lenet_300_100", f"--out={tmp_path}",
+               f"--data_dir={tiny_data}", "--epochs=3", "--batch_size=32", "--verbose=0",
+               "--seed=3")
+    a = json.load(open(os.path.join(trained, "metrics.json")))["history"]
+    b = json.load(open(os.path.join(tmp_path, "metrics.json")))["history"]
+    assert a == b
+
+
+def test_evaluate_reference_npz(shared_dir, tiny_data):
+    proc = run_script("evaluate.py", "--task=mnist", "--model=nwv_mnist",
+                      f"--weights={shared_dir}/reference/nwv/mnist.npz",
+                      f"--data_dir={tiny_data}")
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["model"] == "nwv_mnist"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--task=mnsit", "--weights=x"], "unknown task 'mnsit'"),
+    (["--task=mnist", "--weights=/nope"], "no model artifact"),
+    (["--task=cifar10", "--model=nwv_mnist", "--weights=REF"], "takes inputs"),
+])
+def test_evaluate_errors_are_clear(args, message, tiny_data, shared_dir):
+    args = [a.replace("REF", f"{shared_dir}/reference/nwv/mnist.npz") for a in args]
+    proc = run_script("evaluate.py", *args, f"--data_dir={tiny_data}", check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
