@@ -1,0 +1,366 @@
+"""Page matching: map the pages of several networks onto one shared page pool.
+
+Neural weight virtualization (NWV, Lee & Nirjon, MobiSys 2020) stores networks
+in one pool of weight pages; each network reads its pages through an injective
+page table. Matching page i of a network (weights w₁, Fisher F₁) onto pool page j
+(w₂, F₂) costs the Fisher-weighted squared distance of the paper:
+
+    C_ij = Σ_k (F₁_ik + F₂_jk) (w₁_ik − w₂_jk)²
+
+Pool state (`PoolState`):
+  * `weights` [m, P]: the value of each pool page. When pages share a pool page
+    it holds their Fisher-weighted mean (ΣF w)/(ΣF) per weight (the plain mean
+    where ΣF = 0): the quadratic (Laplace) approximation of every sharing
+    network's loss is minimised there, so it is the starting point for the
+    joint optimisation (retraining) that follows matching.
+  * `fisher` [m, P]: the *summed* Fisher of the pages mapped onto each pool
+    page. The sum (not the mean) is what the running Fisher-weighted mean needs
+    (w ← (F_pool w_pool + F w)/(F_pool + F)), and in the cost it makes a pool
+    page that already carries important weights of k networks k times as
+    expensive to move again, since moving it hurts all of them.
+  * `occupancy` [m]: how many networks map a page onto each pool page.
+
+The pool starts empty; the first network's pages are copied into it bit for bit
+and its page table is the identity. A network with more pages than the pool
+grows the pool by the difference (new pool pages are occupancy-0 pages that
+cost nothing to take); so that the pool size is that of the largest network,
+add networks largest first (`order_for_pooling`).
+
+Both methods fill the least-occupied pool pages first: with pool levels
+(distinct occupancies) L₀ < L₁ < ..., a network of n pages takes every pool
+page of the lowest levels and part of the first level it does not exhaust.
+Within this feasible set (injective tables, level quotas):
+
+  * `greedy` (the original NWV scheme): pages in decreasing Fisher mass
+    (Σ_k F_ik) each take their cheapest still-free partner among the pool pages
+    of the lowest occupancy level with free pages left. When the pool grows,
+    the most Fisher-heavy pages thus get the new (exclusive) pool pages.
+  * `optimal`: the minimum-cost assignment (`scipy.optimize.linear_sum_assignment`)
+    under the same quotas. It is solved as ONE assignment over the levels that
+    the network reaches, with dummy rows that may only take pages of the
+    partially filled level: a separate assignment per level would be myopic
+    (it picks which pages go to the lowest level looking at that level alone)
+    and can end up costlier than greedy, whereas this is the exact optimum
+    over greedy's feasible set, so optimal cost ≤ greedy cost always. When the
+    network lies within one level it is exactly the per-level assignment. When
+    the pool grows, it chooses which pages get new pool pages by cost.
+
+Pages that take new (occupancy-0) pool pages are numbered in page order, which
+makes the first network's table the identity. Everything is pure numpy/scipy
+and deterministic.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Sequence
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+
+class MatchingMethod(str, enum.Enum):
+    """Page matching algorithm; a string ("greedy", "optimal") is accepted."""
+    GREEDY = "greedy"
+    OPTIMAL = "optimal"
+
+    @classmethod
+    def parse(cls, method) -> "MatchingMethod":
+        """MatchingMethod from an enum member or a (case-insensitive) name."""
+        if isinstance(method, cls):
+            return method
+        try:
+            return cls(str(method).lower())
+        except ValueError:
+            raise ValueError(f"expected a matching method in {[m.value for m in cls]}, "
+                             f"received {method!r}") from None
+
+
+def _check_pages(w, f, name: str, page_size: int | None = None):
+    """float64 copies of a (weights, Fisher) pair of [n, P] arrays, validated."""
+    w, f = np.asarray(w, np.float64), np.asarray(f, np.float64)
+    if w.ndim != 2 or w.shape[1] < 1:
+        raise ValueError(f"expected {name} weights of shape [n, P] with P >= 1, "
+                         f"received {w.shape}")
+    if f.shape != w.shape:
+        raise ValueError(f"expected {name} Fisher of shape {w.shape} (as its weights), "
+                         f"received {f.shape}")
+    if page_size is not None and w.shape[1] != page_size:
+        raise ValueError(f"expected {name} pages of size {page_size}, received "
+                         f"{w.shape[1]}")
+    for array, what in ((w, "weights"), (f, "Fisher")):
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"expected finite {name} {what}, received "
+                             f"{int(np.sum(~np.isfinite(array)))} NaN/inf value(s)")
+    if np.any(f < 0):
+        raise ValueError(f"expected non-negative {name} Fisher, received minimum "
+                         f"{f.min()}")
+    return w, f
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PoolState:
+    """Shared page pool (read-only arrays; compared by identity).
+
+    Attributes:
+      weights: [m, P] float32 page values (Fisher-weighted means of shared pages).
+      fisher: [m, P] float32 summed Fisher of the pages mapped onto each page.
+      occupancy: [m] int64 number of networks using each page.
+    """
+    weights: np.ndarray
+    fisher: np.ndarray
+    occupancy: np.ndarray
+
+    def __post_init__(self):
+        w, f = _check_pages(self.weights, self.fisher, "pool")
+        occ = np.asarray(self.occupancy)
+        if occ.shape != (w.shape[0],):
+            raise ValueError(f"expected occupancy of shape ({w.shape[0]},), received "
+                             f"{occ.shape}")
+        if occ.size and (not np.issubdtype(occ.dtype, np.integer) or occ.min() < 0):
+            raise ValueError(f"expected non-negative integer occupancy, received dtype "
+                             f"{occ.dtype}, minimum {occ.min()}")
+        for key, value, dtype in (("weights", self.weights, np.float32),
+                                  ("fisher", self.fisher, np.float32),
+                                  ("occupancy", occ, np.int64)):
+            value = np.array(value, dtype=dtype)  # a private copy
+            value.setflags(write=False)
+            object.__setattr__(self, key, value)
+
+    @property
+    def n_pages(self) -> int:
+        return int(self.weights.shape[0])
+
+    @property
+    def page_size(self) -> int:
+        return int(self.weights.shape[1])
+
+    @classmethod
+    def empty(cls, page_size: int) -> "PoolState":
+        """A pool of 0 pages of `page_size` weights."""
+        if page_size < 1:
+            raise ValueError(f"expected page_size >= 1, received {page_size}")
+        zeros = np.zeros((0, page_size), np.float32)
+        return cls(zeros, zeros, np.zeros(0, np.int64))
+
+    @classmethod
+    def from_network(cls, w_pages, f_pages) -> "PoolState":
+        """The pool holding one network's pages bit for bit (occupancy 1)."""
+        w, _ = _check_pages(w_pages, f_pages, "network")
+        return cls(np.asarray(w_pages, np.float32), np.asarray(f_pages, np.float32),
+                   np.ones(w.shape[0], np.int64))
+
+
+def page_costs(w_net, f_net, w_pool, f_pool) -> np.ndarray:
+    """Matching cost of every network page against every pool page.
+
+    C_ij = Σ_k (F_net,ik + F_pool,jk)(w_net,ik − w_pool,jk)², computed for all
+    pairs at once by expanding the square into six matrix-product / row-sum
+    terms (float64). Round-off is floored: entries at most 4(P+2)·ε times the
+    sum of the non-negative terms are set to 0, so identical pages cost exactly 0
+    and no entry is negative.
+
+    Args:
+      w_net, f_net: [n, P] network page weights and Fisher (F ≥ 0).
+      w_pool, f_pool: [m, P] pool page weights and Fisher.
+
+    Returns:
+      [n, m] float64 costs.
+
+    Raises:
+      ValueError: mismatched shapes, NaN/inf, negative Fisher.
+    """
+    a, fa = _check_pages(w_net, f_net, "network")
+    b, fb = _check_pages(w_pool, f_pool, "pool", page_size=a.shape[1])
+    a2, b2 = a * a, b * b
+    t1 = np.sum(fa * a2, axis=1)[:, None]          # Σ F₁ w₁²
+    t3 = fa @ b2.T                                 # Σ F₁ w₂²
+    t4 = a2 @ fb.T                                 # Σ F₂ w₁²
+    t6 = np.sum(fb * b2, axis=1)[None, :]          # Σ F₂ w₂²
+    cross = (fa * a) @ b.T + a @ (fb * b).T        # Σ F₁ w₁ w₂ + Σ F₂ w₁ w₂
+    costs = (t1 + t3) + (t4 + t6) - 2.0 * cross
+    scale = (t1 + t3) + (t4 + t6)
+    costs[costs <= 4.0 * (a.shape[1] + 2) * np.finfo(np.float64).eps * scale] = 0.0
+    return np.maximum(costs, 0.0)
+
+
+def _pair_costs(w, f, w_pool, f_pool, table) -> np.ndarray:
+    """Exact C_i,table[i] per page, by the direct formula ([n] float64)."""
+    diff = w - w_pool[table]
+    return np.sum((f + f_pool[table]) * diff * diff, axis=1)
+
+
+def _level_quotas(occupancy: np.ndarray, n: int):
+    """Pool pages a network of n pages must fill (lowest occupancy first).
+
+    Returns (full, partial, quota): pages of the levels taken entirely, pages of
+    the level taken in part (quota of them), lowest level first.
+    """
+    full, need = [], n
+    for level in np.unique(occupancy):
+        cols = np.flatnonzero(occupancy == level)
+        if need >= cols.size:
+            full.append(cols)
+            need -= cols.size
+        else:
+            return (np.concatenate(full) if full else np.zeros(0, np.int64)), cols, need
+        if need == 0:
+            break
+    return (np.concatenate(full) if full else np.zeros(0, np.int64)), \
+        np.zeros(0, np.int64), 0
+
+
+def _match_greedy(costs, mass, occupancy) -> np.ndarray:
+    n, m = costs.shape
+    order = np.lexsort((np.arange(n), -mass))       # Fisher mass desc, then index
+    levels = [np.flatnonzero(occupancy == lv) for lv in np.unique(occupancy)]
+    free = np.ones(m, bool)
+    table = np.empty(n, np.int64)
+    level = 0
+    for i in order:
+        while not free[levels[level]].any():
+            level += 1
+        cand = levels[level][free[levels[level]]]
+        row = costs[i, cand]
+        j = cand[np.argmin(row)]                    # ties: lowest pool index
+        if i < m and free[i] and occupancy[i] == occupancy[j] and costs[i, i] <= row.min():
+            j = i                                   # ties: keep a page in its own slot
+        table[i] = j
+        free[j] = False
+    return table
+
+
+def _match_optimal(costs, occupancy) -> np.ndarray:
+    n = costs.shape[0]
+    full, partial, quota = _level_quotas(occupancy, n)
+    cols = np.concatenate([full, partial])
+    matrix = costs[:, cols]
+    if partial.size > quota:                        # dummies absorb unused partial pages
+        dummy = np.full((partial.size - quota, cols.size), np.inf)
+        dummy[:, full.size:] = 0.0
+        matrix = np.vstack([matrix, dummy])
+    rows, picked = linear_sum_assignment(matrix)
+    table = np.empty(n, np.int64)
+    keep = rows < n
+    table[rows[keep]] = cols[picked[keep]]
+    return table
+
+
+def match_network(pool: PoolState, w_net_pages, f_net_pages,
+                  method: MatchingMethod | str = MatchingMethod.GREEDY):
+    """Maps a network's pages onto the pool (growing it if needed) and merges them.
+
+    Cost of the network: Σ_i C_i,t(i) with C_ij = Σ_k (F_ik + F_pool,jk)(w_ik −
+    w_pool,jk)² against the pool before the merge (0 for pages taking empty
+    pool pages). Merge of page i into pool page j = t(i):
+      w_pool,j ← (F_pool,j w_pool,j + F_i w_i) / (F_pool,j + F_i)   (per weight;
+                 (o_j w_pool,j + w_i)/(o_j + 1) where F_pool,j + F_i = 0),
+      F_pool,j ← F_pool,j + F_i,  o_j ← o_j + 1;  empty pages take w_i, F_i as is.
+
+    Args:
+      pool: current PoolState ([m, P]).
+      w_net_pages, f_net_pages: [n, P] the network's pages and their Fisher.
+      method: MatchingMethod or "greedy" / "optimal".
+
+    Returns:
+      (page_table [n] int64 injective into the new pool, new PoolState
+       [max(m, n), P], total_cost float).
+
+    Raises:
+      ValueError: page-size mismatch, bad shapes, NaN/inf, negative Fisher,
+        unknown method.
+    """
+    method = MatchingMethod.parse(method)
+    if not isinstance(pool, PoolState):
+        raise ValueError(f"expected a PoolState, received {type(pool).__name__}")
+    w, f = _check_pages(w_net_pages, f_net_pages, "network", page_size=pool.page_size)
+    n, m = w.shape[0], pool.n_pages
+    if n == 0:
+        raise ValueError("expected a network of at least one page, received 0 pages")
+    grow = max(0, n - m)
+    occupancy = np.concatenate([pool.occupancy, np.zeros(grow, np.int64)])
+    w_pool = np.concatenate([pool.weights, np.zeros((grow, w.shape[1]), np.float32)])
+    f_pool = np.concatenate([pool.fisher, np.zeros((grow, w.shape[1]), np.float32)])
+    costs = np.zeros((n, m + grow))
+    used = np.flatnonzero(pool.occupancy > 0)
+    if used.size:
+        costs[:, used] = page_costs(w, f, pool.weights[used], pool.fisher[used])
+
+    if method is MatchingMethod.GREEDY:
+        table = _match_greedy(costs, f.sum(axis=1), occupancy)
+    else:
+        table = _match_optimal(costs, occupancy)
+    new_pages = np.flatnonzero(table >= m)          # number new pool pages in page order
+    table[new_pages] = m + np.arange(new_pages.size)
+
+    shared = occupancy[table] > 0
+    pair = _pair_costs(w, f, w_pool.astype(np.float64), f_pool.astype(np.float64), table)
+    total_cost = float(np.sum(pair[shared]))
+
+    new_w, new_f, new_occ = w_pool.copy(), f_pool.copy(), occupancy.copy()
+    fresh = table[~shared]
+    new_w[fresh] = np.asarray(w_net_pages, np.float32)[~shared]   # bit for bit
+    new_f[fresh] = np.asarray(f_net_pages, np.float32)[~shared]
+    j = table[shared]
+    if j.size:
+        fp, wp = f_pool[j].astype(np.float64), w_pool[j].astype(np.float64)
+        fi, wi = f[shared], w[shared]
+        total_f = fp + fi
+        occ = occupancy[j][:, None].astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            merged = np.where(total_f > 0, (fp * wp + fi * wi) / total_f,
+                              (occ * wp + wi) / (occ + 1.0))
+        new_w[j], new_f[j] = merged, total_f
+    new_occ[table] += 1
+    return table, PoolState(new_w, new_f, new_occ), total_cost
+
+
+def order_for_pooling(sizes: Sequence[int]) -> list:
+    """Indices of networks largest first (ties: given order).
+
+    Adding networks in this order makes the first (largest) network set the
+    pool size, max_i n_i pages, so no later network grows the pool and every
+    later page is shared.
+
+    Args:
+      sizes: per-network size (page or weight counts).
+
+    Returns:
+      list of indices into `sizes`.
+    """
+    sizes = np.asarray(sizes)
+    if sizes.ndim != 1:
+        raise ValueError(f"expected a 1-D list of sizes, received shape {sizes.shape}")
+    return [int(i) for i in np.lexsort((np.arange(sizes.size), -sizes))]
+
+
+def virtualize_pages(networks: Sequence, method: MatchingMethod | str = "greedy",
+                     pool: PoolState | None = None):
+    """Adds networks to one pool in the given order (`match_network` each).
+
+    Args:
+      networks: list of (w_pages [n_i, P], f_pages [n_i, P]).
+      method: MatchingMethod or "greedy" / "optimal".
+      pool: starting pool; default empty (the first network is copied).
+
+    Returns:
+      (PoolState [max_i n_i, P] when started empty, page tables list of [n_i]
+       int64, costs list of float per network).
+
+    Raises:
+      ValueError: no networks, page sizes that disagree, bad pages.
+    """
+    if len(networks) == 0:
+        raise ValueError("expected at least one (w_pages, f_pages) network, received 0")
+    if pool is None:
+        first = np.asarray(networks[0][0])
+        if first.ndim != 2:
+            raise ValueError(f"expected network weights of shape [n, P], received "
+                             f"{first.shape}")
+        pool = PoolState.empty(first.shape[1])
+    tables, costs = [], []
+    for w_pages, f_pages in networks:
+        table, pool, cost = match_network(pool, w_pages, f_pages, method)
+        tables.append(table)
+        costs.append(cost)
+    return pool, tables, costs
