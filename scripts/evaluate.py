@@ -3,8 +3,8 @@
     python scripts/evaluate.py --task=mnist --model=nwv_mnist \
         --weights=../shared/reference/nwv/mnist.npz --data_dir=../shared/datasets --split=test
 
-`--weights` is a folder written by train.py, a `.keras` file, or a reference
-`.npz` together with `--model`. Prints e.g.
+`--weights` is a folder written by train.py, a `.keras` file, a reference
+`.npz` together with `--model`, or a zipped model (zip.py) with `--member=K`. Prints e.g.
 {"task": "mnist", "split": "test", "accuracy": 0.99, "loss": 0.03, "examples": 5999, ...}
 """
 import json
@@ -13,6 +13,7 @@ import _cli
 from absl import flags
 
 import data
+import mtz
 from models import artifacts, training
 
 FLAGS = flags.FLAGS
@@ -20,6 +21,8 @@ flags.DEFINE_string("task", None, "Task to evaluate on.", required=True)
 flags.DEFINE_string("weights", None, "Artifact: train.py folder, .keras or .npz.",
                     required=True)
 flags.DEFINE_string("model", None, "Registered model name (needed for a .npz).")
+flags.DEFINE_string("member", None, "For a zipped model (zip.py output): the member to "
+                    "evaluate, by index or name.")
 flags.DEFINE_string("data_dir", None, "Local data folder or tarball; default TFDS.")
 flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split to evaluate.")
 flags.DEFINE_integer("batch_size", 256, "Batch size.")
@@ -32,7 +35,12 @@ def main(argv):
     del argv
     data.get(FLAGS.task)  # unknown task: fail before loading anything
     training.set_seed(FLAGS.seed)
-    model = artifacts.load_model(FLAGS.weights, FLAGS.model)
+    if FLAGS.member is not None:
+        zipped = mtz.ZippedModel.load(FLAGS.weights)
+        member = int(FLAGS.member) if FLAGS.member.isdigit() else FLAGS.member
+        model = zipped.member(member)
+    else:
+        model = artifacts.load_model(FLAGS.weights, FLAGS.model)
     training.check_compatible(model, FLAGS.task)
     result = training.evaluate(model, FLAGS.task, FLAGS.split, FLAGS.data_dir,
                                FLAGS.batch_size, FLAGS.limit)
