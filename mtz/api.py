@@ -1,0 +1,151 @@
+"""One-call MTZ: `zip_models(models, inputs, ...)` -> `ZippedModel`, and its storage.
+
+    >>> zipped = mtz.zip_models([net_a, net_b], [x_a, x_b], share="1.0",
+    ...                         retrain=mtz.Retrainer([ds_a, ds_b], steps=100))
+    >>> logits_a, logits_b = zipped.model([x_a, x_b])
+    >>> plain_b = zipped.task_model(1)          # an ordinary Keras model for task B
+
+The caller's models are read, never modified. A zipped model is saved as a
+folder: `model.keras` (the multi-task model; shared blocks stored once) and
+`zip.json` (tasks, per-layer sharing records, parameter counts).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import numpy as np
+
+from models import artifacts
+from mtz import keras_build
+from mtz.layers import ZippedLayer  # noqa: F401  (registers the layer for loading)
+from mtz.structure import parse_chain, same_architecture
+from mtz.zipper import ZipConfig, new_state, zip_state
+
+ZIP_FILE = "zip.json"
+
+
+class ZippedModel:
+    """A multi-task network from MTZ.
+
+    Attributes:
+      model: Keras model, one input and one output per task (in `tasks` order).
+      tasks: task names.
+      records: per (task, layer) sharing records (shared neurons, ΔE, retraining).
+      state: the `ZipState` (None for a model loaded from disk).
+    """
+
+    def __init__(self, model: keras.Model, tasks, records=None, state=None, extra=None):
+        self.model, self.tasks = model, list(tasks)
+        self.records, self.state, self.extra = list(records or []), state, dict(extra or {})
+
+    def index(self, task) -> int:
+        if isinstance(task, (int, np.integer)):
+            if not 0 <= task < len(self.tasks):
+                raise ValueError(f"expected a member index in [0, {len(self.tasks)}), "
+                                 f"received {task}")
+            return int(task)
+        if task not in self.tasks:
+            raise ValueError(f"unknown member {task!r}; members: {self.tasks}")
+        return self.tasks.index(task)
+
+    def member(self, task) -> keras.Model:
+        """Task's path through the multi-task model (shares its variables)."""
+        i = self.index(task)
+        return keras.Model(self.model.inputs[i], self.model.outputs[i],
+                           name=f"{self.tasks[i]}_member")
+
+    def task_model(self, task) -> keras.Model:
+        """A standalone plain Keras model for the task (original architecture and
+        neuron order) with outputs equal to the multi-task model's for that task."""
+        i = self.index(task)
+        if self.state is None:
+            return self.member(i)
+        keras_build.read_back(self.state, self.model)
+        return keras_build.task_model(self.state, i)
+
+    def parameter_counts(self) -> dict:
+        """Stored weights of the zipped model vs the sum of the separate networks."""
+        zipped = int(sum(np.prod(v.shape) for v in self.model.weights))
+        separate = self.extra.get("separate_parameters")
+        return {"zipped": zipped, "separate": separate,
+                "ratio": (separate / zipped) if separate else None}
+
+    def save(self, folder: str) -> None:
+        """Writes `model.keras` and `zip.json` into `folder`, each atomically."""
+        os.makedirs(folder, exist_ok=True)
+        artifacts.save_model(self.model, os.path.join(folder, artifacts.MODEL_FILE))
+        artifacts.write_json(os.path.join(folder, ZIP_FILE), {
+            "format": 1, "tasks": self.tasks, "records": self.records,
+            "parameters": self.parameter_counts(), **self.extra})
+
+    @classmethod
+    def load(cls, folder: str) -> "ZippedModel":
+        """Reads a folder written by `save` (clear errors for missing/corrupt files)."""
+        meta_path = os.path.join(folder, ZIP_FILE)
+        if not os.path.exists(meta_path):
+            raise FileNotFoundError(f"{folder!r} is not a zipped model: no {ZIP_FILE}")
+        try:
+            with open(meta_path) as handle:
+                meta = json.load(handle)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{meta_path} is not valid JSON: {err}") from err
+        model = artifacts.load_model(folder)
+        if [o.name.split("/")[0] for o in model.outputs] and len(model.outputs) != len(meta["tasks"]):
+            raise ValueError(f"{folder}: model has {len(model.outputs)} outputs but "
+                             f"{ZIP_FILE} lists {len(meta['tasks'])} tasks")
+        extra = {k: v for k, v in meta.items() if k not in ("format", "tasks", "records",
+                                                            "parameters")}
+        return cls(model, meta["tasks"], meta.get("records"), None, extra)
+
+
+def zip_models(models, inputs, names=None, share="1.0", method="greedy", alpha=0.5,
+               damping=1e-6, hessian_samples=1000, sparse=False, per_tap=False,
+               retrain=None, seed=0, progress=None) -> ZippedModel:
+    """Zips networks of one architecture into one multi-task network (MTZ).
+
+    Networks are added one at a time (the second into the first, the third into
+    their zipped network, ...), layer by layer, sharing the neuron pairs of
+    least Hessian-weighted error (TMC Eq. 2.14-2.16) with merged weights
+    (Eq. 2.12-2.13); the output layer is never shared.
+
+    Args:
+      models: Keras models (Dense/Conv2D chains, batch norms folded; see
+        `mtz.structure.SUPPORTED`); not modified.
+      inputs: per model, examples [n, *input_shape] for the layer-wise Hessians.
+      names: task names (default: "task0", "task1", ...).
+      share: `ShareSchedule` or its string: "1.0" all neurons, "0.5" half,
+        "300,100" counts per layer, "eps=0.01" a cost threshold.
+      method: "greedy", "optimal", "optimal_k" or "random" pairing.
+      alpha: weight of the zipped network's error (TMC Eq. 2.7-2.8).
+      damping: relative Hessian damping.
+      sparse: zeros stay zeros (pairs keep the mask with more non-zeros).
+      per_tap: per-tap Hessian approximation for convolutions.
+      retrain: optional `mtz.Retrainer` (joint retraining after each layer).
+    Returns:
+      A `ZippedModel`.
+    Raises:
+      ValueError: fewer than two models, differing architectures, share counts
+        larger than a layer, unsupported layers (named).
+    """
+    if len(models) < 2:
+        raise ValueError(f"expected at least two models to zip, received {len(models)}")
+    names = list(names or [f"task{i}" for i in range(len(models))])
+    if len(names) != len(models) or len(inputs) != len(models):
+        raise ValueError(f"expected one name and one input array per model ({len(models)}), "
+                         f"received {len(names)} names and {len(inputs)} inputs")
+    chains = [parse_chain(m) for m in models]
+    same_architecture(chains, names)
+    for chain, x, name in zip(chains, inputs, names):
+        if tuple(np.shape(x)[1:]) != tuple(chain.input_shape):
+            raise ValueError(f"inputs for {name!r}: expected examples of shape "
+                             f"{chain.input_shape}, received {tuple(np.shape(x)[1:])}")
+    config = ZipConfig(share=share, method=method, alpha=alpha, damping=damping,
+                       hessian_samples=hessian_samples, sparse=sparse, per_tap=per_tap,
+                       seed=seed)
+    state = new_state(chains, names)
+    records = zip_state(state, dict(enumerate(inputs)), config, retrain, progress)
+    model = keras_build.multitask_model(state)
+    separate = int(sum(m.count_params() for m in models))
+    return ZippedModel(model, names, records, state, {"separate_parameters": separate})

@@ -1,0 +1,123 @@
+"""Keras models from a `ZipState`: the multi-task model and plain per-task models.
+
+`multitask_model(state)` has one input and one output per task; each weighted
+layer is a `ZippedLayer` whose blocks hold the shared weights once.
+`task_model(state, t)` is an ordinary Keras model of task t's original
+architecture (original neuron order, batch norms folded) whose outputs equal
+the multi-task model's output for task t. `read_back` copies trained block
+variables into the state.
+"""
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from mtz.layers import ZippedLayer
+from mtz.state import ZipState, _positions
+from mtz.structure import StatelessStep, WeightedStep
+
+
+def _groups(state: ZipState, l: int):
+    return [(o, ids) for o, ids in state.groups(l)]
+
+
+def _task_order(groups, t):
+    """Slot ids task t sees, in the multi-task model's channel order."""
+    return np.concatenate([ids for o, ids in groups if t in o]) if groups else np.zeros(0)
+
+
+def multitask_model(state: ZipState, name: str = "zipped") -> keras.Model:
+    """The zipped network as one Keras model: inputs and outputs named by task."""
+    tasks = range(len(state.tasks))
+    inputs = [keras.Input(state.chains[t].input_shape, name=f"input_{state.tasks[t]}")
+              for t in tasks]
+    xs = list(inputs)
+    l = 0
+    for step in state.chains[0].steps:
+        if isinstance(step, StatelessStep):
+            layer = step.build()
+            xs = [layer(x) for x in xs]
+            continue
+        in_groups, out_groups = _groups(state, l - 1), _groups(state, l)
+        layer = ZippedLayer(
+            step.kind, step.taps, [(o, len(ids)) for o, ids in in_groups],
+            [(o, len(ids)) for o, ids in out_groups], len(state.tasks),
+            kernel_size=step.config.get("kernel_size"), strides=step.config.get("strides", (1, 1)),
+            padding=step.config.get("padding", "valid"),
+            activation=step.config.get("activation"), name=step.name)
+        xs = [layer(x, task=t) for t, x in enumerate(xs)]
+        _write_blocks(state, l, layer, in_groups, out_groups)
+        l += 1
+    outputs = [keras.layers.Identity(name=state.tasks[t])(x) for t, x in enumerate(xs)]
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _block_positions(state, t, l, in_groups, out_groups, g, h):
+    rows = _positions(state.in_ids(t, l), in_groups[g][1])
+    cols = _positions(state.out_ids[t][l], out_groups[h][1])
+    return rows, cols
+
+
+def _write_blocks(state, l, layer, in_groups, out_groups):
+    for (g, h), var in layer.blocks.items():
+        t = sorted(set(in_groups[g][0]) & set(out_groups[h][0]))[0]
+        rows, cols = _block_positions(state, t, l, in_groups, out_groups, g, h)
+        var.assign(state.kernels[t][l][:, rows][:, :, cols].astype(np.float32))
+    for h, var in layer.block_biases.items():
+        t = sorted(out_groups[h][0])[0]
+        cols = _positions(state.out_ids[t][l], out_groups[h][1])
+        var.assign(state.biases[t][l][cols].astype(np.float32))
+
+
+def read_back(state: ZipState, model: keras.Model) -> None:
+    """Copies the multi-task model's block variables into every owner's kernels."""
+    for l, step in enumerate(state.chains[0].weighted):
+        layer = model.get_layer(step.name)
+        in_groups, out_groups = _groups(state, l - 1), _groups(state, l)
+        for (g, h), var in layer.blocks.items():
+            value = var.numpy().astype(np.float64)
+            for t in set(in_groups[g][0]) & set(out_groups[h][0]):
+                rows, cols = _block_positions(state, t, l, in_groups, out_groups, g, h)
+                state.kernels[t][l][np.ix_(range(value.shape[0]), rows, cols)] = value
+        for h, var in layer.block_biases.items():
+            for t in out_groups[h][0]:
+                cols = _positions(state.out_ids[t][l], out_groups[h][1])
+                state.biases[t][l][cols] = var.numpy()
+
+
+def task_model(state: ZipState, t: int) -> keras.Model:
+    """Task t as a plain Keras model (its original layer types, neuron order and
+    widths, batch norms folded) carrying its zipped weights."""
+    chain = state.chains[t]
+    inputs = keras.Input(chain.input_shape, name="input")
+    x = inputs
+    l = 0
+    for step in chain.steps:
+        if isinstance(step, StatelessStep):
+            x = step.build()(x)
+            continue
+        kernel, bias = state.kernels[t][l], state.biases[t][l]
+        x = _plain_layer(step, kernel, bias)(x)
+        l += 1
+    return keras.Model(inputs, x, name=f"{state.tasks[t]}_zipped")
+
+
+def _plain_layer(step: WeightedStep, kernel, bias):
+    cout = kernel.shape[-1]
+    common = dict(activation=step.config.get("activation"), name=step.name)
+    if step.kind == "conv":
+        layer = keras.layers.Conv2D(cout, step.config["kernel_size"], step.config["strides"],
+                                    step.config["padding"], **common)
+        shape = (*step.config["kernel_size"], kernel.shape[1], cout)
+    else:
+        layer = keras.layers.Dense(cout, **common)
+        shape = (kernel.shape[0] * kernel.shape[1], cout)
+    layer.build((None, None, None, shape[-2]) if step.kind == "conv" else (None, shape[0]))
+    layer.set_weights([kernel.reshape(shape).astype(np.float32), bias.astype(np.float32)])
+    return layer
+
+
+def layer_inputs(model: keras.Model, layer_name: str, x, batch_size: int = 256) -> np.ndarray:
+    """Inputs of `layer_name` in `model` for the examples x: [n, ...] float32."""
+    probe = keras.Model(model.inputs, model.get_layer(layer_name).input)
+    return np.asarray(probe.predict(x, batch_size=batch_size, verbose=0))

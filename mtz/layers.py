@@ -1,0 +1,111 @@
+"""`ZippedLayer`: one Dense or Conv2D layer of several tasks, shared blocks stored once.
+
+The layer's input and output channels are grouped by owner set (see
+`mtz.state.ZipState.groups`). The kernel block from input group g to output
+group h exists when some task owns both, and is one variable
+`kernel_<g>_<h>` [taps, n_g, n_h] used by every task owning both: the merged
+weights of shared neurons are stored once. Each task's kernel is the
+concatenation of the blocks it owns, so a call is one matmul or conv per task.
+"""
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="mtz")
+class ZippedLayer(keras.layers.Layer):
+    """Multi-task Dense/Conv2D with block-shared weights.
+
+    Args:
+      kind: "dense" or "conv".
+      taps: kernel positions per input channel (kh*kw, flattened spatial size, 1).
+      in_groups, out_groups: lists of (owner task ids, channel count).
+      num_tasks: number of tasks (inputs and outputs of `call`).
+      kernel_size, strides, padding: convolution geometry (conv only).
+      activation: Keras activation name applied to each task's output.
+
+    Call: `layer(x, task=t)` with x holding the channels of the input groups
+    task t owns, in group order; returns task t's output in its output group
+    order. Each task's path is separate, so one task's sub-model needs only
+    that task's input.
+    """
+
+    def __init__(self, kind, taps, in_groups, out_groups, num_tasks, kernel_size=None,
+                 strides=(1, 1), padding="valid", activation=None, **kwargs):
+        super().__init__(**kwargs)
+        if kind not in ("dense", "conv"):
+            raise ValueError(f"expected kind 'dense' or 'conv', received {kind!r}")
+        self.kind, self.taps, self.num_tasks = kind, int(taps), int(num_tasks)
+        self.in_groups = [(tuple(sorted(o)), int(n)) for o, n in in_groups]
+        self.out_groups = [(tuple(sorted(o)), int(n)) for o, n in out_groups]
+        self.kernel_size = tuple(kernel_size) if kernel_size else None
+        self.strides, self.padding = tuple(strides), padding
+        self.activation = keras.activations.get(activation)
+        if kind == "conv" and (self.kernel_size is None
+                               or self.kernel_size[0] * self.kernel_size[1] != self.taps):
+            raise ValueError(f"expected kernel_size with {taps} taps, received {kernel_size}")
+        self.blocks, self.block_biases = {}, {}
+        for g, (og, ng) in enumerate(self.in_groups):
+            for h, (oh, nh) in enumerate(self.out_groups):
+                if set(og) & set(oh):
+                    self.blocks[g, h] = self.add_weight(
+                        shape=(self.taps, ng, nh), name=f"kernel_{g}_{h}",
+                        initializer="glorot_uniform")
+        for h, (oh, nh) in enumerate(self.out_groups):
+            self.block_biases[h] = self.add_weight(shape=(nh,), name=f"bias_{h}",
+                                                   initializer="zeros")
+
+    def task_kernel(self, t: int):
+        """Task t's full kernel [taps, cin_t, cout_t] assembled from its blocks."""
+        rows = []
+        for g, (og, _) in enumerate(self.in_groups):
+            if t not in og:
+                continue
+            cols = [self.blocks[g, h] for h, (oh, _) in enumerate(self.out_groups) if t in oh]
+            rows.append(ops.concatenate(cols, axis=2))
+        return ops.concatenate(rows, axis=1)
+
+    def task_bias(self, t: int):
+        return ops.concatenate([self.block_biases[h] for h, (oh, _) in
+                                enumerate(self.out_groups) if t in oh], axis=0)
+
+    def call_task(self, t: int, x):
+        kernel = self.task_kernel(t)
+        if self.kind == "conv":
+            kh, kw = self.kernel_size
+            kernel = ops.reshape(kernel, (kh, kw, kernel.shape[1], kernel.shape[2]))
+            y = ops.conv(x, kernel, strides=self.strides, padding=self.padding)
+        else:
+            kernel = ops.reshape(kernel, (-1, kernel.shape[2]))
+            y = ops.matmul(x, kernel)
+        return self.activation(y + self.task_bias(t))
+
+    def call(self, x, task=0):
+        return self.call_task(task, x)
+
+    def compute_output_spec(self, x, task=0):
+        cout = sum(n for o, n in self.out_groups if task in o)
+        if self.kind == "conv":
+            return keras.KerasTensor(self._conv_shape(x.shape, cout), x.dtype)
+        return keras.KerasTensor((x.shape[0], cout), x.dtype)
+
+    def _conv_shape(self, shape, cout):
+        dims = []
+        for size, k, s in zip(shape[1:3], self.kernel_size, self.strides):
+            if size is None:
+                dims.append(None)
+            elif self.padding == "same":
+                dims.append(-(-size // s))
+            else:
+                dims.append((size - k) // s + 1)
+        return (shape[0], *dims, cout)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(kind=self.kind, taps=self.taps, in_groups=self.in_groups,
+                      out_groups=self.out_groups, num_tasks=self.num_tasks,
+                      kernel_size=self.kernel_size, strides=self.strides,
+                      padding=self.padding,
+                      activation=keras.activations.serialize(self.activation))
+        return config
