@@ -120,4 +120,5 @@ def _plain_layer(step: WeightedStep, kernel, bias):
 def layer_inputs(model: keras.Model, layer_name: str, x, batch_size: int = 256) -> np.ndarray:
     """Inputs of `layer_name` in `model` for the examples x: [n, ...] float32."""
     probe = keras.Model(model.inputs, model.get_layer(layer_name).input)
-    return np.asarray(probe.predict(x, batch_size=batch_size, verbose=0))
+    return np.concatenate([np.asarray(probe(x[i:i + batch_size], training=False))
+                           for i in range(0, len(x), batch_size)])

@@ -35,7 +35,7 @@ def accuracies(members, tasks, data_dir, limit=None) -> dict:
 
 
 def zip_trained(models_, tasks, data_dir=None, share="1.0", method="greedy",
-                retrain_steps=100, batch_size=64, learning_rate=1e-4, hessian_samples=1000,
+                retrain_steps=100, batch_size=64, learning_rate=3e-4, hessian_samples=1000,
                 seed=0, eval_limit=None, no_retrain_baseline=True, progress=print):
     """Zips `models_` (one per task) and returns (ZippedModel, report dict).
 

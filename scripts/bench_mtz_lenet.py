@@ -30,7 +30,7 @@ flags.DEFINE_string("out", "results/bench_mtz_lenet.json", "Result file.")
 flags.DEFINE_list("architectures", ["lenet_300_100", "lenet5"], "Networks to zip.")
 flags.DEFINE_integer("epochs", 20, "Training epochs per network.")
 flags.DEFINE_integer("batch_size", 64, "Retraining batch size per task.")
-flags.DEFINE_float("learning_rate", 1e-4, "Retraining learning rate.")
+flags.DEFINE_float("learning_rate", 3e-4, "Retraining learning rate.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 
 # Paper (TMC 2021, Table 2.1): separate errors, zipped error, retraining iterations.

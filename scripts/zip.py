@@ -26,7 +26,7 @@ flags.DEFINE_string("share", "1.0", "Neurons to share: fraction ('1.0'), counts 
 flags.DEFINE_enum("method", "greedy", ["greedy", "optimal", "optimal_k", "random"], "Pairing.")
 flags.DEFINE_integer("retrain_steps", 100, "Joint retraining steps after each zipped layer.")
 flags.DEFINE_integer("batch_size", 64, "Retraining batch size per task.")
-flags.DEFINE_float("learning_rate", 1e-4, "Retraining Adam learning rate.")
+flags.DEFINE_float("learning_rate", 3e-4, "Retraining Adam learning rate.")
 flags.DEFINE_integer("hessian_samples", 1000, "Training examples per task for the Hessians.")
 flags.DEFINE_string("out", None, "Output folder.", required=True)
 flags.DEFINE_string("data_dir", None, "Local data folder or tarball(s); default TFDS.")

@@ -1,0 +1,37 @@
+"""zip.py and evaluate.py --member end to end on tiny data."""
+import json
+import os
+
+from tests.test_scripts import run_script
+
+
+def test_zip_script_and_member_evaluation(tiny_data, tmp_path):
+    runs = []
+    for seed in (1, 2):
+        out = str(tmp_path / f"net{seed}")
+        run_script("train.py", "--task=mnist", "--model=lenet_300_100", f"--out={out}",
+                   f"--data_dir={tiny_data}", "--epochs=1", "--batch_size=32", "--verbose=0",
+                   f"--seed={seed}")
+        runs.append(out)
+    zipped = str(tmp_path / "zipped")
+    proc = run_script("zip.py", f"--models={','.join(runs)}", "--tasks=mnist,mnist",
+                      "--share=1.0", "--retrain_steps=3", "--batch_size=16",
+                      "--hessian_samples=64", f"--out={zipped}", f"--data_dir={tiny_data}")
+    assert "retraining iterations" in proc.stdout
+    report = json.load(open(os.path.join(zipped, "report.json")))
+    assert report["members"] == ["mnist_0", "mnist_1"]
+    assert [r["shared"] for r in report["records"]] == [300, 100]
+    assert report["retrain_iterations"] == 6
+    assert report["parameters"]["zipped"] == 266_610 + 1010
+    for stage in ("before", "after_zip", "after_retrain"):
+        assert set(report[stage]) == {"mnist_0", "mnist_1"}
+    proc = run_script("evaluate.py", f"--weights={zipped}", "--member=1", "--task=mnist",
+                      f"--data_dir={tiny_data}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert abs(result["accuracy"] - report["after_retrain"]["mnist_1"]["test"]) < 1e-6
+    bad = run_script("evaluate.py", f"--weights={zipped}", "--member=7", "--task=mnist",
+                     f"--data_dir={tiny_data}", check=False)
+    assert bad.returncode == 2 and "member index" in bad.stderr
+    bad = run_script("zip.py", f"--models={runs[0]}", "--tasks=mnist,mnist",
+                     f"--out={tmp_path / 'x'}", f"--data_dir={tiny_data}", check=False)
+    assert bad.returncode == 2 and "one task per model" in bad.stderr
