@@ -53,8 +53,17 @@ class ZippedModel:
     def member(self, task) -> keras.Model:
         """Task's path through the multi-task model (shares its variables)."""
         i = self.index(task)
-        return keras.Model(self.model.inputs[i], self.model.outputs[i],
-                           name=f"{self.tasks[i]}_member")
+        inputs = self.model.inputs[i] if len(self.model.inputs) > 1 else self.model.inputs[0]
+        return keras.Model(inputs, self.model.outputs[i], name=f"{self.tasks[i]}_member")
+
+    def shared_input_model(self) -> keras.Model:
+        """The same zipped network with ONE input for all tasks (same input shape):
+        leading layers shared by every task are computed once; outputs equal
+        `model`'s. Shares no variables with `model` (a fresh copy of the weights)."""
+        if self.state is None:
+            raise ValueError("shared_input_model needs the zip state (a freshly zipped model)")
+        keras_build.read_back(self.state, self.model)
+        return keras_build.multitask_model(self.state, shared_input=True)
 
     def task_model(self, task) -> keras.Model:
         """A standalone plain Keras model for the task (original architecture and

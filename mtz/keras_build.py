@@ -26,26 +26,50 @@ def _task_order(groups, t):
     return np.concatenate([ids for o, ids in groups if t in o]) if groups else np.zeros(0)
 
 
-def multitask_model(state: ZipState, name: str = "zipped") -> keras.Model:
-    """The zipped network as one Keras model: inputs and outputs named by task."""
-    tasks = range(len(state.tasks))
-    inputs = [keras.Input(state.chains[t].input_shape, name=f"input_{state.tasks[t]}")
-              for t in tasks]
-    xs = list(inputs)
+def _fully_shared(in_groups, out_groups, n_tasks) -> bool:
+    everyone = frozenset(range(n_tasks))
+    return ([o for o, _ in in_groups] == [everyone]
+            and [o for o, _ in out_groups] == [everyone])
+
+
+def multitask_model(state: ZipState, name: str = "zipped",
+                    shared_input: bool = False) -> keras.Model:
+    """The zipped network as one Keras model: outputs named by task.
+
+    Args:
+      shared_input: one input for all tasks (same input shape required); the
+        leading layers whose neurons are all shared by all tasks are then
+        computed once for every task. Otherwise one input per task.
+    """
+    n = len(state.tasks)
+    if shared_input:
+        shapes = {tuple(c.input_shape) for c in state.chains}
+        if len(shapes) != 1:
+            raise ValueError(f"shared_input needs one input shape, tasks have {sorted(shapes)}")
+        inputs = [keras.Input(state.chains[0].input_shape, name="input")]
+        xs = inputs * n
+    else:
+        inputs = [keras.Input(state.chains[t].input_shape, name=f"input_{state.tasks[t]}")
+                  for t in range(n)]
+        xs = list(inputs)
     l = 0
     for step in state.chains[0].steps:
+        common = all(x is xs[0] for x in xs)
         if isinstance(step, StatelessStep):
             layer = step.build()
-            xs = [layer(x) for x in xs]
+            xs = [layer(xs[0])] * n if common else [layer(x) for x in xs]
             continue
         in_groups, out_groups = _groups(state, l - 1), _groups(state, l)
         layer = ZippedLayer(
             step.kind, step.taps, [(o, len(ids)) for o, ids in in_groups],
-            [(o, len(ids)) for o, ids in out_groups], len(state.tasks),
+            [(o, len(ids)) for o, ids in out_groups], n,
             kernel_size=step.config.get("kernel_size"), strides=step.config.get("strides", (1, 1)),
             padding=step.config.get("padding", "valid"),
             activation=step.config.get("activation"), name=step.name)
-        xs = [layer(x, task=t) for t, x in enumerate(xs)]
+        if common and _fully_shared(in_groups, out_groups, n):
+            xs = [layer(xs[0], task=0)] * n
+        else:
+            xs = [layer(x, task=t) for t, x in enumerate(xs)]
         _write_blocks(state, l, layer, in_groups, out_groups)
         l += 1
     outputs = [keras.layers.Identity(name=state.tasks[t])(x) for t, x in enumerate(xs)]

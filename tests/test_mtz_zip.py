@@ -196,3 +196,20 @@ def test_clear_errors():
     res = keras.Model(inp, layers.Dense(2, name="logits")(layers.Add(name="add")([inp, h])))
     with pytest.raises(ValueError, match="'add'"):
         mtz.zip_models([res, res], [np.zeros((2, 4))] * 2)
+
+
+def test_shared_input_model_computes_shared_prefix_once():
+    a = small_cnn(0)
+    b, _ = permuted_copy(a, 1)
+    x = inputs_for(a)
+    zipped = mtz.zip_models([a, b], [x, x], share="1.0")
+    shared = zipped.shared_input_model()
+    assert len(shared.inputs) == 1
+    for out, ref in zip(shared(x), zipped.model([x, x])):
+        np.testing.assert_allclose(out, ref, atol=1e-5)
+    # conv1, conv2, fc1 are fully shared: called once; logits once per task
+    calls = {layer.name: len(layer._inbound_nodes) for layer in shared.layers
+             if isinstance(layer, mtz.ZippedLayer)}
+    assert calls == {"conv1": 1, "conv2": 1, "fc1": 1, "logits": 2}
+    partial = mtz.zip_models([a, b], [x, x], share="0.5").shared_input_model()
+    assert len(partial.get_layer("conv1")._inbound_nodes) == 2
