@@ -1,0 +1,401 @@
+"""The pool directory: the NWV state on disk, saved atomically, loaded with full checks.
+
+A pool directory holds (format version 1):
+
+  * `pool.npy` — the shared page pool, float32 [m, P] (`np.save` format).
+  * `<name>.vnn` — a network's page table: magic `NWVPTBL1`, count n (uint64),
+    n int32 pool page indices (little-endian; exactly 16 + 4n bytes).
+  * `<name>.fisher.npy` — its diagonal Fisher at its original weights, in page
+    layout, float32 [n, P]: for matching later networks and the penalty.
+  * `manifest.json` — written last: `format` ("nwv-pool"), `version`,
+    `page_size`, `pool_pages`, the pool's `{file, bytes, sha256}`, and per
+    network (in the order they were added): `task`, `model` (registered name),
+    `model_overrides` (builder keyword arguments), `variable_names`,
+    `variable_shapes` (of `model.trainable_variables`), `weights`, `pages`,
+    `fisher_source`, and `{file, bytes, sha256}` of its table and Fisher.
+
+Atomic save (`save_state`): every changed data file is first written in full
+beside its final name as `<file>.next` (temp file + `os.replace`); then the new
+manifest replaces the old one — the commit point; then each `.next` replaces
+its final name, and files of removed networks are deleted. A crash before the
+commit leaves the old manifest and old files untouched (the old state loads);
+a crash after it leaves `.next` files that the new manifest's checksums
+identify, so `load_state` reads them and the next save finishes the renames.
+
+`load_state` checks everything and names the file at fault: missing files,
+truncation (byte counts), sha256 mismatches, an unknown format version, a pool
+of the wrong shape or with NaN/inf, page indices outside the pool, page counts
+that disagree with the variable shapes, negative or non-finite Fisher.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import re
+import struct
+
+import numpy as np
+
+from models import artifacts
+from nwv import matching, pages
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "POOL_FILE", "NetworkRecord",
+           "PoolDirState", "save_state", "load_state", "read_manifest", "exists",
+           "encode_page_table", "decode_page_table", "check_name"]
+
+FORMAT, FORMAT_VERSION = "nwv-pool", 1
+MANIFEST, POOL_FILE = "manifest.json", "pool.npy"
+TABLE_MAGIC = b"NWVPTBL1"
+_HEADER = struct.Struct("<8sQ")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NEXT = ".next"
+
+
+def check_name(name: str) -> str:
+    """A network name usable as a file name (letters, digits, `_.-`), else ValueError."""
+    if not isinstance(name, str) or not _NAME.match(name) or name.endswith(_NEXT):
+        raise ValueError(f"expected a network name of letters, digits, '_', '.', '-' "
+                         f"(not starting with '.' or '-'), received {name!r}")
+    return name
+
+
+@dataclasses.dataclass
+class NetworkRecord:
+    """One virtualized network: how to rebuild it and where its pages are.
+
+    Attributes:
+      name, task, model: network name, task it serves, registered model name.
+      model_overrides: keyword arguments for `models.build(model, **overrides)`.
+      variable_names, variable_shapes: of `model.trainable_variables`, in order.
+      page_table: [n_pages] int32 pool page index of each of its pages.
+      fisher: [n_pages, P] float32 diagonal Fisher in page layout.
+      fisher_source: how the Fisher was obtained ("reference" or "computed:<def>:<N>").
+    """
+    name: str
+    task: str
+    model: str
+    model_overrides: dict
+    variable_names: tuple
+    variable_shapes: tuple
+    page_table: np.ndarray
+    fisher: np.ndarray
+    fisher_source: str = "computed"
+
+    def layout(self, page_size: int) -> pages.PageLayout:
+        return pages.PageLayout.from_shapes(self.variable_shapes, page_size)
+
+
+@dataclasses.dataclass
+class PoolDirState:
+    """Everything in a pool directory: the pool [m, P] and the networks, in order."""
+    page_size: int
+    pool: np.ndarray
+    networks: dict
+
+    @classmethod
+    def empty(cls, page_size: int) -> "PoolDirState":
+        return cls(int(page_size), np.zeros((0, int(page_size)), np.float32), {})
+
+    def pool_state(self) -> matching.PoolState:
+        """The matching view: current pool values, summed Fisher and occupancy per page."""
+        fisher = np.zeros_like(self.pool, dtype=np.float64)
+        occupancy = np.zeros(self.pool.shape[0], np.int64)
+        for record in self.networks.values():
+            np.add.at(fisher, record.page_table, record.fisher)
+            np.add.at(occupancy, record.page_table, 1)
+        return matching.PoolState(self.pool, fisher.astype(np.float32), occupancy)
+
+
+def encode_page_table(table) -> bytes:
+    """`.vnn` bytes: magic, uint64 count, int32 little-endian indices."""
+    table = np.asarray(table)
+    if table.ndim != 1 or (table.size and not np.issubdtype(table.dtype, np.integer)):
+        raise ValueError(f"expected a 1-D integer page table, received {table.dtype} "
+                         f"{table.shape}")
+    return _HEADER.pack(TABLE_MAGIC, table.size) + table.astype("<i4").tobytes()
+
+
+def decode_page_table(blob: bytes, where: str = "page table") -> np.ndarray:
+    """Inverse of `encode_page_table`; ValueError naming `where` on a bad file."""
+    if len(blob) < _HEADER.size or blob[:8] != TABLE_MAGIC:
+        raise ValueError(f"{where}: expected a page table starting with {TABLE_MAGIC!r}, "
+                         f"received {blob[:8]!r}")
+    _, count = _HEADER.unpack_from(blob)
+    expected = _HEADER.size + 4 * count
+    if len(blob) != expected:
+        raise ValueError(f"{where}: truncated or padded page table: expected {expected} "
+                         f"bytes for {count} entries, received {len(blob)}")
+    return np.frombuffer(blob, "<i4", count, _HEADER.size).astype(np.int32)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array, np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _npy_array(blob: bytes, where: str) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(blob), allow_pickle=False)
+    except Exception as err:  # ValueError / EOFError / UnpicklingError
+        raise ValueError(f"{where}: not a readable .npy array: {err}") from err
+
+
+def _sha256(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _entry(file: str, blob: bytes) -> dict:
+    return {"file": file, "bytes": len(blob), "sha256": _sha256(blob)}
+
+
+def _manifest_files(manifest: dict) -> list:
+    entries = [manifest.get("pool", {})]
+    for net in manifest.get("networks", {}).values():
+        entries += [net.get("page_table", {}), net.get("fisher", {})]
+    return [e for e in entries if isinstance(e, dict) and "file" in e]
+
+
+def _manifest_or_empty(pool_dir: str) -> dict:
+    try:
+        return read_manifest(pool_dir)
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _finish_commit(pool_dir: str) -> None:
+    """Completes the renames of a save that crashed after its manifest was committed,
+    then deletes leftover `.next` files of saves that crashed before committing."""
+    for entry in _manifest_files(_manifest_or_empty(pool_dir)):
+        path = os.path.join(pool_dir, entry["file"])
+        if os.path.exists(path + _NEXT) and not _matches(path, entry) \
+                and _matches(path + _NEXT, entry):
+            os.replace(path + _NEXT, path)
+    for file in os.listdir(pool_dir):
+        if file.endswith(_NEXT):
+            os.remove(os.path.join(pool_dir, file))
+
+
+def save_state(pool_dir: str, state: PoolDirState) -> dict:
+    """Writes `state` into `pool_dir` atomically (see the module docstring).
+
+    Returns:
+      the manifest written.
+
+    Raises:
+      ValueError: a bad name, shapes that disagree, indices outside the pool,
+        NaN/inf in the pool or the Fisher (nothing is written then).
+    """
+    blobs, manifest = _encode(state)
+    os.makedirs(pool_dir, exist_ok=True)
+    _finish_commit(pool_dir)
+    old_files = {e["file"] for e in _manifest_files(_manifest_or_empty(pool_dir))}
+    staged = []
+    for file, blob in blobs.items():
+        path = os.path.join(pool_dir, file)
+        if _matches(path, _entry(file, blob)):
+            continue                                  # unchanged: keep the file as is
+        artifacts.atomic_write(path + _NEXT, lambda tmp, b=blob: _write_bytes(tmp, b))
+        staged.append(path)
+    artifacts.write_json(os.path.join(pool_dir, MANIFEST), manifest)   # commit point
+    for path in staged:
+        os.replace(path + _NEXT, path)
+    for file in old_files - set(blobs):
+        path = os.path.join(pool_dir, file)
+        if os.path.exists(path):
+            os.remove(path)
+    return manifest
+
+
+def _write_bytes(path: str, blob: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(blob)
+        os.fsync(handle.fileno())
+
+
+def _encode(state: PoolDirState):
+    """(file -> bytes, manifest) of a state, after checking it is consistent."""
+    pool = np.asarray(state.pool, np.float32)
+    page_size = int(state.page_size)
+    if pool.ndim != 2 or pool.shape[1] != page_size:
+        raise ValueError(f"expected a pool of shape [m, {page_size}], received {pool.shape}")
+    if not np.all(np.isfinite(pool)):
+        raise ValueError("refusing to save a pool holding NaN/inf values")
+    blobs = {POOL_FILE: _npy_bytes(pool)}
+    networks = {}
+    for name, record in state.networks.items():
+        check_name(name)
+        layout = record.layout(page_size)
+        table = np.asarray(record.page_table)
+        _check_table(table, layout.n_pages, pool.shape[0], f"network {name!r}")
+        fisher = np.asarray(record.fisher, np.float32)
+        _check_fisher(fisher, layout, f"network {name!r}")
+        table_file, fisher_file = f"{name}.vnn", f"{name}.fisher.npy"
+        blobs[table_file] = encode_page_table(table)
+        blobs[fisher_file] = _npy_bytes(fisher)
+        networks[name] = {
+            "task": record.task, "model": record.model,
+            "model_overrides": dict(record.model_overrides or {}),
+            "variable_names": list(record.variable_names),
+            "variable_shapes": [list(s) for s in record.variable_shapes],
+            "weights": layout.n_weights, "pages": layout.n_pages,
+            "fisher_source": record.fisher_source,
+            "page_table": _entry(table_file, blobs[table_file]),
+            "fisher": _entry(fisher_file, blobs[fisher_file]),
+        }
+    manifest = {"format": FORMAT, "version": FORMAT_VERSION, "page_size": page_size,
+                "pool_pages": int(pool.shape[0]), "pool": _entry(POOL_FILE, blobs[POOL_FILE]),
+                "networks": networks}
+    return blobs, manifest
+
+
+def exists(pool_dir: str) -> bool:
+    """True when `pool_dir` holds a manifest."""
+    return os.path.exists(os.path.join(pool_dir, MANIFEST))
+
+
+def read_manifest(pool_dir: str) -> dict:
+    """The parsed manifest, with its format and version checked.
+
+    Raises:
+      FileNotFoundError: no manifest; ValueError: unreadable, or unknown format/version.
+    """
+    path = os.path.join(pool_dir, MANIFEST)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no NWV pool at {pool_dir!r}: {path} is missing")
+    try:
+        with open(path) as handle:
+            manifest = json.load(handle)
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable JSON manifest: {err}") from err
+    found = manifest.get("format") if isinstance(manifest, dict) else manifest
+    if found != FORMAT:
+        raise ValueError(f"{path}: expected format {FORMAT!r}, received {found!r}")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: unknown manifest version {manifest.get('version')!r} "
+                         f"(this library reads version {FORMAT_VERSION})")
+    for key, kind in (("page_size", int), ("pool_pages", int), ("pool", dict),
+                      ("networks", dict)):
+        if not isinstance(manifest.get(key), kind):
+            raise ValueError(f"{path}: expected {key!r} of type {kind.__name__}, received "
+                             f"{manifest.get(key)!r}")
+    return manifest
+
+
+def _matches(path: str, entry: dict) -> bool:
+    if not os.path.exists(path) or os.path.getsize(path) != entry.get("bytes"):
+        return False
+    with open(path, "rb") as handle:
+        return _sha256(handle.read()) == entry.get("sha256")
+
+
+def _read_checked(pool_dir: str, entry: dict, what: str) -> bytes:
+    """The bytes of a manifest entry after size and sha256 checks (or its committed
+    `.next` twin after a crash); errors name the file."""
+    if not isinstance(entry, dict) or not {"file", "bytes", "sha256"} <= set(entry):
+        raise ValueError(f"{os.path.join(pool_dir, MANIFEST)}: bad entry for {what}: "
+                         f"{entry!r}")
+    path = os.path.join(pool_dir, entry["file"])
+    if not _matches(path, entry) and _matches(path + _NEXT, entry):
+        path = path + _NEXT                           # committed, rename not yet done
+    elif not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: missing ({what}, listed in {MANIFEST})")
+    with open(path, "rb") as handle:
+        blob = handle.read()
+    if len(blob) != entry["bytes"]:
+        raise ValueError(f"{path}: truncated or overwritten ({what}): expected "
+                         f"{entry['bytes']} bytes, received {len(blob)}")
+    if _sha256(blob) != entry["sha256"]:
+        raise ValueError(f"{path}: checksum mismatch ({what}): expected sha256 "
+                         f"{entry['sha256'][:16]}…, received {_sha256(blob)[:16]}…")
+    return blob
+
+
+def _check_table(table, n_pages, pool_pages, where):
+    if table.shape != (n_pages,):
+        raise ValueError(f"{where}: expected a page table of {n_pages} entries, "
+                         f"received {table.shape}")
+    if table.size and (table.min() < 0 or table.max() >= pool_pages):
+        raise ValueError(f"{where}: page index outside the pool: expected indices in "
+                         f"[0, {pool_pages}), received values in [{table.min()}, "
+                         f"{table.max()}]")
+
+
+def _check_fisher(fisher, layout, where):
+    if fisher.shape != (layout.n_pages, layout.page_size):
+        raise ValueError(f"{where}: expected Fisher pages of shape "
+                         f"{(layout.n_pages, layout.page_size)}, received {fisher.shape}")
+    if not np.all(np.isfinite(fisher)) or (fisher.size and fisher.min() < 0):
+        raise ValueError(f"{where}: expected finite non-negative Fisher values")
+
+
+def _load_file(pool_dir, entry, what, decode):
+    """(decode(checked bytes, path), path) of a manifest entry."""
+    path = os.path.join(pool_dir, entry["file"] if isinstance(entry, dict) and "file" in entry
+                        else "?")
+    return decode(_read_checked(pool_dir, entry, what), path), path
+
+
+def load_state(pool_dir: str, names=None, with_fisher: bool = True) -> PoolDirState:
+    """Reads and checks a pool directory.
+
+    Args:
+      pool_dir: the folder.
+      names: networks to read (default all); the others are not opened.
+      with_fisher: read the Fisher files (else `record.fisher` is None).
+
+    Returns:
+      PoolDirState (networks in the order they were added).
+
+    Raises:
+      FileNotFoundError / ValueError naming the file: see the module docstring;
+      KeyError for a name that is not in the pool.
+    """
+    manifest = read_manifest(pool_dir)
+    where = os.path.join(pool_dir, MANIFEST)
+    page_size, pool_pages = manifest["page_size"], manifest["pool_pages"]
+    if page_size < 1:
+        raise ValueError(f"{where}: expected page_size >= 1, received {page_size}")
+    pool_path = os.path.join(pool_dir, POOL_FILE)
+    pool = _npy_array(_read_checked(pool_dir, manifest["pool"], "the page pool"), pool_path)
+    if pool.dtype != np.float32 or pool.shape != (pool_pages, page_size):
+        raise ValueError(f"{pool_path}: expected a float32 pool of shape "
+                         f"{(pool_pages, page_size)}, received {pool.dtype} {pool.shape}")
+    if not np.all(np.isfinite(pool)):
+        raise ValueError(f"{pool_path}: the pool holds "
+                         f"{int(np.sum(~np.isfinite(pool)))} NaN/inf value(s)")
+    available = manifest["networks"]
+    names = list(available) if names is None else list(names)
+    for name in names:
+        if name not in available:
+            raise KeyError(f"no network {name!r} in {pool_dir}; it holds "
+                           f"{sorted(available) or 'no networks'}")
+    networks = {}
+    for name in names:
+        net = available[name]
+        try:
+            shapes = tuple(tuple(int(d) for d in s) for s in net["variable_shapes"])
+            layout = pages.PageLayout.from_shapes(shapes, page_size)
+            record = NetworkRecord(
+                name=check_name(name), task=net["task"], model=net["model"],
+                model_overrides=dict(net.get("model_overrides") or {}),
+                variable_names=tuple(net["variable_names"]), variable_shapes=shapes,
+                page_table=None, fisher=None, fisher_source=net.get("fisher_source", ""))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{where}: bad entry for network {name!r}: {err!r}") from err
+        if (net.get("weights"), net.get("pages")) != (layout.n_weights, layout.n_pages):
+            raise ValueError(f"{where}: network {name!r} lists {net.get('weights')} weights "
+                             f"in {net.get('pages')} pages, but its variable shapes hold "
+                             f"{layout.n_weights} weights in {layout.n_pages} pages")
+        record.page_table, path = _load_file(pool_dir, net.get("page_table"),
+                                             f"page table of {name!r}", decode_page_table)
+        _check_table(record.page_table, layout.n_pages, pool_pages, path)
+        if with_fisher:
+            record.fisher, path = _load_file(pool_dir, net.get("fisher"),
+                                             f"Fisher of {name!r}", _npy_array)
+            _check_fisher(record.fisher, layout, path)
+        networks[name] = record
+    return PoolDirState(page_size, pool, networks)

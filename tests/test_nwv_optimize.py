@@ -1,0 +1,110 @@
+"""nwv.optimize on tiny generated data: joint training lowers the loss, resume is
+bit-identical, non-finite values stop the run naming the network."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import models
+from models import artifacts
+from nwv import api, optimize, state
+from nwv.optimize import NonFiniteError, OptimizationMode, OptimizeConfig
+from nwv.runtime import VirtualizedNetworks
+
+NETS = {"digits": ("mnist", "nwv_mnist"), "objects": ("cifar10", "nwv_cifar10")}
+
+
+@pytest.fixture(scope="module")
+def pool_dir(tiny_data, tmp_path_factory):
+    """A pool of two randomly initialised networks on the tiny mnist and cifar10 data."""
+    root = tmp_path_factory.mktemp("opt")
+    for i, (name, (task, model_name)) in enumerate(NETS.items()):
+        artifacts.save_model(models.build(model_name), str(root / f"{name}.keras"))
+        weights = str(root / f"{name}.keras")
+        api.add_network(str(root / "pool"), name, task, model_name, weights, tiny_data,
+                        page_size=100, fisher_samples=16, seed=i)
+    return str(root / "pool")
+
+
+def _copy(pool_dir, tmp_path, name):
+    target = str(tmp_path / name)
+    shutil.copytree(pool_dir, target)
+    return target
+
+
+def test_config_validation_and_round_trip():
+    config = OptimizeConfig(mode="round_robin", rounds=2, steps=3, lambda_=0.5, limit=8)
+    assert config.mode is OptimizationMode.ROUND_ROBIN
+    assert OptimizeConfig.from_config(config.get_config()) == config
+    with pytest.raises(ValueError, match="expected a mode in"):
+        OptimizeConfig(mode="together")
+    with pytest.raises(ValueError, match="expected steps to be an integer >= 1"):
+        OptimizeConfig(steps=0)
+    with pytest.raises(ValueError, match="expected lambda_ >= 0"):
+        OptimizeConfig(lambda_=-1.0)
+
+
+def test_joint_lowers_the_summed_loss(pool_dir, tiny_data, tmp_path):
+    folder = _copy(pool_dir, tmp_path, "joint")
+    config = OptimizeConfig(mode="joint", rounds=1, steps=12, batch_size=16,
+                            learning_rate=3e-3, limit=48, seed=0)
+    result = optimize.optimize_pool(folder, tiny_data, config, log=None)
+    before, after = result["history"]
+    assert sum(after["train_loss"].values()) < sum(before["val_loss"].values())
+    assert sum(after["val_loss"].values()) < sum(before["val_loss"].values())
+    history = json.load(open(os.path.join(folder, optimize.HISTORY)))
+    assert [h["round"] for h in history["history"]] == [0, 1]
+    assert set(history["history"][1]["val_accuracy"]) == set(NETS)
+    saved = state.load_state(folder).pool                 # the best pool, saved atomically
+    best = result["history"][result["best_round"]]
+    assert best["mean_val_accuracy"] == max(h["mean_val_accuracy"] for h in result["history"])
+    ckpt = np.load(os.path.join(folder, optimize.CHECKPOINT))
+    assert saved.tobytes() == ckpt["best_pool"].tobytes()
+
+
+def test_resume_continues_identically(pool_dir, tiny_data, tmp_path):
+    config = OptimizeConfig(mode="round_robin", rounds=2, steps=3, batch_size=16,
+                            limit=32, seed=5, lambda_=10.0)
+    straight = _copy(pool_dir, tmp_path, "straight")
+    optimize.optimize_pool(straight, tiny_data, config, log=None)
+    resumed = _copy(pool_dir, tmp_path, "resumed")
+    first = OptimizeConfig.from_config({**config.get_config(), "rounds": 1})
+    optimize.optimize_pool(resumed, tiny_data, first, log=None)
+    lines = []
+    optimize.optimize_pool(resumed, tiny_data, config, resume=True, log=lines.append)
+    assert lines[0].startswith("resuming after round 1")
+    a = np.load(os.path.join(straight, optimize.CHECKPOINT))
+    b = np.load(os.path.join(resumed, optimize.CHECKPOINT))
+    for key in a.files:
+        if key != "meta":
+            assert a[key].tobytes() == b[key].tobytes(), key
+    ha = json.load(open(os.path.join(straight, optimize.HISTORY)))["history"]
+    hb = json.load(open(os.path.join(resumed, optimize.HISTORY)))["history"]
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in ha]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in hb]
+    assert ha[1]["penalty"]["objects"] > 0 or ha[1]["penalty"]["digits"] > 0
+    other = OptimizeConfig.from_config({**config.get_config(), "learning_rate": 0.1})
+    with pytest.raises(ValueError, match="differs in \\['learning_rate'\\]"):
+        optimize.optimize_pool(resumed, tiny_data, other, resume=True, log=None)
+
+
+def test_non_finite_weights_stop_naming_the_network(pool_dir, tiny_data):
+    loaded = state.load_state(pool_dir)
+    nets = {n: (None, r.page_table, r.task) for n, r in loaded.networks.items()}
+    pool = loaded.pool.copy()
+    objects = set(nets["objects"][1].tolist())
+    only_digits = [p for p in nets["digits"][1] if p not in objects]
+    pool[only_digits[0], 0] = np.nan                      # poison a page only digits uses
+    order = ["objects", "digits"]                         # digits trains second
+    rt = VirtualizedNetworks(np.nan_to_num(pool), {
+        n: (models.build(NETS[n][1]),) + nets[n][1:] for n in order})
+    rt.page_pool.assign(pool)
+    for mode in ("sequential", "joint"):
+        config = OptimizeConfig(mode=mode, rounds=1, steps=2, batch_size=8, limit=16)
+        with pytest.raises(NonFiniteError, match="network 'digits' at round 1 step 1"):
+            optimize.optimize(rt, tiny_data, config, log=None)
+        assert np.isnan(rt.pool_array()[only_digits[0], 0])   # restored, not trained on
+    with pytest.raises(ValueError, match="round_robin needs every network's Fisher"):
+        optimize.optimize(rt, tiny_data, OptimizeConfig(mode="round_robin"), log=None)

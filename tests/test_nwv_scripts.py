@@ -1,0 +1,91 @@
+"""add_dnn.py, pool.py, joint_optimize.py and evaluate.py --network end to end on tiny
+data, in subprocesses as users run them; api errors in process."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import models
+from models import artifacts
+from nwv import api, state
+from tests.test_scripts import run_script
+
+
+def _last_json(proc):
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    root = tmp_path_factory.mktemp("weights")
+    out = {}
+    for name, model_name in (("digits", "nwv_mnist"), ("objects", "nwv_cifar10")):
+        out[name] = str(root / f"{name}.keras")
+        artifacts.save_model(models.build(model_name), out[name])
+    return out
+
+
+def test_scripts_end_to_end(weights, tiny_data, tmp_path):
+    pool = str(tmp_path / "pool")
+    first = _last_json(run_script(
+        "add_dnn.py", f"--pool={pool}", "--name=digits", "--task=mnist", "--model=nwv_mnist",
+        f"--weights={weights['digits']}", f"--data_dir={tiny_data}", "--fisher_samples=8",
+        "--seed=1"))
+    assert first == {"name": "digits", "pages": 458, "pool_pages": 458, "shared_pages": 0,
+                     "cost": 0.0, "fisher_source": "computed:expected:8"}
+    second = _last_json(run_script(
+        "add_dnn.py", f"--pool={pool}", "--name=objects", "--task=cifar10",
+        "--model=nwv_cifar10", f"--weights={weights['objects']}", f"--data_dir={tiny_data}",
+        "--fisher_samples=8", "--matching=greedy", "--fisher_definition=predicted",
+        "--seed=2"))
+    assert second["pool_pages"] == 458 and second["shared_pages"] == 455
+
+    assert [n["name"] for n in api.list_networks(pool)] == ["digits", "objects"]
+    report = _last_json(run_script("pool.py", f"--pool={pool}", "--action=inspect"))
+    assert report["networks"]["digits"]["shared_with"] == {"objects": 455}
+    assert report["networks"]["objects"]["exclusive_pages"] == 0
+    assert set(report["networks"]["digits"]["fisher_mass"]) == {
+        "conv1", "conv2", "conv3", "fc1", "fc2", "logits"}
+    assert report["compression"] == pytest.approx((458 + 455) / 458)
+
+    summary = _last_json(run_script(
+        "joint_optimize.py", f"--pool={pool}", f"--data_dir={tiny_data}", "--mode=joint",
+        "--rounds=1", "--steps=2", "--batch_size=16", "--limit=32", "--seed=3"))
+    assert summary["rounds"] == 1 and set(summary["val_accuracy"]) == {"digits", "objects"}
+    assert os.path.exists(os.path.join(pool, "history.json"))
+
+    result = _last_json(run_script(
+        "evaluate.py", f"--weights={pool}", "--network=objects", "--task=cifar10",
+        f"--data_dir={tiny_data}", "--split=test"))
+    assert result["network"] == "objects" and result["examples"] == 30
+    assert 0.0 <= result["accuracy"] <= 1.0
+
+    removed = _last_json(run_script("pool.py", f"--pool={pool}", "--action=remove",
+                                    "--name=digits"))
+    assert removed == {"removed": "digits", "pool_pages": 455, "freed_pages": 3}
+    assert [n["name"] for n in api.list_networks(pool)] == ["objects"]
+
+
+def test_api_errors_are_clear(weights, tiny_data, tmp_path, shared_dir):
+    pool = str(tmp_path / "pool")
+    ref = f"{shared_dir}/reference/nwv/mnist.npz"
+    summary = api.add_network(pool, "ref", "mnist", "nwv_mnist", ref, tiny_data)
+    assert summary["fisher_source"] == "reference"              # auto: the npz Fisher
+    stored = models.load_reference_fisher(ref)
+    record = state.load_state(pool).networks["ref"]
+    assert record.fisher.ravel()[:stored[0].size].tobytes() == stored[0].ravel().tobytes()
+    with pytest.raises(ValueError, match="already holds a network named 'ref'"):
+        api.add_network(pool, "ref", "mnist", "nwv_mnist", ref, tiny_data)
+    with pytest.raises(ValueError, match="uses page_size 100, received page_size 50"):
+        api.add_network(pool, "other", "mnist", "nwv_mnist", ref, tiny_data, page_size=50)
+    with pytest.raises(ValueError, match="takes inputs"):
+        api.add_network(pool, "other", "cifar10", "nwv_mnist", ref, tiny_data)
+    with pytest.raises(ValueError, match="expected fisher_weight_i"):
+        api.add_network(pool, "other", "mnist", "nwv_mnist", weights["digits"], tiny_data,
+                        fisher_source="reference")
+    with pytest.raises(KeyError, match="no network 'nope'"):
+        api.remove_network(pool, "nope")
+    with pytest.raises(FileNotFoundError, match="no NWV pool"):
+        api.list_networks(str(tmp_path / "missing"))
+    assert np.isfinite(api.inspect(pool)["networks"]["ref"]["fisher_mass"]["conv1"])
