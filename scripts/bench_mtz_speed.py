@@ -15,8 +15,10 @@ Stages timed: hessian (both networks), costs (all m x m pair costs,
 (`merged_weights` of the greedy pairs, with the per-pair errors). The original
 MTZ code needed about 9 minutes (fc7) and 3 minutes (conv); targets are <= 30 s
 and <= 10 s. Prints a table and writes the measured figures (seconds per
-stage, peak RSS, cost totals) as JSON. Runs in about 40 s on 2 CPU cores
-(most of it fc7) and peaks near 3 GB of RSS.
+stage, peak RSS, cost totals, load averages) as JSON. Runs in about 40 s on an
+otherwise idle 2-core machine (most of it fc7) and peaks near 2.6 GB of RSS.
+Timings are wall-clock: other busy processes slow OpenBLAS (Cholesky above
+all) several-fold, so run it on a quiet machine; the JSON records the load.
 """
 import json
 import os
@@ -125,7 +127,7 @@ def bench_conv(rng):
 def main(argv):
     del argv
     rng = np.random.default_rng(FLAGS.seed)
-    baseline = peak_rss_mb()
+    baseline, load_start = peak_rss_mb(), os.getloadavg()
     layers = {"fc7": bench_dense(rng), "conv": bench_conv(rng)}
     result = {
         "command": ("python scripts/bench_mtz_speed.py --seed=%d --out=%s --n_samples=%d "
@@ -136,6 +138,9 @@ def main(argv):
                     "scipy": scipy.__version__},
         "config": {"seed": FLAGS.seed, "n_samples": FLAGS.n_samples,
                    "conv_batch": FLAGS.conv_batch, "damping": FLAGS.damping},
+        # Other processes on the machine slow BLAS down (Cholesky most): check these.
+        "loadavg_1_5_15min_start": [round(v, 2) for v in load_start],
+        "loadavg_1_5_15min_end": [round(v, 2) for v in os.getloadavg()],
         "peak_rss_mb_after_imports": round(baseline, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "layers": layers,
