@@ -42,17 +42,23 @@ def _check_finite(array: np.ndarray, name: str) -> None:
                          f"value(s)")
 
 
-def _derive(shapes, page_size) -> dict:
-    """All PageLayout fields from the variable shapes and the page size."""
+def _derive(shapes, page_size, aligned=False) -> dict:
+    """All PageLayout fields from the variable shapes, the page size and alignment."""
     shapes = tuple(tuple(int(d) for d in s) for s in shapes)
     if any(d < 0 for s in shapes for d in s):
         raise ValueError(f"expected non-negative dimensions, received shapes {shapes}")
     sizes = tuple(int(np.prod(s, dtype=np.int64)) for s in shapes)
-    offsets = tuple(int(o) for o in np.cumsum((0,) + sizes[:-1])) if sizes else ()
     page_size = _check_page_size(page_size)
     n_weights = int(sum(sizes))
+    if aligned:  # every variable starts a page: whole variables can be shared
+        spans = [-(-s // page_size) * page_size for s in sizes]
+        offsets = tuple(int(o) for o in np.cumsum([0] + spans[:-1])) if sizes else ()
+        n_pages = max(1, sum(spans) // page_size)
+    else:
+        offsets = tuple(int(o) for o in np.cumsum((0,) + sizes[:-1])) if sizes else ()
+        n_pages = max(1, -(-n_weights // page_size))
     return dict(shapes=shapes, sizes=sizes, offsets=offsets, page_size=page_size,
-                n_pages=max(1, -(-n_weights // page_size)), n_weights=n_weights)
+                n_pages=n_pages, n_weights=n_weights, aligned=bool(aligned))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +70,12 @@ class PageLayout:
       sizes: number of weights of each variable (product of its shape).
       offsets: start of each variable in the flat vector (cumulative sizes).
       page_size: weights per page, P >= 1.
-      n_pages: ceil(n_weights / P) (at least 1 even for an empty network).
+      n_pages: ceil(n_weights / P) (at least 1 even for an empty network);
+        aligned: sum_i ceil(sizes_i / P).
       n_weights: total number of weights, sum(sizes).
+      aligned: each variable starts on a page boundary (zero padding after
+        each), so a variable's pages can be shared whole between networks (a
+        zipped model's shared blocks); otherwise variables are packed back to back.
     """
     shapes: tuple
     sizes: tuple
@@ -73,9 +83,10 @@ class PageLayout:
     page_size: int
     n_pages: int
     n_weights: int
+    aligned: bool = False
 
     def __post_init__(self):
-        derived = _derive(self.shapes, self.page_size)
+        derived = _derive(self.shapes, self.page_size, self.aligned)
         for key in ("sizes", "offsets", "n_pages", "n_weights"):
             value, given = derived[key], getattr(self, key)
             given = tuple(int(v) for v in given) if isinstance(value, tuple) else int(given)
@@ -86,26 +97,27 @@ class PageLayout:
             object.__setattr__(self, key, value)
 
     @classmethod
-    def from_shapes(cls, shapes: Sequence[Sequence[int]], page_size: int) -> "PageLayout":
+    def from_shapes(cls, shapes: Sequence[Sequence[int]], page_size: int,
+                    aligned: bool = False) -> "PageLayout":
         """Builds the layout of variables with these shapes (sizes etc. derived)."""
-        return cls(**_derive(shapes, page_size))
+        return cls(**_derive(shapes, page_size, aligned))
 
     def get_config(self) -> dict:
         """JSON-serialisable description (lists and ints)."""
         return dict(shapes=[list(s) for s in self.shapes], sizes=list(self.sizes),
                     offsets=list(self.offsets), page_size=self.page_size,
-                    n_pages=self.n_pages, n_weights=self.n_weights)
+                    n_pages=self.n_pages, n_weights=self.n_weights, aligned=self.aligned)
 
     @classmethod
     def from_config(cls, config: dict) -> "PageLayout":
         """Inverse of `get_config`; only `shapes` and `page_size` are required,
         the other keys, when present, are checked against the derived values."""
-        fields = _derive(config["shapes"], config["page_size"])
+        fields = _derive(config["shapes"], config["page_size"], config.get("aligned", False))
         fields.update({k: config[k] for k in fields if k in config and k != "shapes"})
         return cls(**fields)
 
 
-def flatten(arrays: Sequence[np.ndarray], page_size: int = 100):
+def flatten(arrays: Sequence[np.ndarray], page_size: int = 100, aligned: bool = False):
     """Concatenates variables (layer order, C order) into one float32 vector.
 
     flat = concat_i(ravel(arrays[i])), float32.
@@ -114,9 +126,11 @@ def flatten(arrays: Sequence[np.ndarray], page_size: int = 100):
       arrays: list of arrays (e.g. `[weight_0, bias_0, weight_1, ...]`), any
         shapes; cast to float32.
       page_size: weights per page P recorded in the layout.
+      aligned: start every array on a page boundary (see `PageLayout`).
 
     Returns:
-      (flat [n_weights] float32, PageLayout).
+      (flat [n_weights] float32, PageLayout); aligned: flat [n_pages * P] with
+      each array at its offset and zeros between.
 
     Raises:
       ValueError: page_size < 1, an empty list, or NaN/inf values.
@@ -128,9 +142,14 @@ def flatten(arrays: Sequence[np.ndarray], page_size: int = 100):
     arrays = [np.asarray(a, dtype=np.float32) for a in arrays]
     for i, a in enumerate(arrays):
         _check_finite(a, f"array {i} (shape {a.shape})")
-    layout = PageLayout.from_shapes([a.shape for a in arrays], page_size)
-    flat = np.concatenate([a.ravel() for a in arrays]) if layout.n_weights else \
-        np.zeros(0, np.float32)
+    layout = PageLayout.from_shapes([a.shape for a in arrays], page_size, aligned)
+    if aligned:
+        flat = np.zeros(layout.n_pages * page_size, np.float32)
+        for a, o in zip(arrays, layout.offsets):
+            flat[o:o + a.size] = a.ravel()
+    else:
+        flat = np.concatenate([a.ravel() for a in arrays]) if layout.n_weights else \
+            np.zeros(0, np.float32)
     return flat.astype(np.float32, copy=False), layout
 
 
@@ -160,9 +179,9 @@ def to_pages(flat: np.ndarray, page_size: int) -> np.ndarray:
     return pages.reshape(n_pages, page_size)
 
 
-def paginate(arrays: Sequence[np.ndarray], page_size: int = 100):
+def paginate(arrays: Sequence[np.ndarray], page_size: int = 100, aligned: bool = False):
     """`flatten` then `to_pages`: returns (pages [n_pages, P] float32, PageLayout)."""
-    flat, layout = flatten(arrays, page_size)
+    flat, layout = flatten(arrays, page_size, aligned)
     return to_pages(flat, page_size), layout
 
 

@@ -3,7 +3,7 @@
 All networks' weights live in ONE `tf.Variable`, `page_pool` [m, P]. Network n
 reads its weights through its page table t_n [n_pages] (Lee & Nirjon 2020, §4):
 
-    flat_n = reshape(gather(page_pool, t_n), [-1])[:n_weights]
+    flat_n = reshape(gather(page_pool, t_n), [-1])
     W_n,i  = reshape(flat_n[o_i : o_i + s_i], shape_i)       (pages.PageLayout)
 
 and runs its Keras model functionally on those values,
@@ -28,8 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import models
-from nwv import pages, state
+from nwv import pages, skeletons, state
 
 __all__ = ["VirtualizedNetworks", "check_supported", "check_model"]
 
@@ -68,6 +67,7 @@ class _Network:
     table: tf.Tensor           # [n_pages] int32
     layout: pages.PageLayout
     task: str | None
+    outputs: tuple | None = None   # a multi-output group: the names of its outputs
 
 
 class VirtualizedNetworks:
@@ -76,8 +76,11 @@ class VirtualizedNetworks:
     Args:
       pool: [m, P] float32 initial pool values.
       networks: name -> (skeleton keras.Model, page_table [n_pages] ints), or
-        name -> (model, page_table, task); the model's trainable variables give
-        the shapes (their values are ignored).
+        name -> (model, page_table, task[, aligned[, outputs]]); the model's
+        trainable variables give the shapes (their values are ignored).
+        `aligned`: the table uses a page-aligned layout (zipped members);
+        `outputs`: for a multi-output group network (a whole zipped model),
+        the network names of its outputs, so `run_all` computes them at once.
       pool_dir: the pool directory it came from (needed by `load_from_disk`).
 
     Raises:
@@ -97,27 +100,30 @@ class VirtualizedNetworks:
             self.page_pool = tf.Variable(pool, name="page_pool")
         self._nets = {}
         for name, spec in networks.items():
-            model, table, task = (tuple(spec) + (None,))[:3]
+            model, table, task, aligned, outputs = (tuple(spec) + (None,) * 3)[:5]
             check_supported(model)
             layout = pages.PageLayout.from_shapes(
-                [v.shape for v in model.trainable_variables], self.page_size)
+                [v.shape for v in model.trainable_variables], self.page_size, bool(aligned))
             table = np.asarray(table)
             state._check_table(table, layout.n_pages, pool.shape[0], f"network {name!r}")
             self._nets[name] = _Network(
-                model, tf.constant(table, tf.int32, name=f"page_table_{name}"), layout, task)
+                model, tf.constant(table, tf.int32, name=f"page_table_{name}"), layout, task,
+                tuple(outputs) if outputs else None)
         self._active = next(iter(self._nets))
         self._run_fns = {}
-        self._run_all_fn = tf.function(self._run_all_impl, reduce_retracing=True)
+        self._run_all_fns = {}
 
     # --- construction from disk ---------------------------------------------
     @classmethod
     def from_state(cls, pool_state: state.PoolDirState, pool_dir: str | None = None):
-        """Builds every network of a `PoolDirState` from the model registry."""
-        nets = {}
+        """Builds every network of a `PoolDirState` (registry models or zipped members,
+        see `nwv.skeletons`)."""
+        nets, cache = {}, {}
         for name, record in pool_state.networks.items():
-            model = models.build(record.model, **record.model_overrides)
+            model = skeletons.build_skeleton(record, pool_state.assets, cache)
             check_model(record, model, pool_dir or state.MANIFEST)
-            nets[name] = (model, record.page_table, record.task)
+            nets[name] = (model, record.page_table, record.task, record.aligned,
+                          record.model_overrides.get("outputs"))
         return cls(pool_state.pool, nets, pool_dir)
 
     @classmethod
@@ -158,9 +164,10 @@ class VirtualizedNetworks:
         table: list of tensors with the variable shapes (differentiable w.r.t. pool)."""
         net = self._network(name)
         pool = self.page_pool if pool is None else pool
-        flat = tf.reshape(tf.gather(pool, net.table), [-1])[:net.layout.n_weights]
-        parts = tf.split(flat, list(net.layout.sizes))
-        return [tf.reshape(p, s) for p, s in zip(parts, net.layout.shapes)]
+        flat = tf.reshape(tf.gather(pool, net.table), [-1])
+        layout = net.layout
+        return [tf.reshape(flat[o:o + n], s)
+                for o, n, s in zip(layout.offsets, layout.sizes, layout.shapes)]
 
     def forward(self, name: str, x, pool=None, training: bool = False):
         """Logits [batch, C] of network `name` on x [batch, *input_shape] (not compiled)."""
@@ -187,14 +194,47 @@ class VirtualizedNetworks:
         """Logits of the active network (see `switch`)."""
         return self.run(self._active, x)
 
-    def _run_all_impl(self, inputs):
-        return {name: self.forward(name, x) for name, x in inputs.items()}
+    def groups(self) -> dict:
+        """{group network: its output names} for multi-output (zipped) networks."""
+        return {n: net.outputs for n, net in self._nets.items() if net.outputs}
+
+    def _plan(self, inputs: Mapping) -> dict:
+        """{network to run: [(output index or None, name)]}: names whose inputs are
+        the same tensor and that one group computes come from one group call."""
+        plan, left = {}, [n for n in inputs]
+        for group, outputs in self.groups().items():
+            wanted = [n for n in left if n in outputs]
+            if len(wanted) > 1 and all(inputs[n] is inputs[wanted[0]] for n in wanted):
+                plan[group] = [(outputs.index(n), n) for n in wanted]
+                left = [n for n in left if n not in wanted]
+        for name in left:
+            plan[name] = [(None, name)]
+        return plan
+
+    def _run_all_impl(self, inputs, plan):
+        out = {}
+        for network, picks in plan.items():
+            x = inputs[picks[0][1]]
+            result = self.forward(network, x)
+            for index, name in picks:
+                out[name] = result if index is None else result[index]
+        return out
 
     def run_all(self, inputs: Mapping) -> dict:
-        """{name: logits} for {name: x}: several networks in ONE tf.function call."""
+        """{name: logits} for {name: x}: several networks in ONE tf.function call.
+
+        Names served by one zipped group (see `groups`) and given the SAME input
+        object run as one multi-task pass: their shared layers are computed once.
+        """
         for name in inputs:
             self._network(name)
-        return self._run_all_fn(dict(inputs))
+        plan = self._plan(inputs)
+        key = tuple((k, tuple(v)) for k, v in plan.items())
+        if key not in self._run_all_fns:
+            self._run_all_fns[key] = tf.function(
+                lambda xs: self._run_all_impl(xs, plan), reduce_retracing=True)
+        unique = {picks[0][1]: inputs[picks[0][1]] for picks in plan.values()}
+        return self._run_all_fns[key](unique)
 
     # --- weights and the way back to Keras --------------------------------------
     def weights(self, name: str) -> list:
@@ -221,7 +261,7 @@ class VirtualizedNetworks:
                              "built in memory (save it with nwv.api first)")
         loaded = state.load_state(self.pool_dir, [name], with_fisher=False)
         record = loaded.networks[name]
-        model = models.build(record.model, **record.model_overrides)
+        model = skeletons.build_skeleton(record, loaded.assets)
         check_model(record, model, self.pool_dir)
         _assign(model, pages.gather_weights(loaded.pool, record.page_table,
                                             record.layout(loaded.page_size)))

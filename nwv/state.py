@@ -73,6 +73,8 @@ class NetworkRecord:
       page_table: [n_pages] int32 pool page index of each of its pages.
       fisher: [n_pages, P] float32 diagonal Fisher in page layout.
       fisher_source: how the Fisher was obtained ("reference" or "computed:<def>:<N>").
+      aligned: page layout with every variable on a page boundary (zipped
+        members, whose shared blocks are whole pages; see `pages.PageLayout`).
     """
     name: str
     task: str
@@ -83,17 +85,21 @@ class NetworkRecord:
     page_table: np.ndarray
     fisher: np.ndarray
     fisher_source: str = "computed"
+    aligned: bool = False
 
     def layout(self, page_size: int) -> pages.PageLayout:
-        return pages.PageLayout.from_shapes(self.variable_shapes, page_size)
+        return pages.PageLayout.from_shapes(self.variable_shapes, page_size, self.aligned)
 
 
 @dataclasses.dataclass
 class PoolDirState:
-    """Everything in a pool directory: the pool [m, P] and the networks, in order."""
+    """Everything in a pool directory: the pool [m, P], the networks in order, and
+    assets {file name: bytes} (e.g. a zipped model's architecture), checksummed
+    like every other file."""
     page_size: int
     pool: np.ndarray
     networks: dict
+    assets: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
     def empty(cls, page_size: int) -> "PoolDirState":
@@ -156,6 +162,7 @@ def _manifest_files(manifest: dict) -> list:
     entries = [manifest.get("pool", {})]
     for net in manifest.get("networks", {}).values():
         entries += [net.get("page_table", {}), net.get("fisher", {})]
+    entries += list((manifest.get("assets") or {}).values())
     return [e for e in entries if isinstance(e, dict) and "file" in e]
 
 
@@ -242,13 +249,20 @@ def _encode(state: PoolDirState):
             "variable_names": list(record.variable_names),
             "variable_shapes": [list(s) for s in record.variable_shapes],
             "weights": layout.n_weights, "pages": layout.n_pages,
-            "fisher_source": record.fisher_source,
+            "fisher_source": record.fisher_source, "aligned": bool(record.aligned),
             "page_table": _entry(table_file, blobs[table_file]),
             "fisher": _entry(fisher_file, blobs[fisher_file]),
         }
+    assets = {}
+    for file, blob in sorted((state.assets or {}).items()):
+        if not _NAME.match(file) or file in blobs:
+            raise ValueError(f"expected an asset file name of letters, digits, '_.-' not "
+                             f"clashing with pool files, received {file!r}")
+        blobs[file] = bytes(blob)
+        assets[file] = _entry(file, blobs[file])
     manifest = {"format": FORMAT, "version": FORMAT_VERSION, "page_size": page_size,
                 "pool_pages": int(pool.shape[0]), "pool": _entry(POOL_FILE, blobs[POOL_FILE]),
-                "networks": networks}
+                "networks": networks, "assets": assets}
     return blobs, manifest
 
 
@@ -378,12 +392,14 @@ def load_state(pool_dir: str, names=None, with_fisher: bool = True) -> PoolDirSt
         net = available[name]
         try:
             shapes = tuple(tuple(int(d) for d in s) for s in net["variable_shapes"])
-            layout = pages.PageLayout.from_shapes(shapes, page_size)
+            aligned = bool(net.get("aligned", False))
+            layout = pages.PageLayout.from_shapes(shapes, page_size, aligned)
             record = NetworkRecord(
                 name=check_name(name), task=net["task"], model=net["model"],
                 model_overrides=dict(net.get("model_overrides") or {}),
                 variable_names=tuple(net["variable_names"]), variable_shapes=shapes,
-                page_table=None, fisher=None, fisher_source=net.get("fisher_source", ""))
+                page_table=None, fisher=None, fisher_source=net.get("fisher_source", ""),
+                aligned=aligned)
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{where}: bad entry for network {name!r}: {err!r}") from err
         if (net.get("weights"), net.get("pages")) != (layout.n_weights, layout.n_pages):
@@ -398,4 +414,6 @@ def load_state(pool_dir: str, names=None, with_fisher: bool = True) -> PoolDirSt
                                              f"Fisher of {name!r}", _npy_array)
             _check_fisher(record.fisher, layout, path)
         networks[name] = record
-    return PoolDirState(page_size, pool, networks)
+    assets = {file: _read_checked(pool_dir, entry, f"asset {file}")
+              for file, entry in (manifest.get("assets") or {}).items()}
+    return PoolDirState(page_size, pool, networks, assets)

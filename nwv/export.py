@@ -1,0 +1,100 @@
+"""SavedModel export of a page pool: one endpoint per network and one for all of them.
+
+Built on `keras.export.ExportArchive`: every endpoint reads its weights from the
+same `page_pool` variable through its page table (a constant in the graph), so
+the SavedModel's variables are the pool, stored once, whatever the number of
+networks. A fresh process loads it with TensorFlow alone:
+
+    >>> served = tf.saved_model.load("export_dir")
+    >>> logits = served.mnist(x)                         # one network
+    >>> all_logits = served.all_tasks(x_mnist, x_cifar)  # every network, one call
+
+Endpoint names are the network names (Python identifiers); `all_tasks` takes one
+input per network, in the order of `networks.json`, and returns a dict of logits;
+a zipped group (`nwv.combined`) with one shared input gets its own endpoint
+(e.g. `zipped_all(x)`) that computes the shared layers once. The same
+endpoints are also written as serving signatures (`serving_default` = first).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import keras
+import tensorflow as tf
+
+from nwv.runtime import VirtualizedNetworks
+
+ALL_ENDPOINT = "all_tasks"
+
+
+def _endpoint_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name == ALL_ENDPOINT:
+        raise ValueError(f"network name {name!r} cannot name a SavedModel endpoint: expected "
+                         f"a Python identifier other than {ALL_ENDPOINT!r}")
+    return name
+
+
+def export_savedmodel(runtime: VirtualizedNetworks, out_dir: str, names=None) -> dict:
+    """Writes a SavedModel of `runtime`'s networks to `out_dir`.
+
+    Args:
+      runtime: the in-memory pool and page tables (`VirtualizedNetworks`).
+      out_dir: destination folder (created; must not hold another SavedModel).
+      names: networks to export (default: all, in the runtime's order).
+    Returns:
+      {"endpoints": [...], "networks": {name: input shape}, "pool_bytes": int}
+    """
+    groups = runtime.groups()
+    names = [n for n in (names or runtime.names) if n not in groups]
+    archive = keras.export.ExportArchive()
+    shapes = {}
+    for name in names:
+        shape = tuple(runtime.model(name).input_shape[1:])
+        shapes[name] = list(shape)
+        spec = tf.TensorSpec((None, *shape), tf.float32, name=name)
+        archive.add_endpoint(_endpoint_name(name),
+                             (lambda n: (lambda x: runtime.forward(n, x)))(name),
+                             input_signature=[spec])
+    specs = [tf.TensorSpec((None, *shapes[n]), tf.float32, name=n) for n in names]
+
+    def all_tasks(*xs):
+        return {n: runtime.forward(n, x) for n, x in zip(names, xs)}
+
+    archive.add_endpoint(ALL_ENDPOINT, all_tasks, input_signature=specs)
+    endpoints = names + [ALL_ENDPOINT]
+    for group, outputs in groups.items():  # zipped model: shared layers computed once
+        shape = tuple(runtime.model(group).inputs[0].shape[1:])
+        if len(runtime.model(group).inputs) != 1:
+            continue
+        fn = (lambda g, outs: (lambda x: dict(zip(outs, runtime.forward(g, x)))))(group, outputs)
+        archive.add_endpoint(_endpoint_name(group), fn,
+                             input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
+        endpoints.append(group)
+    archive.add_variable_collection("page_pool", [runtime.page_pool])
+    archive.write_out(out_dir, verbose=False)
+    info = {"endpoints": endpoints, "networks": shapes,
+            "pool_bytes": int(runtime.page_pool.shape.num_elements() * 4)}
+    with open(os.path.join(out_dir, "networks.json"), "w") as handle:
+        json.dump(info, handle, indent=2)
+    return info
+
+
+def variable_bytes(saved_model_dir: str) -> int:
+    """Bytes of the variables a SavedModel's checkpoint stores (float32 assumed 4 bytes).
+
+    Read from `variables/variables` with `tf.train.load_checkpoint`, so variables
+    saved twice would count twice.
+    """
+    reader = tf.train.load_checkpoint(os.path.join(saved_model_dir, "variables", "variables"))
+    dtypes = reader.get_variable_to_dtype_map()
+    total = 0
+    for name, shape in reader.get_variable_to_shape_map().items():
+        if name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH"):
+            continue
+        count = 1
+        for dim in shape:
+            count *= dim
+        total += count * dtypes[name].size
+    return int(total)
