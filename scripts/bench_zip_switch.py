@@ -1,0 +1,194 @@
+"""Task switching of zipped networks (the MTZ paper's 8.71x experiment) + simultaneous runs.
+
+    python scripts/bench_zip_switch.py --data_dir=../shared/datasets
+
+Five LeNet-300-100 (mnist, mnist_parity, mnist_lowhigh and two more seeds of the
+first two; real MNIST from ../shared) are zipped with MTZ to about 90% shared
+parameters and stored in one page pool. Tasks are made ready in random order, ten
+times each, by (a) loading the task's whole weights from storage into the live
+model, (b) loading only its task-specific weights from storage (the paper's
+scheme: shared weights stay in memory), (c) the in-memory page-table switch.
+Files are evicted from the page cache (posix_fadvise DONTNEED) before each load.
+Also: switch + one single-sample inference end to end, and simultaneous
+execution of 2/4/5 tasks on one input (one call, shared layers once) vs one
+after another. Trained networks are cached in --work_dir. About 5 minutes on
+2 cores. Writes results/bench_zip_switch.json and results/zip_switch.png.
+"""
+import os
+import time
+
+import _cli
+import numpy as np
+import tensorflow as tf
+from absl import flags
+
+import models
+from models import artifacts, training
+from mtz.pipeline import hessian_inputs, zip_trained
+from nwv import combined
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("data_dir", "../shared/datasets", "Folder with mnist_train.tar.gz.")
+flags.DEFINE_string("work_dir", "runs/bench_zip_switch", "Cache of networks and pool.")
+flags.DEFINE_string("out", "results/bench_zip_switch.json", "Result file.")
+flags.DEFINE_float("share", 0.9, "Fraction of each hidden layer's neurons to share.")
+flags.DEFINE_integer("epochs", 6, "Training epochs per network.")
+flags.DEFINE_integer("retrain_steps", 150, "Joint retraining steps per zipped layer.")
+flags.DEFINE_integer("repeats", 10, "Switches to each task.")
+flags.DEFINE_integer("seed", 0, "Random seed.")
+
+TASKS = [("mnist", 1), ("mnist_parity", 2), ("mnist_lowhigh", 3), ("mnist", 4),
+         ("mnist_parity", 5)]
+
+
+def evict(path):
+    """Drops `path` from the OS page cache so the next read comes from storage."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def trained(task, seed):
+    folder = os.path.join(FLAGS.work_dir, f"{task}_seed{seed}")
+    if not os.path.exists(os.path.join(folder, "metrics.json")):
+        training.set_seed(seed)
+        training.train(models.build("lenet_300_100", num_classes=len(
+            __import__("data").get(task).class_names)), task, folder, FLAGS.data_dir,
+            FLAGS.epochs, 128, 1e-3, seed, verbose=0)
+    return artifacts.load_model(folder)
+
+
+def shared_fraction(zipped):
+    """Mean over tasks of the fraction of a task's weights held in shared blocks."""
+    users = {}
+    for i in range(len(zipped.tasks)):
+        for v in zipped.member(i).trainable_variables:
+            users.setdefault(v.path, set()).add(i)
+    fractions = []
+    for i in range(len(zipped.tasks)):
+        variables = zipped.member(i).trainable_variables
+        total = sum(int(np.prod(v.shape)) for v in variables)
+        shared = sum(int(np.prod(v.shape)) for v in variables if len(users[v.path]) > 1)
+        fractions.append(shared / total)
+    return float(np.mean(fractions)), users
+
+
+def write_weight_files(zipped, users, folder):
+    """Per task: all its weights (`full_<task>.npz`) and its own blocks only."""
+    os.makedirs(folder, exist_ok=True)
+    files = {}
+    for i, name in enumerate(zipped.tasks):
+        variables = zipped.member(i).trainable_variables
+        full = {f"v{k}": v.numpy() for k, v in enumerate(variables)}
+        own = {f"v{k}": v.numpy() for k, v in enumerate(variables) if users[v.path] == {i}}
+        paths = (os.path.join(folder, f"full_{name}.npz"),
+                 os.path.join(folder, f"specific_{name}.npz"))
+        np.savez(paths[0], **full)
+        np.savez(paths[1], **own)
+        files[name] = paths
+    return files
+
+
+def load_into(path, variables):
+    evict(path)
+    with np.load(path) as stored:
+        for key in stored.files:
+            variables[int(key[1:])].assign(stored[key])
+
+
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main(argv):
+    del argv
+    training.set_seed(FLAGS.seed)
+    nets = [trained(t, s) for t, s in TASKS]
+    tasks = [t for t, _ in TASKS]
+    zipped, report = zip_trained(nets, tasks, FLAGS.data_dir, str(FLAGS.share), "greedy",
+                                 FLAGS.retrain_steps, 64, 3e-4, seed=FLAGS.seed,
+                                 no_retrain_baseline=False, progress=None)
+    fraction, users = shared_fraction(zipped)
+    pool_dir = os.path.join(FLAGS.work_dir, "pool")
+    if os.path.exists(pool_dir):
+        import shutil
+        shutil.rmtree(pool_dir)
+    runtime = combined.save_zipped(pool_dir, zipped)
+    files = write_weight_files(zipped, users, os.path.join(FLAGS.work_dir, "files"))
+    names = list(zipped.tasks)
+    members = [zipped.member(i) for i in range(len(names))]
+    predict = [tf.function(m) for m in members]
+    x1 = hessian_inputs("mnist", FLAGS.data_dir, 1, FLAGS.seed)
+    for i, name in enumerate(names):  # warm every path once
+        predict[i](x1), runtime.switch(name), runtime(x1)
+    order = np.random.default_rng(FLAGS.seed).permutation(
+        np.repeat(np.arange(len(names)), FLAGS.repeats))
+    times = {k: [] for k in ("full_load", "specific_load", "in_memory",
+                             "full_load_e2e", "specific_load_e2e", "in_memory_e2e")}
+    for i in order:
+        name, variables = names[i], members[i].trainable_variables
+        times["full_load"].append(timed(lambda: load_into(files[name][0], variables)))
+        times["specific_load"].append(timed(lambda: load_into(files[name][1], variables)))
+        times["in_memory"].append(timed(lambda: runtime.switch(name)))
+        times["full_load_e2e"].append(timed(
+            lambda: (load_into(files[name][0], variables), predict[i](x1).numpy())))
+        times["specific_load_e2e"].append(timed(
+            lambda: (load_into(files[name][1], variables), predict[i](x1).numpy())))
+        times["in_memory_e2e"].append(timed(lambda: (runtime.switch(name), runtime(x1).numpy())))
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    simultaneous = {}
+    x = hessian_inputs("mnist", FLAGS.data_dir, 64, FLAGS.seed)
+    for n in (2, 4, len(names)):
+        subset = names[:n]
+        runtime.run_all({s: x for s in subset})
+        for s in subset:
+            runtime.run(s, x)
+        together = [timed(lambda: [v.numpy() for v in runtime.run_all(
+            {s: x for s in subset}).values()]) for _ in range(30)]
+        apart = [timed(lambda: [runtime.run(s, x).numpy() for s in subset]) for _ in range(30)]
+        simultaneous[n] = {"one_call_ms": 1e3 * float(np.median(together)),
+                           "one_by_one_ms": 1e3 * float(np.median(apart)),
+                           "speedup": float(np.median(apart) / np.median(together)),
+                           "throughput_one_call": 64 * n / float(np.median(together))}
+    result = {
+        "tasks": names, "shared_parameter_fraction": fraction, "page_cache": "evicted with "
+        "posix_fadvise(POSIX_FADV_DONTNEED) before each load", "repeats_per_task":
+        FLAGS.repeats, "median_seconds": med,
+        "ratio_full_over_specific": med["full_load"] / med["specific_load"],
+        "ratio_full_over_in_memory": med["full_load"] / med["in_memory"],
+        "ratio_e2e_full_over_in_memory": med["full_load_e2e"] / med["in_memory_e2e"],
+        "targets": {"full_over_specific": 8.71, "full_over_in_memory": 459},
+        "file_bytes": {n: [os.path.getsize(p) for p in files[n]] for n in names},
+        "accuracy": {"before": report["before"], "after_retrain": report["after_retrain"]},
+        "parameters": report["parameters"], "simultaneous_batch64": simultaneous,
+    }
+    artifacts.write_json(FLAGS.out, result)
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    labels = ["whole task\nfrom storage", "task-specific\nfrom storage", "in-memory\npage table"]
+    ax.bar(labels, [1e3 * med[k] for k in ("full_load", "specific_load", "in_memory")],
+           color=["#c44", "#e93", "#3a7"])
+    ax.set_yscale("log")
+    ax.set_ylabel("median switch time (ms, log)")
+    ax.set_title(f"{len(names)} zipped LeNet-300-100, {100 * fraction:.0f}% shared")
+    fig.tight_layout()
+    fig.savefig(os.path.join(os.path.dirname(FLAGS.out), "zip_switch.png"), dpi=120)
+    print(f"shared fraction {fraction:.3f}; median switch: full {1e3 * med['full_load']:.3f} ms,"
+          f" specific {1e3 * med['specific_load']:.3f} ms, in-memory "
+          f"{1e6 * med['in_memory']:.2f} us; (a)/(b) {result['ratio_full_over_specific']:.2f}x,"
+          f" (a)/(c) {result['ratio_full_over_in_memory']:.0f}x; end to end (a)/(c) "
+          f"{result['ratio_e2e_full_over_in_memory']:.1f}x")
+    for n, s in simultaneous.items():
+        print(f"{n} tasks, batch 64: one call {s['one_call_ms']:.2f} ms vs one by one "
+              f"{s['one_by_one_ms']:.2f} ms ({s['speedup']:.2f}x)")
+
+
+if __name__ == "__main__":
+    _cli.run(main)
