@@ -20,7 +20,10 @@ import numpy as np
 from models import artifacts
 from mtz import keras_build
 from mtz.layers import ZippedLayer  # noqa: F401  (registers the layer for loading)
-from mtz.structure import parse_chain, same_architecture
+from mtz.domains import joint_shape, pad_chain
+from mtz.graph import parse_chain
+from mtz.layers import InputPad  # noqa: F401  (registers the layer for loading)
+from mtz.structure import same_architecture
 from mtz.zipper import ZipConfig, new_state, zip_state
 
 ZIP_FILE = "zip.json"
@@ -120,8 +123,11 @@ def zip_models(models, inputs, names=None, share="1.0", method="greedy", alpha=0
     (Eq. 2.12-2.13); the output layer is never shared.
 
     Args:
-      models: Keras models (Dense/Conv2D chains, batch norms folded; see
-        `mtz.structure.SUPPORTED`); not modified.
+      models: Keras models of Dense/Conv2D layers, possibly with residual Add
+        blocks (`mtz.graph`); batch norms are folded exactly, so the zipped
+        model has none; see `mtz.structure.SUPPORTED`. Not modified. Inputs may
+        differ in channels, or in size for Flatten + Dense networks: zipped on
+        a joint input at the larger size (`mtz.domains`).
       inputs: per model, examples [n, *input_shape] for the layer-wise Hessians.
       names: task names (default: "task0", "task1", ...).
       share: `ShareSchedule` or its string: "1.0" all neurons, "0.5" half,
@@ -136,7 +142,8 @@ def zip_models(models, inputs, names=None, share="1.0", method="greedy", alpha=0
       A `ZippedModel`.
     Raises:
       ValueError: fewer than two models, differing architectures, share counts
-        larger than a layer, unsupported layers (named).
+        larger than a layer, unsupported layers (named), conv networks with
+        inputs of different spatial sizes.
     """
     if len(models) < 2:
         raise ValueError(f"expected at least two models to zip, received {len(models)}")
@@ -145,15 +152,17 @@ def zip_models(models, inputs, names=None, share="1.0", method="greedy", alpha=0
         raise ValueError(f"expected one name and one input array per model ({len(models)}), "
                          f"received {len(names)} names and {len(inputs)} inputs")
     chains = [parse_chain(m) for m in models]
-    same_architecture(chains, names)
     for chain, x, name in zip(chains, inputs, names):
         if tuple(np.shape(x)[1:]) != tuple(chain.input_shape):
             raise ValueError(f"inputs for {name!r}: expected examples of shape "
                              f"{chain.input_shape}, received {tuple(np.shape(x)[1:])}")
+    joint = joint_shape(chains, names)
+    padded = [pad_chain(chain, joint) for chain in chains]
+    same_architecture(padded, names)
     config = ZipConfig(share=share, method=method, alpha=alpha, damping=damping,
                        hessian_samples=hessian_samples, sparse=sparse, per_tap=per_tap,
                        seed=seed)
-    state = new_state(chains, names)
+    state = new_state(padded, names, [c.input_shape for c in chains])
     records = zip_state(state, dict(enumerate(inputs)), config, retrain, progress)
     model = keras_build.multitask_model(state)
     separate = int(sum(m.count_params() for m in models))

@@ -1,20 +1,31 @@
 """Keras models from a `ZipState`: the multi-task model and plain per-task models.
 
 `multitask_model(state)` has one input and one output per task; each weighted
-layer is a `ZippedLayer` whose blocks hold the shared weights once.
-`task_model(state, t)` is an ordinary Keras model of task t's original
-architecture (original neuron order, batch norms folded) whose outputs equal
-the multi-task model's output for task t. `read_back` copies trained block
-variables into the state.
+layer is a `ZippedLayer` whose blocks hold the shared weights once, and the
+network's graph (branches, one Add per task and residual block) is rebuilt
+step by step from `Chain.wiring`. `task_model(state, t)` is an ordinary Keras
+model of task t's original architecture (original neuron order and input
+shape, batch norms folded, so without BatchNormalization layers) whose
+outputs equal the multi-task model's output for task t. `read_back` copies
+trained block variables into the state.
+
+Channel order: task t's tensors carry the channels of the owner groups it
+belongs to, in group order (`ZipState.groups`). Tied layers share one slot
+space, so both operands of an Add have the same order and add channel by
+channel as in the original network. A task whose input is smaller than the
+joint input (`mtz.domains`) is zero-padded by an `InputPad` layer in the
+multi-task model; its plain model instead drops the padded kernel rows, which
+only ever multiply zeros.
 """
 from __future__ import annotations
 
 import keras
 import numpy as np
 
-from mtz.layers import ZippedLayer
+from mtz.domains import crop_kernel
+from mtz.layers import InputPad, ZippedLayer
 from mtz.state import ZipState, _positions
-from mtz.structure import StatelessStep, WeightedStep
+from mtz.structure import WeightedStep
 
 
 def _groups(state: ZipState, l: int):
@@ -32,6 +43,17 @@ def _fully_shared(in_groups, out_groups, n_tasks) -> bool:
             and [o for o, _ in out_groups] == [everyone])
 
 
+def _pad(state: ZipState, t: int, x):
+    joint = tuple(state.chains[t].input_shape)
+    if tuple(state.domains[t]) == joint:
+        return x
+    return InputPad(joint, name=f"pad_{state.tasks[t]}")(x)
+
+
+def _call(layer, args):
+    return layer(args[0] if len(args) == 1 else list(args))
+
+
 def multitask_model(state: ZipState, name: str = "zipped",
                     shared_input: bool = False) -> keras.Model:
     """The zipped network as one Keras model: outputs named by task.
@@ -39,40 +61,46 @@ def multitask_model(state: ZipState, name: str = "zipped",
     Args:
       shared_input: one input for all tasks (same input shape required); the
         leading layers whose neurons are all shared by all tasks are then
-        computed once for every task. Otherwise one input per task.
+        computed once for every task. Otherwise one input per task, each of
+        the task's own shape (zero-padded inside to the joint input).
     """
     n = len(state.tasks)
+    chain = state.chains[0]
     if shared_input:
-        shapes = {tuple(c.input_shape) for c in state.chains}
+        shapes = {tuple(s) for s in state.domains}
         if len(shapes) != 1:
             raise ValueError(f"shared_input needs one input shape, tasks have {sorted(shapes)}")
-        inputs = [keras.Input(state.chains[0].input_shape, name="input")]
+        inputs = [keras.Input(state.domains[0], name="input")]
         xs = inputs * n
     else:
-        inputs = [keras.Input(state.chains[t].input_shape, name=f"input_{state.tasks[t]}")
+        inputs = [keras.Input(state.domains[t], name=f"input_{state.tasks[t]}")
                   for t in range(n)]
-        xs = list(inputs)
-    l = 0
-    for step in state.chains[0].steps:
-        common = all(x is xs[0] for x in xs)
-        if isinstance(step, StatelessStep):
+        xs = [_pad(state, t, x) for t, x in enumerate(inputs)]
+    values = {-1: xs}
+    layer_index = chain.layer_index
+    for i, step in enumerate(chain.steps):
+        args = [values[p] for p in chain.wiring[i]]
+        common = all(a[t] is a[0] for a in args for t in range(n))
+        if not isinstance(step, WeightedStep):
             layer = step.build()
-            xs = [layer(xs[0])] * n if common else [layer(x) for x in xs]
+            values[i] = ([_call(layer, [a[0] for a in args])] * n if common else
+                         [_call(layer, [a[t] for a in args]) for t in range(n)])
             continue
-        in_groups, out_groups = _groups(state, l - 1), _groups(state, l)
+        l = layer_index[i]
+        in_groups, out_groups = _groups(state, state.sources[l]), _groups(state, l)
         layer = ZippedLayer(
-            step.kind, step.taps, [(o, len(ids)) for o, ids in in_groups],
+            step.kind, state.kernels[0][l].shape[0], [(o, len(ids)) for o, ids in in_groups],
             [(o, len(ids)) for o, ids in out_groups], n,
             kernel_size=step.config.get("kernel_size"), strides=step.config.get("strides", (1, 1)),
             padding=step.config.get("padding", "valid"),
             activation=step.config.get("activation"), name=step.name)
         if common and _fully_shared(in_groups, out_groups, n):
-            xs = [layer(xs[0], task=0)] * n
+            values[i] = [layer(args[0][0], task=0)] * n
         else:
-            xs = [layer(x, task=t) for t, x in enumerate(xs)]
+            values[i] = [layer(x, task=t) for t, x in enumerate(args[0])]
         _write_blocks(state, l, layer, in_groups, out_groups)
-        l += 1
-    outputs = [keras.layers.Identity(name=state.tasks[t])(x) for t, x in enumerate(xs)]
+    outputs = [keras.layers.Identity(name=state.tasks[t])(x)
+               for t, x in enumerate(values[chain.output])]
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -97,7 +125,7 @@ def read_back(state: ZipState, model: keras.Model) -> None:
     """Copies the multi-task model's block variables into every owner's kernels."""
     for l, step in enumerate(state.chains[0].weighted):
         layer = model.get_layer(step.name)
-        in_groups, out_groups = _groups(state, l - 1), _groups(state, l)
+        in_groups, out_groups = _groups(state, state.sources[l]), _groups(state, l)
         for (g, h), var in layer.blocks.items():
             value = var.numpy().astype(np.float64)
             for t in set(in_groups[g][0]) & set(out_groups[h][0]):
@@ -109,21 +137,29 @@ def read_back(state: ZipState, model: keras.Model) -> None:
                 state.biases[t][l][cols] = var.numpy()
 
 
-def task_model(state: ZipState, t: int) -> keras.Model:
-    """Task t as a plain Keras model (its original layer types, neuron order and
-    widths, batch norms folded) carrying its zipped weights."""
+def task_model(state: ZipState, t: int, joint: bool = False) -> keras.Model:
+    """Task t as a plain Keras model (its original layer types, graph, neuron order,
+    widths and input shape; batch norms folded) carrying its zipped weights.
+
+    Args:
+      joint: zero-pad the input to the joint input inside (an `InputPad` layer)
+        and keep the padded kernel rows: the network as the zipper sees it.
+    """
     chain = state.chains[t]
-    inputs = keras.Input(chain.input_shape, name="input")
-    x = inputs
-    l = 0
-    for step in chain.steps:
-        if isinstance(step, StatelessStep):
-            x = step.build()(x)
+    inputs = keras.Input(state.domains[t], name="input")
+    values = {-1: _pad(state, t, inputs) if joint else inputs}
+    layer_index = chain.layer_index
+    for i, step in enumerate(chain.steps):
+        args = [values[p] for p in chain.wiring[i]]
+        if not isinstance(step, WeightedStep):
+            values[i] = _call(step.build(), args)
             continue
+        l = layer_index[i]
         kernel, bias = state.kernels[t][l], state.biases[t][l]
-        x = _plain_layer(step, kernel, bias)(x)
-        l += 1
-    return keras.Model(inputs, x, name=f"{state.tasks[t]}_zipped")
+        if state.sources[l] < 0 and not joint:
+            kernel = crop_kernel(kernel, step, state.domains[t], chain.input_shape)
+        values[i] = _plain_layer(step, kernel, bias)(args[0])
+    return keras.Model(inputs, values[chain.output], name=f"{state.tasks[t]}_zipped")
 
 
 def _plain_layer(step: WeightedStep, kernel, bias):

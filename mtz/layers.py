@@ -1,4 +1,5 @@
-"""`ZippedLayer`: one Dense or Conv2D layer of several tasks, shared blocks stored once.
+"""`ZippedLayer`: one Dense or Conv2D layer of several tasks, shared blocks stored once;
+`InputPad`: a task's input zero-padded to the joint input (`mtz.domains`).
 
 The layer's input and output channels are grouped by owner set (see
 `mtz.state.ZipState.groups`). The kernel block from input group g to output
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import keras
 from keras import ops
+
+from mtz.domains import offsets
 
 
 @keras.saving.register_keras_serializable(package="mtz")
@@ -88,7 +91,7 @@ class ZippedLayer(keras.layers.Layer):
         cout = sum(n for o, n in self.out_groups if task in o)
         if self.kind == "conv":
             return keras.KerasTensor(self._conv_shape(x.shape, cout), x.dtype)
-        return keras.KerasTensor((x.shape[0], cout), x.dtype)
+        return keras.KerasTensor((*x.shape[:-1], cout), x.dtype)
 
     def _conv_shape(self, shape, cout):
         dims = []
@@ -108,4 +111,49 @@ class ZippedLayer(keras.layers.Layer):
                       kernel_size=self.kernel_size, strides=self.strides,
                       padding=self.padding,
                       activation=keras.activations.serialize(self.activation))
+        return config
+
+
+@keras.saving.register_keras_serializable(package="mtz")
+class InputPad(keras.layers.Layer):
+    """Zero-pads a task's input to the joint input (TMC: "joint input layer at the
+    larger size"): spatial axes centred (the extra pixel after), channels appended.
+
+        >>> InputPad((32, 32, 3))(np.ones((1, 28, 28, 1))).shape
+        TensorShape([1, 32, 32, 3])
+
+    Args:
+      target_shape: the joint shape without batch axis, e.g. (32, 32, 3).
+
+    Call: x [N, *shape] with shape <= target_shape on every axis ->
+    [N, *target_shape]; x is in the middle, channels 0..c-1, zeros elsewhere.
+    """
+
+    def __init__(self, target_shape, **kwargs):
+        super().__init__(**kwargs)
+        shape = tuple(target_shape or ())
+        if not shape or not all(int(d) == d and d >= 1 for d in shape):
+            raise ValueError(f"expected a target shape of positive sizes, received "
+                             f"{target_shape!r}")
+        self.target_shape = tuple(int(d) for d in shape)
+
+    def _pads(self, shape):
+        shape = tuple(shape[1:])
+        if len(shape) != len(self.target_shape) or any(
+                s is None or s > d for s, d in zip(shape, self.target_shape)):
+            raise ValueError(f"expected inputs of shape at most {self.target_shape}, "
+                             f"received {shape}")
+        spatial = [offsets(s, d) for s, d in zip(shape[:-1], self.target_shape[:-1])]
+        return [(0, 0)] + spatial + [(0, self.target_shape[-1] - shape[-1])]
+
+    def call(self, x):
+        return ops.pad(x, self._pads(x.shape))
+
+    def compute_output_shape(self, input_shape):
+        self._pads(input_shape)
+        return (input_shape[0], *self.target_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(target_shape=self.target_shape)
         return config

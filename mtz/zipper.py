@@ -11,6 +11,18 @@ For each new network t and each layer l below the output (TMC Sec. 2.3):
      layer's inputs follow the new sharing (slot ids, `mtz.state`);
   5. optional joint retraining of all tasks for a few steps.
 The output layer is never shared.
+
+Residual blocks (TMC Sec. 3: "the addition copies the sharing pattern of the
+block's last conv"): layers tied by an Add share one slot space. Only its
+representative (the first in topological order, e.g. the stem conv or a
+block's 1x1 projection) is paired by steps 1-4; every tied layer t's neurons
+follow the same pairs (`zip_tied`): their weights are merged for these
+forced pairs with the same formula, over the tied layer's own shared rows,
+and ΔE is recorded. A tied layer whose inputs are not zipped yet when its
+representative is (a block's last conv) first gets only its biases merged
+(the Hessian of the bias alone is 1: the mean), which keeps the state
+consistent, and is merged fully right after its input layer is zipped.
+Per-layer share schedules index all weighted layers; tied layers ignore theirs.
 """
 from __future__ import annotations
 
@@ -60,8 +72,9 @@ def _restricted_inputs(state, t, l, x_layer, rows):
         out = np.zeros((*x_layer.shape[:-1], len(rows)), np.float32)
         out[..., pos >= 0] = x_layer[..., pos[pos >= 0]]
         return out
-    x = x_layer.reshape(len(x_layer), step.taps, -1)
-    out = np.zeros((len(x), step.taps, len(rows)), np.float32)
+    taps = state.kernels[t][l].shape[0]
+    x = x_layer.reshape(len(x_layer), taps, -1)
+    out = np.zeros((len(x), taps, len(rows)), np.float32)
     out[:, :, pos >= 0] = x[:, :, pos[pos >= 0]]
     return out.reshape(len(x), -1)
 
@@ -76,6 +89,26 @@ def _hessian(state, t, l, x_layer, rows, config):
     return hessian.layer_hessian(x, damping=config.damping)
 
 
+def _hessians(state, l, t, rows, inputs, config):
+    """(H_t, H_Z) over rows + bias for layer l: task t's, and the mean of the
+    zipped tasks' 0..t-1 (the joint network's Hessian)."""
+    name = state.chains[0].weighted[l].name
+    h = []
+    for u in range(t + 1):
+        x_layer = layer_inputs(task_model(state, u, joint=True), name, inputs[u])
+        h.append(_hessian(state, u, l, x_layer, rows, config))
+    return h[t], np.mean(h[:t], axis=0)
+
+
+def _merge(state, l, t, zipped, slots_z, slots_t, rows, h_z, h_t, config):
+    """Merged weights and per-pair ΔE of zipped slots with task t's (Eq. 2.12-2.16)."""
+    w_z = state.zipped_vectors(zipped, l, rows, slots_z)
+    w_t = state.vectors(t, l, rows, slots_t)
+    masks = dict(mask_a=w_z != 0, mask_b=w_t != 0) if config.sparse else {}
+    return pairing.merged_weights(w_z, w_t, h_z, h_t, config.alpha, return_costs=True,
+                                  **masks)
+
+
 def zip_layer(state: ZipState, l: int, t: int, inputs: dict, config: ZipConfig) -> dict:
     """Zips layer l of task t into the other tasks' network; returns a record.
 
@@ -84,22 +117,16 @@ def zip_layer(state: ZipState, l: int, t: int, inputs: dict, config: ZipConfig) 
     """
     start = time.time()
     step = state.chains[0].weighted[l]
-    zipped = [u for u in range(len(state.tasks)) if u != t]
+    zipped = list(range(t))
     rows = state.shared_inputs(l, t)
-    cand_z = np.asarray(sorted(j for j, o in state.owners[l].items() if t not in o), np.int64)
+    cand_z = np.asarray(sorted(j for j, o in state.owners[l].items() if max(o) < t), np.int64)
     cand_t = np.asarray(sorted(j for j in state.out_ids[t][l].tolist()
                                if state.owners[l][j] == frozenset({t})), np.int64)
     spec = config.share.for_layer(l, len(cand_z), len(cand_t))
     record = {"layer": step.name, "rows": int(len(rows)), "candidates": [len(cand_z), len(cand_t)]}
     if len(rows) == 0 or (spec.get("count") == 0):
         return {**record, "shared": 0, "delta_e": 0.0, "seconds": time.time() - start}
-    h = {}
-    for u in zipped + [t]:
-        x_layer = layer_inputs(task_model(state, u), step.name, inputs[u])
-        h[u] = _hessian(state, u, l, x_layer, rows, config)
-    h_z = np.mean([h[u] for u in zipped], axis=0)
-    w_z = state.zipped_vectors(zipped, l, rows, cand_z)
-    w_t = state.vectors(t, l, rows, cand_t)
+    h_t, h_z = _hessians(state, l, t, rows, inputs, config)
     if config.method == "random":
         count = spec.get("count")
         if count is None:
@@ -107,49 +134,107 @@ def zip_layer(state: ZipState, l: int, t: int, inputs: dict, config: ZipConfig) 
         ia, ib = pairing.random_pairs(len(cand_z), len(cand_t), count,
                                       np.random.default_rng([config.seed, l, t]))
     else:
-        costs = pairing.pair_costs(w_z, w_t, h_z, h[t], config.alpha)
+        w_z = state.zipped_vectors(zipped, l, rows, cand_z)
+        w_t = state.vectors(t, l, rows, cand_t)
+        costs = pairing.pair_costs(w_z, w_t, h_z, h_t, config.alpha)
         ia, ib = pairing.select_pairs(costs, method=config.method, **spec)
-    masks = {}
-    if config.sparse:
-        masks = dict(mask_a=w_z[:, ia] != 0, mask_b=w_t[:, ib] != 0)
-    merged, delta = pairing.merged_weights(w_z[:, ia], w_t[:, ib], h_z, h[t], config.alpha,
-                                           return_costs=True, **masks)
+    merged, delta = _merge(state, l, t, zipped, cand_z[ia], cand_t[ib], rows, h_z, h_t,
+                           config)
     state.share(l, t, cand_z[ia], cand_t[ib], rows, merged)
     return {**record, "shared": int(len(ia)), "delta_e": float(np.sum(delta)),
             "seconds": round(time.time() - start, 3)}
 
 
-def new_state(chains: list[Chain], names: list[str]) -> ZipState:
+def zip_tied(state: ZipState, l: int, t: int, inputs: dict, config: ZipConfig) -> dict:
+    """Merges tied layer l of task t for the pairs its representative chose.
+
+    The forced pairs are the slots of l that t owns with other tasks (t joined
+    them when the representative was zipped; its neurons moved with the shared
+    `out_ids`). Their incoming weights from the shared rows of l and biases
+    are merged by TMC Eq. 2.12-2.13 with the Hessians of l's own inputs; with
+    no shared rows yet, only the biases (Hessian 1 each: their α-weighted mean).
+    """
+    start = time.time()
+    step = state.chains[0].weighted[l]
+    slots = np.asarray(sorted(j for j in state.out_ids[t][l].tolist()
+                              if len(state.owners[l][j]) > 1), np.int64)
+    rows = state.shared_inputs(l, t)
+    record = {"layer": step.name, "tied_to": state.chains[0].weighted[state.ties[l]].name,
+              "rows": int(len(rows)), "shared": int(len(slots))}
+    if len(slots) == 0:
+        return {**record, "delta_e": 0.0, "seconds": round(time.time() - start, 3)}
+    zipped = list(range(t))
+    if len(rows):
+        h_t, h_z = _hessians(state, l, t, rows, inputs, config)
+    else:
+        h_z = h_t = np.ones((1, 1))
+    merged, delta = _merge(state, l, t, zipped, slots, slots, rows, h_z, h_t, config)
+    state.write_merged(l, slots, rows, merged)
+    return {**record, "delta_e": float(np.sum(delta)), "seconds": round(time.time() - start, 3)}
+
+
+def new_state(chains: list[Chain], names: list[str], domains=None) -> ZipState:
+    """A `ZipState` of networks on the joint input; `domains`: their own input shapes."""
     state = ZipState()
-    for chain, name in zip(chains, names):
-        state.add_task(name, chain)
+    for i, (chain, name) in enumerate(zip(chains, names)):
+        state.add_task(name, chain, domains[i] if domains else None)
     return state
+
+
+def _zip_step(state, l, t, inputs, config, pending, done) -> list[dict]:
+    """Zips representative l for task t, then every tied layer it can merge:
+    those tied to l, and pending ones whose input space is l (see module doc)."""
+    records = [zip_layer(state, l, t, inputs, config)]
+    done.add(l)
+    for m in range(state.num_layers):
+        if m != l and (state.ties[m] == l or (m in pending and state.sources[m] == l)):
+            records.append(zip_tied(state, m, t, inputs, config))
+            if state.sources[m] in done:
+                pending.discard(m)
+            else:
+                pending.add(m)
+    return records
 
 
 def zip_state(state: ZipState, inputs: dict, config: ZipConfig, retrain=None,
               progress=None) -> list[dict]:
-    """Zips tasks 1, 2, ... one at a time into task 0 (and each other), layer by layer.
+    """Zips task 1 into task 0, task 2 into their zipped network, ..., layer by layer.
+
+    Round t pairs task t's neurons only with slots of tasks 0..t-1, so when a
+    later round shares an input slot, no slot reading it is shared with the new
+    task yet (sharing it with a task still to come would leave two values for
+    one weight once that task's inputs are zipped).
+
+    Layers go in topological order; tied layers are merged with their
+    representative or right after their input layer (module docstring).
 
     Args:
       inputs: {task id: examples} for Hessians (at most `config.hessian_samples` used).
-      retrain: optional callable(model, state) -> dict run after each zipped layer,
-        given the multi-task Keras model; its variables are read back afterwards.
+      retrain: optional callable(model, state) -> dict run after each zipped layer
+        (with the tied layers merged at that point), given the multi-task Keras
+        model; its variables are read back afterwards.
       progress: optional callable(message) for progress reporting.
     Returns:
-      One record per (task, layer): shared count, ΔE, rows, retraining record.
+      One record per (task, layer): shared count, ΔE, rows, retraining record;
+      tied layers' records also name the layer they are tied to ("tied_to").
     """
     inputs = {t: np.asarray(x)[:config.hessian_samples] for t, x in inputs.items()}
     records = []
     for t in range(1, len(state.tasks)):
-        for l in range(state.num_layers - 1):
-            record = zip_layer(state, l, t, inputs, config)
-            record["task"] = state.tasks[t]
-            if retrain is not None and record["shared"]:
+        pending, done = set(), {-1}
+        for l in range(state.num_layers):
+            if l == state.output_layer or state.ties[l] != l:
+                continue
+            step = _zip_step(state, l, t, inputs, config, pending, done)
+            for record in step:
+                record["task"] = state.tasks[t]
+            if retrain is not None and any(r["shared"] for r in step):
                 model = multitask_model(state)
-                record["retrain"] = retrain(model, state)
+                step[0]["retrain"] = retrain(model, state)
                 read_back(state, model)
-            records.append(record)
+            records.extend(step)
             if progress:
-                progress(f"{state.tasks[t]} {record['layer']}: shared {record['shared']}, "
-                         f"ΔE {record['delta_e']:.4g}")
+                for record in step:
+                    progress(f"{state.tasks[t]} {record['layer']}: shared {record['shared']}, "
+                             f"ΔE {record['delta_e']:.4g}")
     return records
