@@ -32,6 +32,19 @@ def loss_and_metric(task: str):
             keras.metrics.SparseCategoricalAccuracy(name="accuracy"))
 
 
+def build_for_task(model_name: str | None, task: str) -> keras.Model:
+    """Builds `model_name` (default: the task's default model) with the task's
+    number of classes, e.g. `nwv_mnist` with 2 outputs for `mnist_parity`."""
+    from models import registry
+
+    spec = data.get(task)
+    name = model_name or spec.default_model
+    overrides = {}
+    if registry.info(name).num_classes != spec.num_classes:
+        overrides["num_classes"] = spec.num_classes
+    return registry.build(name, **overrides)
+
+
 def check_compatible(model: keras.Model, task: str) -> None:
     """Raises ValueError when the model's input or output does not fit the task."""
     spec = data.get(task)
@@ -98,7 +111,9 @@ def evaluate(model, task: str, split: str = "test", data_dir: str | None = None,
     """
     loss_fn, metric = loss_and_metric(task)
     total_loss, count = 0.0, 0
-    for x, y in data.load(task, split, data_dir, batch_size, shuffle=False, limit=limit):
+    # With a limit, a fixed shuffle keeps the subset stratified-ish and reproducible.
+    for x, y in data.load(task, split, data_dir, batch_size, shuffle=limit is not None,
+                          limit=limit, seed=0):
         logits = model(x, training=False) if isinstance(model, keras.Model) else model(x)
         metric.update_state(y, logits)
         total_loss += float(loss_fn(y, logits)) * int(tf.shape(x)[0])

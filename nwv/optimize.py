@@ -158,7 +158,7 @@ def optimize(rt: nwv_runtime.VirtualizedNetworks, data_dir: str | None,
     """
     log = log or (lambda line: None)
     training.set_seed(config.seed)
-    names = rt.names
+    names = rt.task_names
     tasks = {n: (tasks or {}).get(n) or rt.task(n) for n in names}
     if not all(tasks.values()):
         raise ValueError(f"expected a task for every network, received {tasks}")
@@ -266,7 +266,7 @@ def _joint_step(rt, loss_fns, optimizer):
     """tf.function step on {name: (x, y)}: Σ_n L_n, one optimizer step on the pool;
     returns (losses, finite per network (loss and its pages), finite gradient)."""
     pool = rt.page_pool
-    tables = {n: tf.constant(rt.page_table(n)) for n in rt.names}
+    tables = {n: tf.constant(rt.page_table(n)) for n in rt.task_names}
 
     @tf.function(reduce_retracing=True)
     def step(batch):
@@ -303,7 +303,7 @@ def _batches(task, data_dir, config, round_index, net_index):
 
 def _evaluate(rt, tasks, data_dir, config, round_index, train_loss, penalty, seconds):
     val = {n: training.evaluate(lambda x, n=n: rt.run(n, x), tasks[n], "validation",
-                                data_dir, 256, limit=config.limit) for n in rt.names}
+                                data_dir, 256, limit=config.limit) for n in rt.task_names}
     return {"round": round_index, "mode": config.mode.value,
             "train_loss": train_loss, "penalty": penalty,
             "val_accuracy": {n: v["accuracy"] for n, v in val.items()},
@@ -316,7 +316,7 @@ def _meta_key(rt, config) -> dict:
     """What a checkpoint must agree on to be resumed (all settings but `rounds`)."""
     key = config.get_config()
     key.pop("rounds")
-    key["networks"] = {n: rt.page_table(n).tolist() for n in rt.names}
+    key["networks"] = {n: rt.page_table(n).tolist() for n in rt.task_names}
     key["pool_shape"] = list(rt.page_pool.shape)
     return key
 

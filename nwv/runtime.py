@@ -137,6 +137,12 @@ class VirtualizedNetworks:
         return list(self._nets)
 
     @property
+    def task_names(self) -> list:
+        """Networks with one output (every network but zipped groups): the ones that
+        are trained, evaluated and switched to."""
+        return [n for n, net in self._nets.items() if not net.outputs]
+
+    @property
     def active(self) -> str:
         return self._active
 

@@ -22,7 +22,6 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-import models
 from models import artifacts, training
 from mtz.pipeline import hessian_inputs, zip_trained
 from nwv import combined
@@ -55,9 +54,8 @@ def trained(task, seed):
     folder = os.path.join(FLAGS.work_dir, f"{task}_seed{seed}")
     if not os.path.exists(os.path.join(folder, "metrics.json")):
         training.set_seed(seed)
-        training.train(models.build("lenet_300_100", num_classes=len(
-            __import__("data").get(task).class_names)), task, folder, FLAGS.data_dir,
-            FLAGS.epochs, 128, 1e-3, seed, verbose=0)
+        training.train(training.build_for_task("lenet_300_100", task), task, folder,
+                       FLAGS.data_dir, FLAGS.epochs, 128, 1e-3, seed, verbose=0)
     return artifacts.load_model(folder)
 
 

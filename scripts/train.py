@@ -11,7 +11,6 @@ import _cli
 from absl import flags
 
 import data
-import models
 from models import training
 
 FLAGS = flags.FLAGS
@@ -32,7 +31,7 @@ def main(argv):
     spec = data.get(FLAGS.task)
     name = FLAGS.model or spec.default_model
     training.set_seed(FLAGS.seed)
-    model = models.build(name)
+    model = training.build_for_task(name, FLAGS.task)
     metrics = training.train(model, FLAGS.task, FLAGS.out, FLAGS.data_dir, FLAGS.epochs,
                              FLAGS.batch_size, FLAGS.learning_rate, FLAGS.seed,
                              FLAGS.limit, FLAGS.verbose)

@@ -1,0 +1,39 @@
+"""The main job (`scripts/demo.py --quick`) and every Colab notebook run end to end offline."""
+import json
+import os
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from tests.conftest import REPO
+from tests.test_scripts import run_script
+
+
+def test_demo_quick_writes_summary_and_figures(tiny_data, tmp_path):
+    out = str(tmp_path / "demo")
+    proc = run_script("demo.py", "--quick", f"--data_dir={tiny_data}", f"--out={out}")
+    assert "switch + inference" in proc.stdout
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["tasks"] == ["mnist", "mnist_parity", "cifar10", "tts_commands"]
+    assert set(summary["accuracy_after"]) == set(summary["tasks"])
+    assert summary["memory"]["pool_weights"] < summary["memory"]["separate_weights"]
+    assert summary["memory"]["savedmodel_variable_bytes"] == 4 * summary["memory"]["pool_weights"]
+    assert "zipped_all" in summary["savedmodel_endpoints"]
+    for figure in ("accuracy.png", "switching.png"):
+        assert os.path.getsize(os.path.join(out, figure)) > 1000
+
+
+@pytest.mark.parametrize("name", sorted(f for f in os.listdir(os.path.join(REPO, "colab"))
+                                        if f.endswith(".ipynb")))
+def test_notebook_executes(name, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("ZIPVIRT_SMALL", "1")
+    monkeypatch.setenv("ZIPVIRT_DATA_DIR", tiny_data)
+    monkeypatch.setenv("ZIPVIRT_OUT", str(tmp_path / "out"))
+    monkeypatch.setenv("PYTHONPATH", REPO)
+    notebook = nbformat.read(os.path.join(REPO, "colab", name), as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert not errors
