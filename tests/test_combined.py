@@ -86,3 +86,14 @@ def test_existing_pool_is_refused(zipped_pool):
     zipped, pool_dir, _, _ = zipped_pool
     with pytest.raises(ValueError, match="already holds a pool"):
         combined.save_zipped(pool_dir, zipped)
+
+
+def test_tflite_conversion_of_one_endpoint(zipped_pool, tmp_path):
+    import tensorflow as tf
+    _, _, runtime, x = zipped_pool
+    out = str(tmp_path / "export")
+    export.export_savedmodel(runtime, out)
+    blob = tf.lite.TFLiteConverter.from_saved_model(out, signature_keys=["right"]).convert()
+    runner = tf.lite.Interpreter(model_content=blob).get_signature_runner("right")
+    (logits,) = runner(right=x).values()
+    np.testing.assert_allclose(logits, runtime.run("right", x), atol=1e-4)
