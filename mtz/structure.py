@@ -139,8 +139,15 @@ def same_architecture(chains: list[Chain], names: list[str]) -> None:
                              f"of one architecture")
         for i, (sa, sb) in enumerate(zip(a, b)):
             first = ref.sources[i] < 0
-            if (sa.kind, sa.taps) != (sb.kind, sb.taps) or (first and sa.in_channels != sb.in_channels):
+            if ((sa.kind, sa.taps) != (sb.kind, sb.taps)
+                    or (first and sa.in_channels != sb.in_channels)):
                 raise ValueError(f"layer {i} ({sa.name!r}) differs between {names[0]!r} "
                                  f"and {name!r}: {sa.kind} with {sa.taps} taps and "
                                  f"{sa.in_channels} input channels vs {sb.kind} with "
                                  f"{sb.taps} taps and {sb.in_channels}")
+
+
+def parse_chain(model: keras.Model) -> Chain:
+    """`mtz.graph.parse_chain` (kept here for callers of the chain-only version)."""
+    from mtz.graph import parse_chain as parse  # graph builds on this module
+    return parse(model)

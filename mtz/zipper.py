@@ -92,10 +92,10 @@ def _hessian(state, t, l, x_layer, rows, config):
 def _hessians(state, l, t, rows, inputs, config):
     """(H_t, H_Z) over rows + bias for layer l: task t's, and the mean of the
     zipped tasks' 0..t-1 (the joint network's Hessian)."""
-    name = state.chains[0].weighted[l].name
     h = []
-    for u in range(t + 1):
-        x_layer = layer_inputs(task_model(state, u, joint=True), name, inputs[u])
+    for u in range(t + 1):  # layer names may differ between the networks
+        x_layer = layer_inputs(task_model(state, u, joint=True), state.chains[u].weighted[l].name,
+                               inputs[u])
         h.append(_hessian(state, u, l, x_layer, rows, config))
     return h[t], np.mean(h[:t], axis=0)
 

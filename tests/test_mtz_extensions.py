@@ -57,7 +57,8 @@ def permuted_graph_copy(model, seed):
             k, b = layer.get_weights()
             if chain.sources[l] >= 0:
                 p = perms[chain.sources[l]]
-                k = k[:, :, p] if k.ndim == 4 else k.reshape(-1, len(p), k.shape[-1])[:, p].reshape(k.shape)
+                k = (k[:, :, p] if k.ndim == 4 else  # dense after flatten: (position, channel)
+                     k.reshape(-1, len(p), k.shape[-1])[:, p].reshape(k.shape))
             if chain.ties[l] in perms:
                 k, b = k[..., perms[chain.ties[l]]], b[perms[chain.ties[l]]]
             layer.set_weights([k, b])
