@@ -53,7 +53,8 @@ def zip_trained(models_, tasks, data_dir=None, share="1.0", method="greedy",
     report["before"] = accuracies(models_, tasks, data_dir, eval_limit)
     inputs = [hessian_inputs(t, data_dir, hessian_samples, seed) for t in tasks]
     if no_retrain_baseline:
-        plain = zip_models(models_, inputs, names=names, share=share, method=method, seed=seed)
+        plain = zip_models(models_, inputs, names=names, share=share, method=method, seed=seed,
+                           hessian_samples=hessian_samples)
         report["after_zip"] = accuracies([plain.member(i) for i in range(len(tasks))], tasks,
                                          data_dir, eval_limit)
         report["records_no_retrain"] = plain.records
@@ -64,7 +65,7 @@ def zip_trained(models_, tasks, data_dir=None, share="1.0", method="greedy",
         retrainer = Retrainer(datasets, retrain_steps, learning_rate,
                               multilabel=[data.get(t).multilabel for t in tasks])
     zipped = zip_models(models_, inputs, names=names, share=share, method=method, seed=seed,
-                        retrain=retrainer, progress=progress)
+                        hessian_samples=hessian_samples, retrain=retrainer, progress=progress)
     report["after_retrain"] = accuracies([zipped.member(i) for i in range(len(tasks))],
                                          tasks, data_dir, eval_limit)
     report["retrain_iterations"] = retrainer.total_steps if retrainer else 0

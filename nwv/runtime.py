@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Mapping
 
 import keras
@@ -192,8 +193,8 @@ class VirtualizedNetworks:
         """Logits of network `name` (compiled `tf.function`, one trace per network)."""
         if name not in self._run_fns:
             self._network(name)
-            self._run_fns[name] = tf.function(lambda x: self.forward(name, x),
-                                              reduce_retracing=True)
+            self._run_fns[name] = tf.function(functools.partial(self.forward, name),
+                                              reduce_retracing=True, autograph=False)
         return self._run_fns[name](x)
 
     def __call__(self, x):
@@ -238,7 +239,8 @@ class VirtualizedNetworks:
         key = tuple((k, tuple(v)) for k, v in plan.items())
         if key not in self._run_all_fns:
             self._run_all_fns[key] = tf.function(
-                lambda xs: self._run_all_impl(xs, plan), reduce_retracing=True)
+                functools.partial(self._run_all_impl, plan=plan), reduce_retracing=True,
+                autograph=False)
         unique = {picks[0][1]: inputs[picks[0][1]] for picks in plan.values()}
         return self._run_all_fns[key](unique)
 
