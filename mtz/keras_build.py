@@ -182,3 +182,26 @@ def layer_inputs(model: keras.Model, layer_name: str, x, batch_size: int = 256) 
     probe = keras.Model(model.inputs, model.get_layer(layer_name).input)
     return np.concatenate([np.asarray(probe(x[i:i + batch_size], training=False))
                            for i in range(0, len(x), batch_size)])
+
+
+def member_model(model: keras.Model, t: int) -> keras.Model:
+    """Task t of a multi-task model as a model holding only task t's blocks.
+
+    The path from task t's input to its output is cloned with `ZippedLayer`s
+    restricted to task t (`tasks=[t]`), so its trainable variables are exactly
+    the blocks task t uses, named as in `model` (`<layer>/kernel_<g>_<h>`), with
+    `model`'s values. Outputs equal `model`'s output t.
+    """
+    inputs = model.inputs[t] if len(model.inputs) > 1 else model.inputs[0]
+    path = keras.Model(inputs, model.outputs[t])
+
+    def restrict(layer):
+        if isinstance(layer, ZippedLayer):
+            return ZippedLayer.from_config({**layer.get_config(), "tasks": [t]})
+        return layer.__class__.from_config(layer.get_config())
+
+    clone = keras.models.clone_model(path, clone_function=restrict)
+    values = {v.path: v for v in model.weights}
+    for v in clone.weights:
+        v.assign(values[v.path])
+    return clone

@@ -27,6 +27,9 @@ class ZippedLayer(keras.layers.Layer):
       num_tasks: number of tasks (inputs and outputs of `call`).
       kernel_size, strides, padding: convolution geometry (conv only).
       activation: Keras activation name applied to each task's output.
+      tasks: the task ids this layer object will be called for (default: all);
+        only blocks some of these tasks use are created, so a single task's
+        model holds exactly its own weights (`mtz.keras_build.member_model`).
 
     Call: `layer(x, task=t)` with x holding the channels of the input groups
     task t owns, in group order; returns task t's output in its output group
@@ -35,7 +38,7 @@ class ZippedLayer(keras.layers.Layer):
     """
 
     def __init__(self, kind, taps, in_groups, out_groups, num_tasks, kernel_size=None,
-                 strides=(1, 1), padding="valid", activation=None, **kwargs):
+                 strides=(1, 1), padding="valid", activation=None, tasks=None, **kwargs):
         super().__init__(**kwargs)
         if kind not in ("dense", "conv"):
             raise ValueError(f"expected kind 'dense' or 'conv', received {kind!r}")
@@ -45,19 +48,22 @@ class ZippedLayer(keras.layers.Layer):
         self.kernel_size = tuple(kernel_size) if kernel_size else None
         self.strides, self.padding = tuple(strides), padding
         self.activation = keras.activations.get(activation)
+        self.tasks = None if tasks is None else sorted(int(t) for t in tasks)
+        wanted = set(range(self.num_tasks) if tasks is None else self.tasks)
         if kind == "conv" and (self.kernel_size is None
                                or self.kernel_size[0] * self.kernel_size[1] != self.taps):
             raise ValueError(f"expected kernel_size with {taps} taps, received {kernel_size}")
         self.blocks, self.block_biases = {}, {}
         for g, (og, ng) in enumerate(self.in_groups):
             for h, (oh, nh) in enumerate(self.out_groups):
-                if set(og) & set(oh):
+                if set(og) & set(oh) & wanted:
                     self.blocks[g, h] = self.add_weight(
                         shape=(self.taps, ng, nh), name=f"kernel_{g}_{h}",
                         initializer="glorot_uniform")
         for h, (oh, nh) in enumerate(self.out_groups):
-            self.block_biases[h] = self.add_weight(shape=(nh,), name=f"bias_{h}",
-                                                   initializer="zeros")
+            if set(oh) & wanted:
+                self.block_biases[h] = self.add_weight(shape=(nh,), name=f"bias_{h}",
+                                                       initializer="zeros")
 
     def task_kernel(self, t: int):
         """Task t's full kernel [taps, cin_t, cout_t] assembled from its blocks."""
@@ -110,7 +116,8 @@ class ZippedLayer(keras.layers.Layer):
                       out_groups=self.out_groups, num_tasks=self.num_tasks,
                       kernel_size=self.kernel_size, strides=self.strides,
                       padding=self.padding,
-                      activation=keras.activations.serialize(self.activation))
+                      activation=keras.activations.serialize(self.activation),
+                      tasks=self.tasks)
         return config
 
 

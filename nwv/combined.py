@@ -17,25 +17,14 @@ pool (virtualized), and `export_savedmodel` exports any such pool.
 """
 from __future__ import annotations
 
-import os
-import tempfile
-
 import keras
 import numpy as np
 
+from mtz.keras_build import member_model
 from nwv import pages, skeletons, state
 from nwv.runtime import VirtualizedNetworks
 
-ASSET = "zipped.keras"
 GROUP = "zipped_all"
-
-
-def _keras_bytes(model: keras.Model) -> bytes:
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "model.keras")
-        model.save(path)
-        with open(path, "rb") as handle:
-            return handle.read()
 
 
 def _skeleton(zipped) -> keras.Model:
@@ -56,40 +45,38 @@ def zipped_pool_state(zipped, page_size: int = 100, tasks=None) -> state.PoolDir
     Returns:
       PoolDirState with pool [sum of pages of all block variables, P].
     """
-    skeleton = _skeleton(zipped)
+    group = _skeleton(zipped)
     names = list(zipped.tasks)
     tasks = list(tasks or zipped.extra.get("member_tasks") or names)
     for name in names:
         state.check_name(name)
-    variables = skeleton.trainable_variables
     blocks, start, n_pages = [], {}, 0
-    for v in variables:
+    for v in group.trainable_variables:  # every block once, on whole pages
         block, _ = pages.paginate([v.numpy()], page_size, aligned=True)
         start[v.path] = n_pages
         n_pages += block.shape[0]
         blocks.append(block)
     pool = np.concatenate(blocks).astype(np.float32)
-    assets = {ASSET: _keras_bytes(skeleton)}
+    assets = {}
 
-    def record(name, task, member, outputs=None):
-        overrides = {"asset": ASSET, "member": member}
-        if outputs:
-            overrides["outputs"] = outputs
-        rec = state.NetworkRecord(name, task, skeletons.ZIPPED, overrides, (), (), None, None,
-                                  "none (zipped member)", aligned=True)
-        model = skeletons.build_skeleton(rec, {ASSET: b""}, {ASSET: skeleton})
-        rec.variable_names = tuple(v.path for v in model.trainable_variables)
-        rec.variable_shapes = tuple(tuple(v.shape) for v in model.trainable_variables)
-        layout = rec.layout(page_size)
+    def record(name, task, model, outputs=None):
+        asset = f"{name}.json"
+        assets[asset] = model.to_json().encode()
+        overrides = {"asset": asset, **({"outputs": list(outputs)} if outputs else {})}
+        variables = model.trainable_variables
+        shapes = tuple(tuple(v.shape) for v in variables)
+        rec = state.NetworkRecord(
+            name, task, skeletons.ZIPPED, overrides, tuple(v.path for v in variables), shapes,
+            None, None, "none (zipped member)", aligned=True)
         rec.page_table = np.concatenate([
             np.arange(start[v.path], start[v.path] + -(-int(np.prod(v.shape)) // page_size))
-            for v in model.trainable_variables]).astype(np.int32)
-        assert len(rec.page_table) == layout.n_pages
-        rec.fisher = np.zeros((layout.n_pages, page_size), np.float32)
+            for v in variables]).astype(np.int32)
+        rec.fisher = np.zeros((rec.layout(page_size).n_pages, page_size), np.float32)
         return rec
 
-    networks = {name: record(name, task, i) for i, (name, task) in enumerate(zip(names, tasks))}
-    networks[GROUP] = record(GROUP, tasks[0], None, names)
+    networks = {name: record(name, task, member_model(zipped.model, i))
+                for i, (name, task) in enumerate(zip(names, tasks))}
+    networks[GROUP] = record(GROUP, tasks[0], group, names)
     return state.PoolDirState(page_size, pool, networks, assets)
 
 

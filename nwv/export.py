@@ -65,9 +65,10 @@ def export_savedmodel(runtime: VirtualizedNetworks, out_dir: str, names=None) ->
     archive.add_endpoint(ALL_ENDPOINT, all_tasks, input_signature=specs)
     endpoints = names + [ALL_ENDPOINT]
     for group, outputs in groups.items():  # zipped model: shared layers computed once
-        shape = tuple(runtime.model(group).inputs[0].shape[1:])
-        if len(runtime.model(group).inputs) != 1:
+        input_shapes = {tuple(i.shape[1:]) for i in runtime.model(group).inputs}
+        if len(input_shapes) != 1:  # tasks of different input domains: no shared input
             continue
+        shape = input_shapes.pop()
         fn = (lambda g, outs: (lambda x: dict(zip(outs, runtime.forward(g, x)))))(group, outputs)
         archive.add_endpoint(_endpoint_name(group), fn,
                              input_signature=[tf.TensorSpec((None, *shape), tf.float32)])

@@ -177,11 +177,16 @@ class VirtualizedNetworks:
                 for o, n, s in zip(layout.offsets, layout.sizes, layout.shapes)]
 
     def forward(self, name: str, x, pool=None, training: bool = False):
-        """Logits [batch, C] of network `name` on x [batch, *input_shape] (not compiled)."""
+        """Logits [batch, C] of network `name` on x [batch, *input_shape] (not compiled).
+
+        A group whose skeleton has one input per task gets x for every input.
+        """
         net = self._network(name)
         values = self.weight_tensors(name, pool)
-        logits, _ = net.model.stateless_call(values, [], tf.cast(x, tf.float32),
-                                             training=training)
+        x = tf.cast(x, tf.float32)
+        if len(net.model.inputs) > 1:
+            x = [x] * len(net.model.inputs)
+        logits, _ = net.model.stateless_call(values, [], x, training=training)
         return logits
 
     def switch(self, name: str) -> None:

@@ -3,16 +3,14 @@
 A pool network is executed by a *skeleton*, a Keras model whose variables give
 the shapes (their values are never used: weights come from the page pool).
 Most networks name a registered model (`models.build(model, **overrides)`).
-A zipped multi-task network (`mtz`) is stored once as an asset of the pool
-directory (its `.keras` file); each of its tasks is a network whose record has
-model `ZIPPED` and overrides {"asset": file, "member": index}, and the whole
-multi-task model (all outputs, shared layers computed once) is a network with
-{"asset": file, "member": None, "outputs": [task names]}.
+For a zipped multi-task network (`mtz`) each task is a network with model
+`ZIPPED` whose architecture (Keras JSON, no weights) is an asset of the pool
+directory, named in its overrides {"asset": "<name>.json"}: a task's model holds
+only the blocks that task uses (`mtz.keras_build.member_model`). The whole
+multi-task model is one more network, a group, with overrides
+{"asset": ..., "outputs": [task names]} (shared layers computed once).
 """
 from __future__ import annotations
-
-import os
-import tempfile
 
 import keras
 
@@ -21,14 +19,13 @@ import models
 ZIPPED = "mtz_zipped"
 
 
-def _load_keras(blob: bytes) -> keras.Model:
-    import mtz  # noqa: F401  (registers ZippedLayer for deserialisation)
+def _from_json(blob: bytes, where: str) -> keras.Model:
+    import mtz  # noqa: F401  (registers ZippedLayer and InputPad for deserialisation)
 
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "skeleton.keras")
-        with open(path, "wb") as handle:
-            handle.write(blob)
-        return keras.saving.load_model(path, compile=False)
+    try:
+        return keras.models.model_from_json(blob.decode())
+    except Exception as err:  # malformed JSON or config surfaces as many types
+        raise ValueError(f"{where}: cannot rebuild the zipped architecture: {err}") from err
 
 
 def build_skeleton(record, assets: dict, cache: dict | None = None) -> keras.Model:
@@ -42,17 +39,11 @@ def build_skeleton(record, assets: dict, cache: dict | None = None) -> keras.Mod
     """
     if record.model != ZIPPED:
         return models.build(record.model, **record.model_overrides)
-    overrides = record.model_overrides
-    asset = overrides.get("asset")
+    asset = record.model_overrides.get("asset")
     if asset not in assets:
         raise ValueError(f"network {record.name!r} needs asset {asset!r}, which the pool "
                          f"directory does not hold (it has {sorted(assets)})")
     cache = {} if cache is None else cache
     if asset not in cache:
-        cache[asset] = _load_keras(assets[asset])
-    whole = cache[asset]
-    member = overrides.get("member")
-    if member is None:
-        return whole
-    inputs = whole.inputs[member] if len(whole.inputs) > 1 else whole.inputs[0]
-    return keras.Model(inputs, whole.outputs[member], name=f"{record.name}_member")
+        cache[asset] = _from_json(assets[asset], f"asset {asset} of {record.name!r}")
+    return cache[asset]

@@ -23,6 +23,7 @@ import tensorflow as tf
 from absl import flags
 
 from models import artifacts, training
+from mtz.keras_build import member_model
 from mtz.pipeline import hessian_inputs, zip_trained
 from nwv import combined
 
@@ -59,27 +60,33 @@ def trained(task, seed):
     return artifacts.load_model(folder)
 
 
-def shared_fraction(zipped):
+def task_variables(zipped):
+    """Per task, the live multi-task model's variables (blocks) that task uses."""
+    live = {v.path: v for v in zipped.model.trainable_variables}
+    return [[live[v.path] for v in member_model(zipped.model, i).trainable_variables]
+            for i in range(len(zipped.tasks))]
+
+
+def shared_fraction(variables_by_task):
     """Mean over tasks of the fraction of a task's weights held in shared blocks."""
     users = {}
-    for i in range(len(zipped.tasks)):
-        for v in zipped.member(i).trainable_variables:
+    for i, variables in enumerate(variables_by_task):
+        for v in variables:
             users.setdefault(v.path, set()).add(i)
     fractions = []
-    for i in range(len(zipped.tasks)):
-        variables = zipped.member(i).trainable_variables
+    for variables in variables_by_task:
         total = sum(int(np.prod(v.shape)) for v in variables)
         shared = sum(int(np.prod(v.shape)) for v in variables if len(users[v.path]) > 1)
         fractions.append(shared / total)
     return float(np.mean(fractions)), users
 
 
-def write_weight_files(zipped, users, folder):
+def write_weight_files(zipped, variables_by_task, users, folder):
     """Per task: all its weights (`full_<task>.npz`) and its own blocks only."""
     os.makedirs(folder, exist_ok=True)
     files = {}
     for i, name in enumerate(zipped.tasks):
-        variables = zipped.member(i).trainable_variables
+        variables = variables_by_task[i]
         full = {f"v{k}": v.numpy() for k, v in enumerate(variables)}
         own = {f"v{k}": v.numpy() for k, v in enumerate(variables) if users[v.path] == {i}}
         paths = (os.path.join(folder, f"full_{name}.npz"),
@@ -111,13 +118,15 @@ def main(argv):
     zipped, report = zip_trained(nets, tasks, FLAGS.data_dir, str(FLAGS.share), "greedy",
                                  FLAGS.retrain_steps, 64, 3e-4, seed=FLAGS.seed,
                                  no_retrain_baseline=False, progress=None)
-    fraction, users = shared_fraction(zipped)
+    variables_by_task = task_variables(zipped)
+    fraction, users = shared_fraction(variables_by_task)
     pool_dir = os.path.join(FLAGS.work_dir, "pool")
     if os.path.exists(pool_dir):
         import shutil
         shutil.rmtree(pool_dir)
     runtime = combined.save_zipped(pool_dir, zipped)
-    files = write_weight_files(zipped, users, os.path.join(FLAGS.work_dir, "files"))
+    files = write_weight_files(zipped, variables_by_task, users,
+                               os.path.join(FLAGS.work_dir, "files"))
     names = list(zipped.tasks)
     members = [zipped.member(i) for i in range(len(names))]
     predict = [tf.function(m) for m in members]
@@ -129,7 +138,7 @@ def main(argv):
     times = {k: [] for k in ("full_load", "specific_load", "in_memory",
                              "full_load_e2e", "specific_load_e2e", "in_memory_e2e")}
     for i in order:
-        name, variables = names[i], members[i].trainable_variables
+        name, variables = names[i], variables_by_task[i]
         times["full_load"].append(timed(lambda: load_into(files[name][0], variables)))
         times["specific_load"].append(timed(lambda: load_into(files[name][1], variables)))
         times["in_memory"].append(timed(lambda: runtime.switch(name)))

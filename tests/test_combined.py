@@ -40,7 +40,13 @@ def test_shared_blocks_are_stored_once(zipped_pool):
     left = set(loaded.networks["left"].page_table.tolist())
     right = set(loaded.networks["right"].page_table.tolist())
     assert left & right, "shared blocks must be shared pages"
+    assert left - right and right - left, "task-specific blocks must be the task's alone"
     assert left | right == set(range(loaded.pool.shape[0]))
+    for name, index in (("left", 0), ("right", 1)):  # a member's pages hold its weights only
+        own = sum(np.prod(v.shape) for v in zipped.member(index).trainable_variables
+                  if v.path in set(loaded.networks[name].variable_names))
+        assert own == sum(np.prod(s) for s in loaded.networks[name].variable_shapes)
+        assert len(loaded.networks[name].variable_names) < len(zipped.model.trainable_variables)
     counts = combined.stored_weights(loaded)
     n_params = zipped.parameter_counts()["zipped"]
     assert counts["pool_weights"] < counts["networks_weights"]

@@ -29,6 +29,20 @@ def test_zip_script_and_member_evaluation(tiny_data, tmp_path):
                       f"--data_dir={tiny_data}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert abs(result["accuracy"] - report["after_retrain"]["mnist_1"]["test"]) < 1e-6
+    pool = str(tmp_path / "pool")
+    proc = run_script("add_zipped.py", f"--zipped={zipped}", f"--pool={pool}")
+    added = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert added["networks"] == ["mnist_0", "mnist_1", "zipped_all"]
+    assert added["pool_weights"] < added["networks_weights"]
+    proc = run_script("evaluate.py", f"--weights={pool}", "--network=mnist_1", "--task=mnist",
+                      f"--data_dir={tiny_data}")
+    pooled = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert abs(pooled["accuracy"] - result["accuracy"]) < 1e-6
+    proc = run_script("export_savedmodel.py", f"--weights={pool}",
+                      f"--out={tmp_path / 'savedmodel'}")
+    exported = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert exported["variable_bytes"] == 4 * added["pool_weights"]
+    assert "zipped_all" in exported["endpoints"]
     bad = run_script("evaluate.py", f"--weights={zipped}", "--member=7", "--task=mnist",
                      f"--data_dir={tiny_data}", check=False)
     assert bad.returncode == 2 and "member index" in bad.stderr
