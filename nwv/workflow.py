@@ -47,15 +47,6 @@ class DemoConfig:
                              switches=3), **overrides})
 
 
-def _evict(folder):
-    for file in os.listdir(folder):
-        path = os.path.join(folder, file)
-        if os.path.isfile(path):
-            fd = os.open(path, os.O_RDONLY)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            os.close(fd)
-
-
 def _train(task, folder, data_dir, config):
     if not os.path.exists(os.path.join(folder, "metrics.json")):
         training.set_seed(config.seed)
@@ -75,7 +66,7 @@ def _switch_latency(runtime, names, x_by_name, config):
         runtime.switch(name)
         runtime(x_by_name[name]).numpy()
         in_memory.append(time.perf_counter() - start)
-        _evict(runtime.pool_dir)
+        artifacts.evict_from_page_cache(runtime.pool_dir)
         start = time.perf_counter()
         runtime.load_from_disk(name)(x_by_name[name], training=False).numpy()
         reload.append(time.perf_counter() - start)

@@ -41,16 +41,6 @@ TASKS = [("mnist", 1), ("mnist_parity", 2), ("mnist_lowhigh", 3), ("mnist", 4),
          ("mnist_parity", 5)]
 
 
-def evict(path):
-    """Drops `path` from the OS page cache so the next read comes from storage."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def trained(task, seed):
     folder = os.path.join(FLAGS.work_dir, f"{task}_seed{seed}")
     if not os.path.exists(os.path.join(folder, "metrics.json")):
@@ -98,7 +88,7 @@ def write_weight_files(zipped, variables_by_task, users, folder):
 
 
 def load_into(path, variables):
-    evict(path)
+    artifacts.evict_from_page_cache(path)
     with np.load(path) as stored:
         for key in stored.files:
             variables[int(key[1:])].assign(stored[key])
