@@ -1,0 +1,150 @@
+"""Gather the committed benchmark outputs (results/*.json) into results/RESULTS.md.
+
+    python scripts/make_results.py
+
+Reads only what the benchmarks wrote (never re-measures, never edits a figure)
+and renders one table per benchmark with links to the figures. Seconds.
+"""
+import json
+import os
+
+import _cli
+from absl import flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("results", "results", "Folder of benchmark outputs.")
+flags.DEFINE_integer("seed", 0, "Random seed (unused: deterministic).")
+
+
+def _load(name):
+    path = os.path.join(FLAGS.results, name)
+    return json.load(open(path)) if os.path.exists(path) else None
+
+
+def pct(x):
+    return f"{100 * x:.2f}%"
+
+
+def mtz_lenet(d):
+    rows = ["| network | err_A | err_B | err_C (A/B heads) | increase | paper increase | "
+            "iterations (batch) | no retraining: 1st layer / all / random 1st |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name in ("lenet_300_100", "lenet5"):
+        r = d.get(name)
+        if not r:
+            continue
+        nr = [r[f"no_retrain_{k}"] for k in ("first_layer", "all_layers", "first_layer_random")]
+        nr = " / ".join(f"{sum(v.values()) / len(v):.2f}%" for v in nr)
+        rows.append(f"| {name} | {r['err_a']}% | {r['err_b']}% | {r['err_c']}% "
+                    f"({r['err_c_task_a']}/{r['err_c_task_b']}) | {r['increase_over_mean_ab']:+.3f} |"
+                    f" {r['paper']['increase']:+.3f} | {r['iterations']} ({r['batch_size']}) | {nr} |")
+    return rows
+
+
+def mtz_speed(d):
+    rows = ["| layer | d × m | Hessians | costs | greedy | optimal | merge | total (greedy) | "
+            "target | original |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in d["layers"].items():
+        s = r["seconds"]
+        rows.append(f"| {name} | {r['d']} × {r['m_a']} | {s['hessian']} s | {s['costs']} s | "
+                    f"{s['pairing_greedy']} s | {s['pairing_optimal']} s | {s['merge']} s | "
+                    f"**{r['total_seconds_greedy']} s** | ≤ {r['target_seconds']} s | "
+                    f"~{r['original_seconds_approx']} s |")
+    rows.append(f"\nPeak RSS {d['peak_rss_mb']} MB.")
+    return rows
+
+
+def nwv_matching(d):
+    rows = ["| method | total cost | pool pages | compression | time |", "|---|---|---|---|---|"]
+    for name, r in d["methods"].items():
+        rows.append(f"| {name} | {r['total_cost']:.3f} | {r['pool_pages']} | "
+                    f"{r['compression']:.2f}× | {r['seconds']:.3f} s |")
+    return rows
+
+
+def nwv_accuracy(d):
+    rows = ["| task | original | right after matching | after joint optimisation | change |",
+            "|---|---|---|---|---|"]
+    for name, r in d["networks"].items():
+        rows.append(f"| {name} | {pct(r['original']['test'])} | {pct(r['matched']['test'])} | "
+                    f"{pct(r['optimized']['test'])} | {-r['test_drop_points']:+.2f} pts |")
+    rows.append(f"\nCompression {d['compression']:.2f}×; target ({d['target']}) met: "
+                f"{d['target_met']}; {d['optimization']['config']['rounds']} rounds × "
+                f"{d['optimization']['config']['steps']} steps, selection on validation.")
+    return rows
+
+
+def nwv_switch(d):
+    rows = ["| | median |", "|---|---|",
+            f"| in-memory switch | {1e3 * d['in_memory_switch']['median_ms']:.2f} µs |",
+            f"| in-memory switch + 1 inference | {d['in_memory_switch_and_inference']['median_ms']:.3f} ms |",
+            f"| load from disk (page cache evicted) | {d['load_from_disk']['median_ms']:.2f} ms |",
+            f"| load from disk + 1 inference | {d['load_from_disk_and_inference']['median_ms']:.2f} ms |",
+            f"\nSwitch ratio {d['speedup_switch_only']:.0f}× (original NWV 459×), end to end "
+            f"{d['speedup_end_to_end']:.1f}×; execution through the pool vs plain Keras, worst "
+            f"network: {d['execution_ratio_worst']:.3f}× (target ≤ 1.1×)."]
+    return rows
+
+
+def zip_switch(d):
+    m = d["median_seconds"]
+    rows = [f"{len(d['tasks'])} zipped LeNet-300-100, {100 * d['shared_parameter_fraction']:.1f}% "
+            f"of each task's weights shared; page cache {d['page_cache']}.", "",
+            "| making a task ready | median | with 1 inference |", "|---|---|---|",
+            f"| (a) whole task from storage | {1e3 * m['full_load']:.2f} ms | {1e3 * m['full_load_e2e']:.2f} ms |",
+            f"| (b) task-specific weights from storage | {1e3 * m['specific_load']:.2f} ms | {1e3 * m['specific_load_e2e']:.2f} ms |",
+            f"| (c) in-memory page-table switch | {1e6 * m['in_memory']:.2f} µs | {1e3 * m['in_memory_e2e']:.3f} ms |",
+            f"\n(a)/(b) = {d['ratio_full_over_specific']:.2f}× (paper 8.71×), (a)/(c) = "
+            f"{d['ratio_full_over_in_memory']:.0f}× (target 459×), end to end (a)/(c) = "
+            f"{d['ratio_e2e_full_over_in_memory']:.1f}×.", "",
+            "| tasks (batch 64, one input) | one call | one by one | speed-up |", "|---|---|---|---|"]
+    for n, s in d["simultaneous_batch64"].items():
+        rows.append(f"| {n} | {s['one_call_ms']:.2f} ms | {s['one_by_one_ms']:.2f} ms | "
+                    f"{s['speedup']:.2f}× |")
+    return rows
+
+
+def generic(d):
+    keep = {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool))}
+    return ["```", json.dumps(keep, indent=1)[:3000], "```"]
+
+
+SECTIONS = [
+    ("MTZ: Table 2.1 on real MNIST", "bench_mtz_lenet.json", mtz_lenet, []),
+    ("MTZ: scoring and pairing speed (VGG-16 shapes)", "bench_mtz_speed.json", mtz_speed, []),
+    ("NWV: page matching of the five reference networks", "bench_nwv_matching.json",
+     nwv_matching, ["nwv_fisher.png"]),
+    ("NWV: accuracy after virtualization", "nwv_accuracy.json", nwv_accuracy,
+     ["nwv_accuracy.png"]),
+    ("NWV: switching and execution", "nwv_switch.json", nwv_switch, ["nwv_switch.png"]),
+    ("NWV: scaling to ten networks", "nwv_scaling.json", generic, ["nwv_scaling.png"]),
+    ("NWV: page size, λ and optimisation modes", "nwv_sweeps.json", generic,
+     ["nwv_page_size.png", "nwv_convergence.png"]),
+    ("Zip + virtualize: task switching and simultaneous execution", "bench_zip_switch.json",
+     zip_switch, ["zip_switch.png"]),
+    ("Zipping vs virtualization vs both (ResNet-28)", "bench_zip_vs_nwv.json", generic, []),
+]
+
+
+def main(argv):
+    del argv
+    lines = ["# Benchmark results", "",
+             "Generated by `python scripts/make_results.py` from the JSON files each "
+             "`scripts/bench_*.py` wrote (measured on the 2-core CPU machine; see each JSON "
+             "for the exact command, flags and seeds). Accuracies are on the test carve of "
+             "../shared's training images; checkpoints were selected on validation.", ""]
+    for title, file, render, figures in SECTIONS:
+        d = _load(file)
+        if d is None:
+            continue
+        lines += [f"## {title}", "", f"Source: [`{file}`]({file})", ""]
+        lines += render(d)
+        lines += [""] + [f"![{f}]({f})" for f in figures
+                         if os.path.exists(os.path.join(FLAGS.results, f))] + [""]
+    with open(os.path.join(FLAGS.results, "RESULTS.md"), "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    print(f"wrote {os.path.join(FLAGS.results, 'RESULTS.md')}")
+
+
+if __name__ == "__main__":
+    _cli.run(main)
