@@ -41,6 +41,26 @@ def mtz_lenet(d):
     return rows
 
 
+def mtz_layers_figure(d):
+    """Per-layer neurons shared and ΔE of the Table 2.1 zips (from their records)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nets = [n for n in ("lenet_300_100", "lenet5") if n in d]
+    fig, axes = plt.subplots(2, len(nets), figsize=(4 * len(nets), 5), squeeze=False)
+    for col, name in enumerate(nets):
+        records = d[name]["records"]
+        layers = [r["layer"] for r in records]
+        axes[0, col].bar(layers, [r["shared"] for r in records], color="#3a7")
+        axes[0, col].set_title(f"{name}: neurons shared")
+        axes[1, col].bar(layers, [r["delta_e"] for r in records], color="#e93")
+        axes[1, col].set_title("layer-wise ΔE (Eq. 2.16)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(FLAGS.results, "mtz_layers.png"), dpi=110)
+    plt.close(fig)
+
+
 def mtz_speed(d):
     rows = ["| layer | d × m | Hessians | costs | greedy | optimal | merge | total (greedy) | "
             "target | original |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -110,7 +130,7 @@ def generic(d):
 
 
 SECTIONS = [
-    ("MTZ: Table 2.1 on real MNIST", "bench_mtz_lenet.json", mtz_lenet, []),
+    ("MTZ: Table 2.1 on real MNIST", "bench_mtz_lenet.json", mtz_lenet, ["mtz_layers.png"]),
     ("MTZ: scoring and pairing speed (VGG-16 shapes)", "bench_mtz_speed.json", mtz_speed, []),
     ("NWV: page matching of the five reference networks", "bench_nwv_matching.json",
      nwv_matching, ["nwv_fisher.png"]),
@@ -133,6 +153,8 @@ def main(argv):
              "`scripts/bench_*.py` wrote (measured on the 2-core CPU machine; see each JSON "
              "for the exact command, flags and seeds). Accuracies are on the test carve of "
              "../shared's training images; checkpoints were selected on validation.", ""]
+    if _load("bench_mtz_lenet.json"):
+        mtz_layers_figure(_load("bench_mtz_lenet.json"))
     for title, file, render, figures in SECTIONS:
         d = _load(file)
         if d is None:
