@@ -179,7 +179,8 @@ def _plain_layer(step: WeightedStep, kernel, bias):
 
 def layer_inputs(model: keras.Model, layer_name: str, x, batch_size: int = 256) -> np.ndarray:
     """Inputs of `layer_name` in `model` for the examples x: [n, ...] float32."""
-    probe = keras.Model(model.inputs, model.get_layer(layer_name).input)
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    probe = keras.Model(inputs, model.get_layer(layer_name).input)
     return np.concatenate([np.asarray(probe(x[i:i + batch_size], training=False))
                            for i in range(0, len(x), batch_size)])
 

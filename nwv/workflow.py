@@ -31,27 +31,30 @@ class DemoConfig:
 
     zip_tasks: tuple = ("mnist", "mnist_parity")
     other_tasks: tuple = ("cifar10", "tts_commands")
-    epochs: int = 3
+    epochs: int = 8
+    small_task_epochs: int = 30  # tasks with few examples (the 3,000 keyword clips)
     limit: int | None = None
     share: str = "0.9"
-    retrain_steps: int = 100
-    rounds: int = 3
-    steps: int = 150
+    retrain_steps: int = 200
+    rounds: int = 6
+    steps: int = 300
     page_size: int = 100
     switches: int = 20
     seed: int = 0
 
     @classmethod
     def quick(cls, **overrides):
-        return cls(**{**dict(epochs=1, limit=64, retrain_steps=3, rounds=1, steps=3,
-                             switches=3), **overrides})
+        return cls(**{**dict(epochs=1, small_task_epochs=1, limit=64, retrain_steps=3,
+                             rounds=1, steps=3, switches=3), **overrides})
 
 
 def _train(task, folder, data_dir, config):
     if not os.path.exists(os.path.join(folder, "metrics.json")):
         training.set_seed(config.seed)
+        small = data_dir is not None and data.num_examples(task, "train", data_dir) < 10_000
+        epochs = config.small_task_epochs if small else config.epochs
         training.train(training.build_for_task(None, task), task, folder, data_dir,
-                       config.epochs, 128, 1e-3, config.seed, config.limit, verbose=0)
+                       epochs, 128, 1e-3, config.seed, config.limit, verbose=0)
     return artifacts.load_model(folder)
 
 
