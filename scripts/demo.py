@@ -6,7 +6,7 @@ Default tasks: mnist and mnist_parity (one architecture, zipped with MTZ),
 cifar10 and tts_commands (virtualized into the same page pool with NWV). Prints
 per-task test accuracy before/after, memory, switching latency (in-memory vs
 reload from disk) and writes summary.json, accuracy.png, switching.png, the pool
-and a SavedModel under --out. About 10 minutes on 2 CPU cores; `--quick` runs
+and a SavedModel under --out. About 8 minutes on 2 CPU cores; `--quick` runs
 the same path on 64 examples per split in about a minute. Without --data_dir
 the data come from TensorFlow Datasets (needs network; tts_commands is local only,
 so pass --other_tasks=cifar10 there).
