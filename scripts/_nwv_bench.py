@@ -1,0 +1,264 @@
+"""Shared plumbing of the `bench_nwv_*.py` benchmarks (importable as `_nwv_bench`).
+
+Networks are described by `NetSpec`: a reference network of the original NWV code
+(`../shared/reference/nwv/<net>.npz`, weights and Fisher) or a registered model
+trained on a task with `models.training.train` (validation-selected epoch) and cached
+under `runs/nwv_nets/<task>-<model>-e<epochs>-s<seed>/`, so that reruns skip training.
+
+Everything here is plumbing: finding or training weights, building a pool directory
+largest network first (`nwv.api.add_network`), accuracies on a split, peak RSS, JSON
+and matplotlib (Agg) output. Relative paths resolve against the repository root.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+import shutil
+import sys
+import time
+
+import keras
+import numpy as np
+
+import data
+import models
+from models import artifacts, training
+from nwv import api, pages
+from nwv.api import add_network
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def resolve(path: str) -> str:
+    """`path` if absolute, else relative to the repository root."""
+    return path if os.path.isabs(path) else os.path.normpath(os.path.join(REPO, path))
+
+
+@dataclasses.dataclass(frozen=True)
+class NetSpec:
+    """One network of a benchmark.
+
+    Attributes:
+      name: network name in the pool. task: registered task. model: registered model.
+      reference: reference `.npz` file name (None: trained here).
+      epochs, seed: training settings of a trained network (part of its cache key).
+    """
+    name: str
+    task: str
+    model: str
+    reference: str | None = None
+    epochs: int = 0
+    seed: int = 0
+
+    def overrides(self) -> dict:
+        """Builder arguments: the task's class count where it differs from the model's
+        (derived tasks have 2 to 6 classes)."""
+        classes = data.get(self.task).num_classes
+        return {} if classes == models.info(self.model).num_classes else \
+            {"num_classes": classes}
+
+    def build(self):
+        return models.build(self.model, **self.overrides())
+
+    def describe(self) -> str:
+        if self.reference:
+            return f"reference {self.reference}"
+        return f"{self.model} trained {self.epochs} epochs, seed {self.seed}"
+
+
+# The benchmark networks: the two reference nets whose data exist here, the GSC
+# architecture trained on the synthetic keywords, derived relabelled tasks trained from
+# the reference architectures, and a second, independently trained CIFAR-10 network.
+TTS_EPOCHS = 100
+DERIVED_EPOCHS = 3
+NETWORKS = {
+    "mnist": NetSpec("mnist", "mnist", "nwv_mnist", "mnist.npz"),
+    "cifar10": NetSpec("cifar10", "cifar10", "nwv_cifar10", "cifar10.npz"),
+    "tts_commands": NetSpec("tts_commands", "tts_commands", "nwv_tts", None, TTS_EPOCHS),
+    "mnist_parity": NetSpec("mnist_parity", "mnist_parity", "nwv_mnist", None,
+                            DERIVED_EPOCHS),
+    "cifar10_vehicles": NetSpec("cifar10_vehicles", "cifar10_vehicles", "nwv_cifar10", None,
+                                DERIVED_EPOCHS),
+    "tts_directions": NetSpec("tts_directions", "tts_directions", "nwv_tts", None,
+                              TTS_EPOCHS),
+    "mnist_lowhigh": NetSpec("mnist_lowhigh", "mnist_lowhigh", "nwv_mnist", None,
+                             DERIVED_EPOCHS),
+    "cifar10_animals": NetSpec("cifar10_animals", "cifar10_animals", "nwv_cifar10", None,
+                               DERIVED_EPOCHS),
+    "tts_control": NetSpec("tts_control", "tts_control", "nwv_tts", None, TTS_EPOCHS),
+    "cifar10_b": NetSpec("cifar10_b", "cifar10", "nwv_cifar10", None, DERIVED_EPOCHS, 1),
+}
+
+
+def weights_path(spec: NetSpec, data_dir: str, reference_dir: str, net_dir: str,
+                 log=print) -> str:
+    """The network's weights: the reference `.npz`, or the cached trained folder
+    (trained now with `models.training.train` when absent)."""
+    if spec.reference:
+        path = os.path.join(resolve(reference_dir), spec.reference)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"reference weights not found: {path} (pass "
+                                    f"--reference_dir=<folder holding {spec.reference}>)")
+        return path
+    folder = os.path.join(resolve(net_dir),
+                          f"{spec.task}-{spec.model}-e{spec.epochs}-s{spec.seed}")
+    if not os.path.exists(os.path.join(folder, "metrics.json")):
+        log(f"training {spec.model} on {spec.task} ({spec.epochs} epochs, seed "
+            f"{spec.seed}) -> {folder}")
+        training.set_seed(spec.seed)
+        start = time.time()
+        metrics = training.train(spec.build(), spec.task, folder, data_dir,
+                                 spec.epochs, 128, 1e-3, spec.seed, verbose=0)
+        log(f"  trained in {time.time() - start:.0f} s: validation "
+            f"{metrics['val_accuracy']:.4f}, test {metrics['test_accuracy']:.4f}")
+    return folder
+
+
+def load_plain(spec: NetSpec, path: str):
+    """The network as a plain Keras model."""
+    return artifacts.load_model(path, spec.model)
+
+
+def accuracy(model_or_fn, task: str, split: str, data_dir: str,
+             limit: int | None = None) -> float:
+    """Accuracy of a Keras model or a callable x -> logits on a split.
+
+    With `limit`, a fixed random subset of `limit` examples (seed 0). Not the first
+    `limit` examples: carved splits are stored class by class, so their head would
+    hold the first classes only.
+    """
+    metric = training.loss_and_metric(task)[1]
+    call = model_or_fn if not isinstance(model_or_fn, keras.Model) else \
+        (lambda x: model_or_fn(x, training=False))
+    ds = data.load(task, split, data_dir, 256, seed=0, shuffle=bool(limit), limit=limit)
+    for x, y in ds:
+        metric.update_state(y, call(x))
+    return float(metric.result())
+
+
+def examples(task: str, split: str, data_dir: str, limit: int | None = None) -> int:
+    """Examples `accuracy` reads from a local split."""
+    count = data.num_examples(task, split, data_dir)
+    return min(count, limit) if limit else count
+
+
+def build_pool(pool_dir: str, specs, paths: dict, data_dir: str, page_size: int = 100,
+               matching: str = "optimal", fisher_source: str = "auto", seed: int = 0,
+               log=print) -> dict:
+    """Creates `pool_dir` afresh with the networks added largest first.
+
+    Returns:
+      {"order", "add": {name: add_network summary + "seconds"}, "seconds" (all adds)}.
+    """
+    pool_dir = resolve(pool_dir)
+    if os.path.exists(pool_dir):
+        shutil.rmtree(pool_dir)
+    sizes = [s.build().count_params() for s in specs]
+    order = [specs[i] for i in sorted(range(len(specs)), key=lambda i: (-sizes[i], i))]
+    added, total = {}, 0.0
+    for spec in order:
+        start = time.perf_counter()
+        summary = add_network(pool_dir, spec.name, spec.task, spec.model,
+                                  paths[spec.name], data_dir, page_size=page_size,
+                                  matching=matching, seed=seed,
+                                  fisher_source=fisher_source,
+                                  model_overrides=spec.overrides())
+        summary["seconds"] = time.perf_counter() - start
+        total += summary["seconds"]
+        added[spec.name] = summary
+        log(f"  added {spec.name}: {summary['pages']} pages, pool {summary['pool_pages']}, "
+            f"shared {summary['shared_pages']}, cost {summary['cost']:.4g}, Fisher "
+            f"{summary['fisher_source']}, {summary['seconds']:.1f} s")
+    return {"order": [s.name for s in order], "add": added, "seconds": total}
+
+
+FISHER_SAMPLES = 256
+
+
+def model_and_fisher(spec: NetSpec, path: str, data_dir: str, seed: int = 0):
+    """(plain Keras model, Fisher list, source) of a network. Reference networks use
+    the Fisher stored in their `.npz`; trained ones a Fisher computed once (expected
+    definition, 256 train examples, `seed`) and cached beside their weights."""
+    model = load_plain(spec, path)
+    if spec.reference:
+        return model, api.network_fisher(model, spec.task, path, data_dir, "reference")[0], \
+            "reference"
+    source = f"computed:expected:{FISHER_SAMPLES}:seed{seed}"
+    cache = os.path.join(path, f"fisher_expected_{FISHER_SAMPLES}_s{seed}.npz")
+    if os.path.exists(cache):
+        with np.load(cache) as archive:
+            return model, [archive[f"f{i}"] for i in range(len(archive.files))], source
+    fisher, _ = api.network_fisher(model, spec.task, None, data_dir, "computed",
+                                   FISHER_SAMPLES, "expected", seed)
+    artifacts.atomic_write(cache, lambda tmp: np.savez(
+        tmp, **{f"f{i}": f for i, f in enumerate(fisher)}))
+    return model, fisher, source
+
+
+def virtualize_in_memory(specs, loaded: dict, page_size: int = 100,
+                         matching: str = "optimal"):
+    """(runtime, {name: task}, {name: Fisher pages}, matching seconds) of networks
+    `loaded` = {name: (model, fisher, source)} packed into one pool in memory
+    (`nwv.api.virtualize`: largest first, pool the size of the largest network)."""
+    start = time.perf_counter()
+    rt = api.virtualize({s.name: loaded[s.name][:2] for s in specs}, page_size, matching)
+    seconds = time.perf_counter() - start
+    fisher_pages = {s.name: pages.paginate(loaded[s.name][1], page_size)[0] for s in specs}
+    return rt, {s.name: s.task for s in specs}, fisher_pages, seconds
+
+
+def script_flags() -> dict:
+    """{name: value} of the flags the running script defines (for result files)."""
+    from absl import flags
+    return {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(sys.argv[0])}
+
+
+def load_average() -> list:
+    """1, 5 and 15-minute load averages of the (shared) machine."""
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, MiB (Linux ru_maxrss is KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def vm_hwm_mb() -> float | None:
+    """Peak RSS of this process image from /proc/self/status (VmHWM, MiB); unlike
+    ru_maxrss it does not carry a forking parent's peak across exec."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def write_json(path: str, obj) -> str:
+    path = resolve(path)
+    artifacts.write_json(path, obj)
+    return path
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path: str) -> str:
+    path = resolve(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def points(x: float) -> float:
+    """A fraction as percentage points, rounded for printing and JSON."""
+    return round(100.0 * float(x), 2)
