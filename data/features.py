@@ -28,18 +28,20 @@ def fix_length(audio, length):
     return tf.pad(audio, [[0, length - tf.shape(audio)[0]]])
 
 
-def shift_and_noise(audio, seed, max_shift=1600, noise_max=0.1):
+def shift_and_noise(audio, seed, max_shift=1600, noise_max=0.1, noise_probability=0.5):
     """Random shift of up to ±`max_shift` samples and additive noise (train only).
 
-    The clip is circularly shifted inside its zero-padded 1-s window, then white
-    noise of uniform random amplitude in [0, `noise_max`) × the clip's peak is
-    added. Stateless: `seed` is a [2] int tensor, so a pipeline seed gives the
-    same augmentation every run.
+    The clip is circularly shifted inside its zero-padded 1-s window; with
+    probability `noise_probability` white noise of uniform random amplitude in
+    [0, `noise_max`) × the clip's peak is added (otherwise the clip stays clean,
+    like validation and test clips). Stateless: `seed` is a [2] int tensor, so a
+    pipeline seed gives the same augmentation every run.
     """
-    seeds = tf.random.experimental.stateless_split(seed, 3)
+    seeds = tf.random.experimental.stateless_split(seed, 4)
     shift = tf.random.stateless_uniform([], seeds[0], -max_shift, max_shift + 1, tf.int32)
     audio = tf.roll(audio, shift, axis=0)
-    gain = tf.random.stateless_uniform([], seeds[1], 0.0, noise_max)
+    noisy = tf.random.stateless_uniform([], seeds[3]) < noise_probability
+    gain = tf.where(noisy, tf.random.stateless_uniform([], seeds[1], 0.0, noise_max), 0.0)
     noise = tf.random.stateless_normal(tf.shape(audio), seeds[2])
     peak = tf.reduce_max(tf.abs(audio)) + 1e-6
     return audio + gain * peak * noise

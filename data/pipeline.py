@@ -93,7 +93,9 @@ def load(task: str, split: str, data_dir: str | None = None, batch_size: int = 6
       seed: shuffling and augmentation seed (same seed, same order).
       shuffle: shuffle examples; defaults to True for "train".
       augment: apply the task's augmentation (train-time only).
-      limit: keep the first `limit` examples (after shuffling), for quick runs.
+      limit: keep `limit` examples, for quick runs: the first after shuffling, or
+        without shuffling a fixed random subset (seed 0; local files are stored
+        class by class, so a plain prefix would hold only the first classes).
 
     Returns:
       Dataset of (x [batch, *input_shape] float32, y [batch] int64, or
@@ -112,6 +114,8 @@ def load(task: str, split: str, data_dir: str | None = None, batch_size: int = 6
         ds = tf.data.Dataset.from_tensor_slices((list(files.paths), files.labels))
         if shuffle:
             ds = ds.shuffle(len(files.paths), seed=seed, reshuffle_each_iteration=True)
+        elif limit:  # files are stored class by class: a fixed random subset instead
+            ds = ds.shuffle(len(files.paths), seed=0, reshuffle_each_iteration=False)
         if limit:
             ds = ds.take(limit)
         ds = ds.map(lambda p, y: (_decode(spec, p), y), num_parallel_calls=AUTOTUNE,

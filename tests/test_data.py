@@ -107,3 +107,12 @@ def test_every_task_declares_consistent_metadata():
         if spec.default_model in ("nwv_mnist", "nwv_cifar10", "nwv_tts", "nwv_gsc"):
             info = models.info(spec.default_model)
             assert info.input_shape == spec.input_shape
+
+
+def test_limit_without_shuffle_is_a_fixed_mixed_subset(tiny_data):
+    def labels():
+        ds = data.load("mnist", "train", tiny_data, batch_size=100, shuffle=False, limit=30)
+        return np.concatenate([y.numpy() for _, y in ds])
+    first = labels()
+    assert len(first) == 30 and len(np.unique(first)) > 3
+    assert np.array_equal(first, labels())
