@@ -46,7 +46,7 @@ from absl import flags
 
 import _nwv_bench as bench
 import data
-from models import training
+from models import artifacts, training
 from nwv import state
 from nwv.runtime import VirtualizedNetworks
 
@@ -64,18 +64,6 @@ flags.DEFINE_integer("repeats", 300, "Timed batches per network and path (median
 flags.DEFINE_integer("seed", 0, "Random seed (switch sequence).")
 
 ORIGINAL = {"in_memory_ms": 3.919, "reload_ms": 1801.72, "speedup": 459.0}
-
-
-def evict(pool_dir: str) -> None:
-    """Drops every file of the pool directory from the page cache."""
-    for file in os.listdir(pool_dir):
-        path = os.path.join(pool_dir, file)
-        if os.path.isfile(path):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
 
 
 def resident_bytes(pool_dir: str):
@@ -151,19 +139,19 @@ def main(argv):
 
     os.sync()
     cached = resident_bytes(pool_dir)
-    evict(pool_dir)
+    artifacts.evict_from_page_cache(pool_dir)
     after_evict = resident_bytes(pool_dir)
     print(f"page cache: pool directory files resident {cached} bytes before eviction, "
           f"{after_evict} after posix_fadvise(POSIX_FADV_DONTNEED)")
     rt.load_from_disk(names[0])                       # import/trace costs out of the way
     load_only, load_infer, resident_at_load = [], [], []
     for name in sequence:
-        evict(pool_dir)
+        artifacts.evict_from_page_cache(pool_dir)
         t0 = time.perf_counter()
         rt.load_from_disk(name)
         load_only.append(ms(time.perf_counter() - t0))
     for name in sequence:
-        evict(pool_dir)
+        artifacts.evict_from_page_cache(pool_dir)
         resident_at_load.append(resident_bytes(pool_dir))
         t0 = time.perf_counter()
         model = rt.load_from_disk(name)
