@@ -136,6 +136,40 @@ def demo(d):
     return rows
 
 
+def nwv_scaling(d):
+    sizes = sorted(d["runs"], key=int)
+    rows = ["| networks | " + " | ".join(sizes) + " |", "|---|" + "---|" * len(sizes),
+            "| compression | " + " | ".join(f"{d['runs'][n]['compression']:.2f}×" for n in sizes)
+            + " |",
+            "| training CPU s / round | " + " | ".join(
+                f"{v:.1f}" for v in d["time_per_round_fits"]["training_cpu_median"]["values"]) + " |"]
+    for task, per_n in d["accuracy"].items():
+        rows.append(f"| {task} (drop, pts) | " + " | ".join(
+            f"{per_n[n]['drop_points']:+.2f}" if n in per_n else "" for n in sizes) + " |")
+    fit = d["time_per_round_fits"]["training_cpu_median"]
+    rows.append(f"\nTargets: {json.dumps(d['targets'])}; CPU time per round "
+                f"{fit['slope_s_per_network']:.2f} s × N (R² {fit['r2']:.3f}).")
+    return rows
+
+
+def nwv_sweeps(d):
+    rows = ["| run | mode | λ | " + " | ".join(d["original_test_accuracy"]) + " | mean | seconds |",
+            "|---|---|---|" + "---|" * len(d["original_test_accuracy"]) + "---|---|",
+            "| originals | | | " + " | ".join(pct(v) for v in d["original_test_accuracy"].values())
+            + " | | |"]
+    for name, r in d["runs"].items():
+        rows.append(f"| {name} | {r['mode']} | {r['lambda']} | " + " | ".join(
+            pct(r["test_accuracy"][t]) for t in d["original_test_accuracy"])
+            + f" | {pct(r['mean_test_accuracy'])} | {r['seconds']:.0f} |")
+    rows += ["", "| page size | pool pages | greedy cost / s | optimal cost / s |",
+             "|---|---|---|---|"]
+    for size, p in d["page_size"].items():
+        g, o = p["matching"]["greedy"], p["matching"]["optimal"]
+        rows.append(f"| {size} | {p['pool_pages']} | {g['total_cost']:.2f} / {g['seconds']:.3f} |"
+                    f" {o['total_cost']:.2f} / {o['seconds']:.3f} |")
+    return rows
+
+
 def generic(d):
     keep = {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool))}
     return ["```", json.dumps(keep, indent=1)[:3000], "```"]
@@ -151,8 +185,8 @@ SECTIONS = [
     ("NWV: accuracy after virtualization", "nwv_accuracy.json", nwv_accuracy,
      ["nwv_accuracy.png"]),
     ("NWV: switching and execution", "nwv_switch.json", nwv_switch, ["nwv_switch.png"]),
-    ("NWV: scaling to ten networks", "nwv_scaling.json", generic, ["nwv_scaling.png"]),
-    ("NWV: page size, λ and optimisation modes", "nwv_sweeps.json", generic,
+    ("NWV: scaling to ten networks", "nwv_scaling.json", nwv_scaling, ["nwv_scaling.png"]),
+    ("NWV: page size, λ and optimisation modes", "nwv_sweeps.json", nwv_sweeps,
      ["nwv_page_size.png", "nwv_convergence.png"]),
     ("Zip + virtualize: task switching and simultaneous execution", "bench_zip_switch.json",
      zip_switch, ["zip_switch.png"]),
