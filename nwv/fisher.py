@@ -43,31 +43,26 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import enum
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from nwv.choices import Choice
 
 __all__ = ["FisherDefinition", "diagonal_fisher", "fisher_log_probs"]
 
 DEFAULT_MAX_JACOBIAN_BYTES = 256 << 20
 
 
-class FisherDefinition(str, enum.Enum):
+class FisherDefinition(Choice):
     """Which diagonal Fisher to estimate; a string ("expected", "predicted") is accepted."""
     EXPECTED = "expected"
     PREDICTED = "predicted"
 
     @classmethod
-    def parse(cls, value) -> "FisherDefinition":
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(str(value).lower())
-        except ValueError:
-            raise ValueError(f"expected a Fisher definition in {[d.value for d in cls]}, "
-                             f"received {value!r}") from None
+    def _label(cls) -> str:
+        return "Fisher definition"
 
 
 def fisher_log_probs(logits, definition=FisherDefinition.EXPECTED, multilabel=False):

@@ -52,28 +52,22 @@ and deterministic.
 from __future__ import annotations
 
 import dataclasses
-import enum
 from typing import Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from nwv.choices import Choice
 
-class MatchingMethod(str, enum.Enum):
+
+class MatchingMethod(Choice):
     """Page matching algorithm; a string ("greedy", "optimal") is accepted."""
     GREEDY = "greedy"
     OPTIMAL = "optimal"
 
     @classmethod
-    def parse(cls, method) -> "MatchingMethod":
-        """MatchingMethod from an enum member or a (case-insensitive) name."""
-        if isinstance(method, cls):
-            return method
-        try:
-            return cls(str(method).lower())
-        except ValueError:
-            raise ValueError(f"expected a matching method in {[m.value for m in cls]}, "
-                             f"received {method!r}") from None
+    def _label(cls) -> str:
+        return "matching method"
 
 
 def _check_pages(w, f, name: str, page_size: int | None = None):

@@ -34,7 +34,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import enum
 import json
 import os
 import time
@@ -47,6 +46,7 @@ import data
 from models import artifacts, training
 from nwv import runtime as nwv_runtime
 from nwv import state
+from nwv.choices import Choice
 
 __all__ = ["OptimizationMode", "OptimizeConfig", "NonFiniteError", "optimize",
            "optimize_pool", "CHECKPOINT", "HISTORY"]
@@ -54,21 +54,15 @@ __all__ = ["OptimizationMode", "OptimizeConfig", "NonFiniteError", "optimize",
 CHECKPOINT, HISTORY = "optimize_checkpoint.npz", "history.json"
 
 
-class OptimizationMode(str, enum.Enum):
+class OptimizationMode(Choice):
     """How the networks are trained on the shared pool (a string is accepted)."""
     JOINT = "joint"
     ROUND_ROBIN = "round_robin"
     SEQUENTIAL = "sequential"
 
     @classmethod
-    def parse(cls, value) -> "OptimizationMode":
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(str(value).lower())
-        except ValueError:
-            raise ValueError(f"expected a mode in {[m.value for m in cls]}, received "
-                             f"{value!r}") from None
+    def _label(cls) -> str:
+        return "mode"
 
 
 class NonFiniteError(RuntimeError):
