@@ -28,7 +28,7 @@ def fix_length(audio, length):
     return tf.pad(audio, [[0, length - tf.shape(audio)[0]]])
 
 
-def shift_and_noise(audio, seed, max_shift=1600, noise_max=0.1, noise_probability=0.5):
+def shift_and_noise(audio, seed, *, max_shift=1600, noise_max=0.1, noise_probability=0.5):
     """Random shift of up to ±`max_shift` samples and additive noise (train only).
 
     The clip is circularly shifted inside its zero-padded 1-s window; with
@@ -47,7 +47,7 @@ def shift_and_noise(audio, seed, max_shift=1600, noise_max=0.1, noise_probabilit
     return audio + gain * peak * noise
 
 
-def log_mel(audio, sample_rate, frame_length, frame_step, fft_length, num_mel_bins,
+def log_mel(audio, sample_rate, *, frame_length, frame_step, fft_length, num_mel_bins,
             lower_hz=20.0, upper_hz=None):
     """float32 [samples] -> log-mel spectrogram [frames, num_mel_bins] (log(mel + 1e-6))."""
     stft = tf.signal.stft(audio, frame_length, frame_step, fft_length)
@@ -58,15 +58,16 @@ def log_mel(audio, sample_rate, frame_length, frame_step, fft_length, num_mel_bi
     return tf.math.log(tf.matmul(power, matrix) + 1e-6)
 
 
-def mfcc(audio, sample_rate=16000, frame_length=640, frame_step=256, fft_length=1024,
+def mfcc(audio, sample_rate=16000, *, frame_length=640, frame_step=256, fft_length=1024,
          num_mel_bins=40, num_coefficients=13):
     """float32 [samples] -> MFCC [frames, num_coefficients].
 
     With 16,000 samples (1 s) the defaults give 61 frames of 40 ms every 16 ms,
     the NWV GSC network's 61 x 13 input.
     """
-    mel = log_mel(audio, sample_rate, frame_length, frame_step, fft_length,
-                  num_mel_bins, upper_hz=sample_rate / 2.0)
+    mel = log_mel(audio, sample_rate, frame_length=frame_length, frame_step=frame_step,
+                  fft_length=fft_length, num_mel_bins=num_mel_bins,
+                  upper_hz=sample_rate / 2.0)
     return tf.signal.mfccs_from_log_mel_spectrograms(mel)[..., :num_coefficients]
 
 

@@ -147,6 +147,12 @@ def _carve(labels, fractions, seed):
 def list_files(spec: TaskSpec, split: str, data_dir: str) -> FileList:
     """The files and labels of `split` for the task `spec` under `data_dir`.
 
+    Args:
+      spec: the task's `TaskSpec`.
+      split: "train", "validation" or "test" (carved from train when missing).
+      data_dir: a folder, `<task>/` folder, tarball or folder of tarballs.
+    Returns:
+      A `FileList` (paths class by class, labels, class names).
     Raises:
       ValueError: unknown split, no files, unknown class folders; the message
         lists the splits that exist.

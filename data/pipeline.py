@@ -33,7 +33,16 @@ def _files(spec: TaskSpec, split: str, data_dir: str) -> local.FileList:
 
 
 def num_examples(task: str, split: str, data_dir: str) -> int:
-    """Number of local examples of `task`/`split` under `data_dir`."""
+    """Number of local examples of a task's split.
+
+    Args:
+      task: registered task; split: "train", "validation" or "test".
+      data_dir: local data folder or tarball(s) (TFDS is not counted).
+    Returns:
+      The count (after a derived task's label map drops examples).
+    Raises:
+      ValueError / FileNotFoundError: as `data.load`.
+    """
     return len(_files(get(task), split, data_dir).paths)
 
 
@@ -79,7 +88,7 @@ def _tfds_examples(spec: TaskSpec, split: str):
     return ds
 
 
-def load(task: str, split: str, data_dir: str | None = None, batch_size: int = 64,
+def load(task: str, split: str, data_dir: str | None = None, batch_size: int = 64, *,
          seed: int = 0, shuffle: bool | None = None, augment: bool = False,
          limit: int | None = None, drop_remainder: bool = False) -> tf.data.Dataset:
     """A batched, prefetched dataset of (inputs, labels) for `task` and `split`.

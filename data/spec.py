@@ -40,6 +40,7 @@ class TaskSpec:
     """
 
     name: str
+    _: dataclasses.KW_ONLY
     kind: str
     input_shape: tuple[int, ...]
     class_names: tuple[str, ...]
@@ -75,7 +76,15 @@ _TASKS: dict[str, TaskSpec] = {}
 
 
 def register_task(spec: TaskSpec) -> TaskSpec:
-    """Adds `spec` to the registry (a duplicate name raises ValueError)."""
+    """Adds a task to the registry.
+
+    Args:
+      spec: the task's `TaskSpec`.
+    Returns:
+      `spec` (so a module can write `SPEC = register_task(TaskSpec(...))`).
+    Raises:
+      ValueError: a task of that name is already registered.
+    """
     if spec.name in _TASKS:
         raise ValueError(f"task {spec.name!r} is already registered")
     _TASKS[spec.name] = spec
@@ -83,7 +92,15 @@ def register_task(spec: TaskSpec) -> TaskSpec:
 
 
 def get(name: str) -> TaskSpec:
-    """The registered `TaskSpec` called `name`; unknown names raise with suggestions."""
+    """The registered task called `name`.
+
+    Args:
+      name: task name (`available()`).
+    Returns:
+      Its `TaskSpec`.
+    Raises:
+      ValueError: unknown name, with close matches.
+    """
     if name not in _TASKS:
         close = difflib.get_close_matches(name, list(_TASKS), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -93,5 +110,11 @@ def get(name: str) -> TaskSpec:
 
 
 def available() -> list[str]:
-    """Sorted names of the registered tasks."""
+    """Sorted names of the registered tasks.
+
+    Returns:
+      List of names.
+    Raises:
+      Nothing.
+    """
     return sorted(_TASKS)

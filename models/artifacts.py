@@ -33,23 +33,6 @@ def atomic_write(path: str, write) -> None:
             os.remove(tmp)
 
 
-def evict_from_page_cache(path: str) -> None:
-    """Drops a file (or every file of a folder) from the OS page cache
-    (`posix_fadvise(POSIX_FADV_DONTNEED)` after an fsync), so the next read comes
-    from storage: benchmarks of loading from disk use it before each load."""
-    paths = ([os.path.join(path, f) for f in sorted(os.listdir(path))]
-             if os.path.isdir(path) else [path])
-    for file in paths:
-        if not os.path.isfile(file):
-            continue
-        fd = os.open(file, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
 def write_json(path: str, obj) -> None:
     """Writes `obj` as indented JSON, atomically (numpy scalars become numbers)."""
     def default(value):

@@ -12,8 +12,8 @@ from keras import layers
 from models.registry import ModelInfo, register_model
 
 
-def nwv_cnn(input_shape, num_classes, filters, units=(128, 256),
-            kernel_sizes=None, name="nwv_cnn"):
+def nwv_cnn(input_shape, num_classes, *, filters, units=(128, 256), kernel_sizes=None,
+            name="nwv_cnn"):
     """Builds a reference NWV CNN.
 
     Args:

@@ -20,6 +20,11 @@ def _weighted_layers(model: keras.Model):
 def read_npz(path: str, prefix: str = "") -> list[np.ndarray]:
     """Reads `[<prefix>weight_0, <prefix>bias_0, weight_1, ...]` in layer order.
 
+    Args:
+      path: the `.npz` file.
+      prefix: key prefix ("fisher_" for the stored Fisher).
+    Returns:
+      List of float32 arrays, kernel then bias of each layer.
     Raises:
       FileNotFoundError / ValueError naming the file when it is missing, not an
       npz archive, has gaps in its layer indices or non-finite values.
@@ -52,6 +57,11 @@ def read_npz(path: str, prefix: str = "") -> list[np.ndarray]:
 def load_reference_weights(model: keras.Model, path: str) -> keras.Model:
     """Sets `model`'s kernels and biases from a reference `.npz`, in layer order.
 
+    Args:
+      model: a registered NWV model (`models.build("nwv_mnist")`), modified in place.
+      path: the reference `.npz`.
+    Returns:
+      `model`.
     Raises:
       ValueError: naming the file and layer when the layer count or a shape
         disagrees with the model.
@@ -72,5 +82,13 @@ def load_reference_weights(model: keras.Model, path: str) -> keras.Model:
 
 
 def load_reference_fisher(path: str) -> list[np.ndarray]:
-    """Diagonal Fisher `[F(weight_0), F(bias_0), ...]` stored beside the weights."""
+    """Diagonal Fisher `[F(weight_0), F(bias_0), ...]` stored beside the weights.
+
+    Args:
+      path: the reference `.npz`.
+    Returns:
+      List of float32 arrays shaped like the weights.
+    Raises:
+      FileNotFoundError / ValueError: as `read_npz`.
+    """
     return read_npz(path, prefix="fisher_")

@@ -39,6 +39,7 @@ class ModelInfo:
     input_shape: tuple[int, ...]
     num_classes: int
     first_layer: str
+    _: dataclasses.KW_ONLY
     classifier_layer: str = "logits"
     default_task: str | None = None
     reference_weights: str | None = None
@@ -58,9 +59,13 @@ _REGISTRY: dict[str, _Entry] = {}
 def register_model(name: str, info: ModelInfo, /, **defaults):
     """Decorator registering `builder(**kwargs) -> keras.Model` under `name`.
 
-    `defaults` are keyword arguments bound for this entry, so one parametrised
-    builder can serve several variants (the five NWV CNNs share one builder).
-
+    Args:
+      name: registry name (`build(name)`).
+      info: the model's `ModelInfo`.
+      **defaults: keyword arguments bound for this entry, so one parametrised
+        builder can serve several variants (the five NWV CNNs share one builder).
+    Returns:
+      The decorator; it returns the builder unchanged.
     Raises:
       ValueError: if `name` is already registered.
     """
@@ -84,7 +89,15 @@ def _entry(name: str) -> _Entry:
 
 
 def info(name: str) -> ModelInfo:
-    """Returns the `ModelInfo` of a registered model (raises ValueError if unknown)."""
+    """The `ModelInfo` of a registered model.
+
+    Args:
+      name: a registered name.
+    Returns:
+      Its `ModelInfo`.
+    Raises:
+      ValueError: unknown name (with close matches).
+    """
     return _entry(name).info
 
 
@@ -95,7 +108,8 @@ def build(name: str, **overrides) -> keras.Model:
       name: a registered name, see `available()`.
       **overrides: builder keyword arguments replacing the entry's defaults
         (e.g. `build("vgg16", input_shape=(32, 32, 3), width=0.125)`).
-
+    Returns:
+      A new Keras functional model.
     Raises:
       ValueError: unknown name or an argument the builder does not take.
     """
@@ -109,6 +123,14 @@ def build(name: str, **overrides) -> keras.Model:
 
 
 def available(pattern: str | None = None) -> list[str]:
-    """Sorted registered model names, optionally filtered by a glob pattern."""
+    """Sorted registered model names.
+
+    Args:
+      pattern: optional glob (`"nwv_*"`).
+    Returns:
+      List of names.
+    Raises:
+      Nothing.
+    """
     names = sorted(_REGISTRY)
     return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]

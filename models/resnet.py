@@ -20,7 +20,7 @@ def _conv_bn(x, channels, kernel, strides, name, bn_name):
 
 
 @register_model("resnet28", ModelInfo((32, 32, 3), 10, "conv0"))
-def resnet28(input_shape=(32, 32, 3), num_classes=10, k=10, depth=28, base=16):
+def resnet28(input_shape=(32, 32, 3), num_classes=10, *, k=10, depth=28, base=16):
     """Builds a Wide-ResNet-`depth`-`k` with batch norm.
 
     Args:

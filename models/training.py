@@ -17,7 +17,15 @@ from models import artifacts
 
 
 def set_seed(seed: int) -> None:
-    """Seeds Python, NumPy and TensorFlow and makes TF ops deterministic."""
+    """Seeds Python, NumPy and TensorFlow and makes TF ops deterministic.
+
+    Args:
+      seed: the seed.
+    Returns:
+      None.
+    Raises:
+      Nothing.
+    """
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
 
@@ -56,18 +64,29 @@ def check_compatible(model: keras.Model, task: str) -> None:
                          f"task {task!r} has {spec.num_classes} classes")
 
 
-def train(model: keras.Model, task: str, out_dir: str, data_dir: str | None = None,
+def train(model: keras.Model, task: str, out_dir: str, *, data_dir: str | None = None,
           epochs: int = 10, batch_size: int = 128, learning_rate: float = 1e-3,
           seed: int = 0, limit: int | None = None, verbose: int = 1) -> dict:
     """Trains `model` on `task`, keeps the epoch with the best validation accuracy.
 
     Adam with a cosine learning-rate decay from `learning_rate` to 0 over all epochs.
-
     Writes `<out_dir>/model.keras` (the selected epoch) and `metrics.json`
     (validation and test accuracy of the selected model, history, wall time).
 
+    Args:
+      model: a Keras model fitting the task (`check_compatible`); trained in place.
+      task: registered task.
+      out_dir: output folder (created).
+      data_dir: local data folder or tarball(s); None: TFDS.
+      epochs, batch_size, learning_rate: Adam with cosine decay over all steps.
+      seed: seed of the data order and augmentation (seed the initialisation with
+        `set_seed` before building the model).
+      limit: at most this many examples per split (quick runs).
+      verbose: Keras verbosity (1: a progress bar per epoch).
     Returns:
-      The metrics dictionary.
+      The metrics dictionary written to `metrics.json`.
+    Raises:
+      ValueError: the model does not fit the task; data errors of `data.load`.
     """
     check_compatible(model, task)
     set_seed(seed)
@@ -88,7 +107,7 @@ def train(model: keras.Model, task: str, out_dir: str, data_dir: str | None = No
     seconds = time.time() - start
     best = artifacts.load_model(path)
     best_epoch = int(np.argmax(history.history["val_accuracy"]))
-    test = evaluate(best, task, "test", data_dir, batch_size, limit=limit)
+    test = evaluate(best, task, "test", data_dir=data_dir, batch_size=batch_size, limit=limit)
     metrics = {
         "task": task, "model": model.name, "seed": seed, "epochs": epochs,
         "batch_size": batch_size, "learning_rate": learning_rate,
@@ -102,12 +121,20 @@ def train(model: keras.Model, task: str, out_dir: str, data_dir: str | None = No
     return metrics
 
 
-def evaluate(model, task: str, split: str = "test", data_dir: str | None = None,
+def evaluate(model, task: str, split: str = "test", *, data_dir: str | None = None,
              batch_size: int = 256, limit: int | None = None) -> dict:
     """Accuracy and mean loss of `model` (any callable x -> logits) on a split.
 
+    Args:
+      model: a Keras model (called with training=False) or a callable x -> logits.
+      task: registered task; split: "train", "validation" or "test".
+      data_dir: local data; None: TFDS.
+      batch_size: examples per call.
+      limit: at most this many examples (a fixed random subset, see `data.load`).
     Returns:
       {"task", "split", "accuracy", "loss", "examples"}.
+    Raises:
+      ValueError: an empty split; data errors of `data.load`.
     """
     loss_fn, metric = loss_and_metric(task)
     total_loss, count = 0.0, 0

@@ -11,7 +11,7 @@ from models.registry import ModelInfo, register_model
 
 
 @register_model("us8k", ModelInfo((60, 41, 2), 10, "conv1", default_task="us8k"))
-def us8k(input_shape=(60, 41, 2), num_classes=10, filters=80, fc_units=5000,
+def us8k(input_shape=(60, 41, 2), num_classes=10, *, filters=80, fc_units=5000,
          dropout=0.5):
     """Builds Piczak's environmental-sound CNN."""
     inputs = keras.Input(tuple(input_shape), name="input")

@@ -14,7 +14,7 @@ _BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 
 
 @register_model("vgg16", ModelInfo((224, 224, 3), 1000, "conv1_1"))
-def vgg16(input_shape=(224, 224, 3), num_classes=1000, width=1.0, fc_units=4096,
+def vgg16(input_shape=(224, 224, 3), num_classes=1000, *, width=1.0, fc_units=4096,
           batch_norm=False, dropout=0.5):
     """Builds VGG-16: 13 3x3 SAME convolutions in 5 blocks, fc6, fc7, logits.
 

@@ -1,16 +1,20 @@
 """One-call MTZ: `zip_models(models, inputs, ...)` -> `ZippedModel`, and its storage.
 
-    >>> zipped = mtz.zip_models([net_a, net_b], [x_a, x_b], share="1.0",
-    ...                         retrain=mtz.Retrainer([ds_a, ds_b], steps=100))
-    >>> logits_a, logits_b = zipped.model([x_a, x_b])
-    >>> plain_b = zipped.task_model(1)          # an ordinary Keras model for task B
+    zipped = mtz.zip_models([net_a, net_b], [x_a, x_b], share="1.0",
+                            retrain=mtz.Retrainer([ds_a, ds_b], steps=100))
+    logits_a, logits_b = zipped.model([x_a, x_b])
+    plain_b = zipped.task_model(1)          # an ordinary Keras model for task B
 
-The caller's models are read, never modified. A zipped model is saved as a
-folder: `model.keras` (the multi-task model; shared blocks stored once) and
-`zip.json` (tasks, per-layer sharing records, parameter counts).
+(`tests/test_mtz_zip.py` runs this on small networks.) The caller's models are
+read, never modified. A zipped model is saved as a folder: `model.keras` (the
+multi-task model; shared blocks stored once) and `zip.json` (tasks, per-layer
+sharing records, parameter counts). `fold_batch_norms(model)` is the same
+network with every batch norm folded into its convolution: a plain model that
+NWV can page.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -19,10 +23,9 @@ import numpy as np
 
 from models import artifacts
 from mtz import keras_build
-from mtz.layers import ZippedLayer  # noqa: F401  (registers the layer for loading)
 from mtz.domains import joint_shape, pad_chain
 from mtz.graph import parse_chain
-from mtz.layers import InputPad  # noqa: F401  (registers the layer for loading)
+from mtz.layers import InputPad, ZippedLayer  # noqa: F401  (registered for loading)
 from mtz.structure import same_architecture
 from mtz.zipper import ZipConfig, new_state, zip_state
 
@@ -39,11 +42,12 @@ class ZippedModel:
       state: the `ZipState` (None for a model loaded from disk).
     """
 
-    def __init__(self, model: keras.Model, tasks, records=None, state=None, extra=None):
+    def __init__(self, model: keras.Model, tasks, *, records=None, state=None, extra=None):
         self.model, self.tasks = model, list(tasks)
         self.records, self.state, self.extra = list(records or []), state, dict(extra or {})
 
     def index(self, task) -> int:
+        """The member index of `task` (an index or a member name); ValueError if unknown."""
         if isinstance(task, (int, np.integer)):
             if not 0 <= task < len(self.tasks):
                 raise ValueError(f"expected a member index in [0, {len(self.tasks)}), "
@@ -58,6 +62,27 @@ class ZippedModel:
         i = self.index(task)
         inputs = self.model.inputs[i] if len(self.model.inputs) > 1 else self.model.inputs[0]
         return keras.Model(inputs, self.model.outputs[i], name=f"{self.tasks[i]}_member")
+
+    def member_model(self, task) -> keras.Model:
+        """Task's path as a model holding ONLY the blocks that task uses.
+
+        Its variables are copies (same values, named as in `model`:
+        `<layer>/kernel_<g>_<h>`), so a pool can page each member on its own
+        while shared blocks keep one name; outputs equal `member(task)`'s.
+        """
+        return keras_build.member_model(self.model, self.index(task))
+
+    def block_owners(self) -> dict:
+        """{variable path of `model`: tuple of the member names using it}.
+
+        A block with several owners holds shared neurons' weights, stored once.
+        """
+        owners = {}
+        for layer in self.model.layers:
+            if isinstance(layer, ZippedLayer):
+                for path, tasks in layer.owners().items():
+                    owners[path] = tuple(self.tasks[t] for t in sorted(tasks))
+        return owners
 
     def shared_input_model(self) -> keras.Model:
         """The same zipped network with ONE input for all tasks (same input shape):
@@ -109,12 +134,11 @@ class ZippedModel:
                              f"{ZIP_FILE} lists {len(meta['tasks'])} tasks")
         extra = {k: v for k, v in meta.items() if k not in ("format", "tasks", "records",
                                                             "parameters")}
-        return cls(model, meta["tasks"], meta.get("records"), None, extra)
+        return cls(model, meta["tasks"], records=meta.get("records"), extra=extra)
 
 
-def zip_models(models, inputs, names=None, share="1.0", method="greedy", alpha=0.5,
-               damping=1e-6, hessian_samples=1000, sparse=False, per_tap=False,
-               retrain=None, seed=0, progress=None) -> ZippedModel:
+def zip_models(models, inputs, *, names=None, config: ZipConfig | None = None, retrain=None,
+               progress=None, **options) -> ZippedModel:
     """Zips networks of one architecture into one multi-task network (MTZ).
 
     Networks are added one at a time (the second into the first, the third into
@@ -125,26 +149,24 @@ def zip_models(models, inputs, names=None, share="1.0", method="greedy", alpha=0
     Args:
       models: Keras models of Dense/Conv2D layers, possibly with residual Add
         blocks (`mtz.graph`); batch norms are folded exactly, so the zipped
-        model has none; see `mtz.structure.SUPPORTED`. Not modified. Inputs may
+        model has none; see `models.layer_support`. Not modified. Inputs may
         differ in channels, or in size for Flatten + Dense networks: zipped on
         a joint input at the larger size (`mtz.domains`).
       inputs: per model, examples [n, *input_shape] for the layer-wise Hessians.
       names: task names (default: "task0", "task1", ...).
-      share: `ShareSchedule` or its string: "1.0" all neurons, "0.5" half,
-        "300,100" counts per layer, "eps=0.01" a cost threshold.
-      method: "greedy", "optimal", "optimal_k" or "random" pairing.
-      alpha: weight of the zipped network's error (TMC Eq. 2.7-2.8).
-      damping: relative Hessian damping.
-      sparse: zeros stay zeros (pairs keep the mask with more non-zeros).
-      per_tap: per-tap Hessian approximation for convolutions.
+      config: a `ZipConfig` (share schedule, pairing method, α, damping, ...).
       retrain: optional `mtz.Retrainer` (joint retraining after each layer).
+      progress: optional callable(message) told about every zipped layer.
+      **options: `ZipConfig` fields instead of `config`, e.g. `share="0.5"`.
     Returns:
       A `ZippedModel`.
     Raises:
       ValueError: fewer than two models, differing architectures, share counts
         larger than a layer, unsupported layers (named), conv networks with
-        inputs of different spatial sizes.
+        inputs of different spatial sizes, an unknown option, or both `config`
+        and options.
     """
+    config = _config(config, options)
     if len(models) < 2:
         raise ValueError(f"expected at least two models to zip, received {len(models)}")
     names = list(names or [f"task{i}" for i in range(len(models))])
@@ -159,11 +181,45 @@ def zip_models(models, inputs, names=None, share="1.0", method="greedy", alpha=0
     joint = joint_shape(chains, names)
     padded = [pad_chain(chain, joint) for chain in chains]
     same_architecture(padded, names)
-    config = ZipConfig(share=share, method=method, alpha=alpha, damping=damping,
-                       hessian_samples=hessian_samples, sparse=sparse, per_tap=per_tap,
-                       seed=seed)
     state = new_state(padded, names, [c.input_shape for c in chains])
-    records = zip_state(state, dict(enumerate(inputs)), config, retrain, progress)
+    records = zip_state(state, dict(enumerate(inputs)), config=config, retrain=retrain,
+                        progress=progress)
     model = keras_build.multitask_model(state)
     separate = int(sum(m.count_params() for m in models))
-    return ZippedModel(model, names, records, state, {"separate_parameters": separate})
+    return ZippedModel(model, names, records=records, state=state,
+                       extra={"separate_parameters": separate})
+
+
+def _config(config, options) -> ZipConfig:
+    if config is not None and options:
+        raise ValueError(f"expected either config or ZipConfig fields, received both "
+                         f"(fields {sorted(options)})")
+    if config is not None:
+        return config
+    fields = {f.name for f in dataclasses.fields(ZipConfig)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ValueError(f"unknown zip option(s) {unknown}; ZipConfig fields: {sorted(fields)}")
+    return ZipConfig(**options)
+
+
+def fold_batch_norms(model: keras.Model, *, name: str | None = None) -> keras.Model:
+    """The same network with every BatchNormalization folded into the layer before it.
+
+    K' = K·γ/σ, b' = γ(b − μ)/σ + β per output channel (`mtz.bn_fold`), exact at
+    inference. The result is a plain functional model of the original layer types
+    without batch norms, so NWV can page it (`models.layer_support`).
+
+    Args:
+      model: a Keras model MTZ can parse (`mtz.graph.parse_chain`); not modified.
+      name: name of the new model (default: "<model.name>_folded").
+    Returns:
+      A new `keras.Model` with the same inputs, outputs (to float round-off) and
+      layer names, minus the batch norms.
+    Raises:
+      ValueError: a layer MTZ cannot parse, or a batch norm that does not directly
+        follow a Dense/Conv2D layer.
+    """
+    chain = parse_chain(model)
+    folded = keras_build.task_model(new_state([chain], [model.name]), 0)
+    return keras.Model(folded.inputs, folded.outputs, name=name or f"{model.name}_folded")

@@ -36,7 +36,7 @@ def _vector(name, value, channels, default=None):
     return vector
 
 
-def batch_norm_affine(gamma, beta, moving_mean, moving_variance, epsilon: float = 1e-3):
+def batch_norm_affine(gamma, beta, moving_mean, moving_variance, *, epsilon: float = 1e-3):
     """Inference BN as a per-channel affine map: BN(z) = z * scale + shift.
 
     scale = gamma / sigma, shift = beta - mu * gamma / sigma, sigma = sqrt(var + eps).
@@ -63,7 +63,7 @@ def batch_norm_affine(gamma, beta, moving_mean, moving_variance, epsilon: float 
     return scale, _vector("beta", beta, channels, 0.0) - mean * scale
 
 
-def fold_batch_norm(kernel, bias, gamma, beta, moving_mean, moving_variance,
+def fold_batch_norm(kernel, bias, *, gamma, beta, moving_mean, moving_variance,
                     epsilon: float = 1e-3):
     """Folds BN(x K + b) into x K' + b' exactly (inference mode).
 
@@ -93,7 +93,8 @@ def fold_batch_norm(kernel, bias, gamma, beta, moving_mean, moving_variance,
     dtype = kernel.dtype if np.issubdtype(kernel.dtype, np.floating) else np.float32
     bias = _vector("bias", bias, channels, 0.0)
     _vector("moving_mean", moving_mean, channels)  # shape check against cout
-    scale, shift = batch_norm_affine(gamma, beta, moving_mean, moving_variance, epsilon)
+    scale, shift = batch_norm_affine(gamma, beta, moving_mean, moving_variance,
+                                     epsilon=epsilon)
     folded_kernel = kernel.astype(np.float64) * scale
     folded_bias = bias * scale + shift
     return folded_kernel.astype(dtype), folded_bias.astype(dtype)

@@ -21,12 +21,12 @@ import keras
 import numpy as np
 
 from mtz.bn_fold import fold_batch_norm
-from mtz.structure import (FOLDED, MERGE, SUPPORTED, Chain, StatelessStep, WEIGHTED,
+from mtz.structure import (FOLDED, MERGE, SUPPORTED, WEIGHTED, Chain, StatelessStep,
                            WeightedStep)
 
 # Weight-free layers that keep zero input channels (and, first three, pixels) at zero,
 # so a task's input may be zero-padded in front of them (`mtz.domains`).
-_POINTWISE = {"ReLU", "LeakyReLU", "Dropout"}
+_POINTWISE = {"ReLU", "LeakyReLU", "Dropout", "Identity"}
 _POOLING = {"MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D"}
 _ZERO_ACTIVATIONS = {"relu", "linear", "leaky_relu", "tanh", "elu", "selu", "gelu",
                      "silu", "swish", "relu6"}
@@ -98,7 +98,8 @@ def _weighted(layer, t: _Tensor):
                              f"dilation 1 and groups 1, received {config.get('data_format')}, "
                              f"{config.get('dilation_rate')}, {config.get('groups')}")
         kh, kw, cin, cout = kernel.shape
-        return (WeightedStep(layer.name, "conv", config, kh * kw, cin, cout, view),
+        return (WeightedStep(layer.name, "conv", config, taps=kh * kw, in_channels=cin,
+                             out_channels=cout, input_view=view),
                 kernel.reshape(kh * kw, cin, cout), bias)
     if t.rank != 2:
         raise ValueError(f"dense layer {layer.name!r}: expected a flat input (after Flatten "
@@ -107,7 +108,8 @@ def _weighted(layer, t: _Tensor):
     if fan_in % t.flat:
         raise ValueError(f"dense layer {layer.name!r}: fan-in {fan_in} is not a "
                          f"multiple of the flattened spatial size {t.flat}")
-    step = WeightedStep(layer.name, "dense", config, t.flat, fan_in // t.flat, cout, view)
+    step = WeightedStep(layer.name, "dense", config, taps=t.flat,
+                        in_channels=fan_in // t.flat, out_channels=cout, input_view=view)
     return step, kernel.reshape(t.flat, fan_in // t.flat, cout), bias
 
 
@@ -126,8 +128,9 @@ def _fold(layer, step_index, steps, weights, layer_index, consumers, folded):
     kernel, bias = weights[l]
     gamma = layer.gamma.numpy() if layer.scale else None
     beta = layer.beta.numpy() if layer.center else None
-    k, b = fold_batch_norm(kernel, bias, gamma, beta, layer.moving_mean.numpy(),
-                           layer.moving_variance.numpy(), layer.epsilon)
+    k, b = fold_batch_norm(kernel, bias, gamma=gamma, beta=beta,
+                           moving_mean=layer.moving_mean.numpy(),
+                           moving_variance=layer.moving_variance.numpy(), epsilon=layer.epsilon)
     weights[l] = (np.asarray(k, np.float64), np.asarray(b, np.float64))
     folded.add(step_index)
 
@@ -203,5 +206,7 @@ def parse_chain(model: keras.Model) -> Chain:
         raise ValueError(f"model {model.name!r}: expected the output to come from one "
                          f"classifier layer (Dense/Conv2D, not tied by an Add), received "
                          f"{'the input' if head < 0 else repr(steps[output].name)}")
-    return Chain(tuple(model.input_shape[1:]), tuple(steps), tuple(weights), tuple(wiring),
-                 output, tuple(-1 if s < 0 else _find(parent, s) for s in sources), ties, head)
+    return Chain(input_shape=tuple(model.input_shape[1:]), steps=tuple(steps),
+                 weights=tuple(weights), wiring=tuple(wiring), output=output,
+                 sources=tuple(-1 if s < 0 else _find(parent, s) for s in sources),
+                 ties=ties, output_layer=head)

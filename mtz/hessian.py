@@ -151,7 +151,7 @@ def layer_hessian(inputs, *, bias: bool = True, damping: float = 1e-6,
     return acc.update(inputs).result(damping)
 
 
-def conv_output_size(size: int, kernel: int, stride: int, padding: str,
+def conv_output_size(size: int, kernel: int, stride: int, padding: str, *,
                      dilation: int = 1) -> tuple[int, int, int]:
     """(output size, pad before, pad after) along one axis, as TF pads.
 
@@ -173,7 +173,7 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: str,
     raise ValueError(f"expected padding 'valid' or 'same', received {padding!r}")
 
 
-def conv_patches(x, kernel_size, strides=(1, 1), padding: str = "valid",
+def conv_patches(x, kernel_size, strides=(1, 1), padding: str = "valid", *,
                  dilation=1) -> np.ndarray:
     """Input patches of a 2-D convolution, one row per output pixel.
 
@@ -195,8 +195,8 @@ def conv_patches(x, kernel_size, strides=(1, 1), padding: str = "valid",
         raise ValueError(f"expected x of shape [N, H, W, C], received {x.shape}")
     (kh, kw), (sh, sw) = _pair(kernel_size, "kernel_size"), _pair(strides, "strides")
     dh, dw = _pair(dilation, "dilation")
-    ho, top, bottom = conv_output_size(x.shape[1], kh, sh, padding, dh)
-    wo, left, right = conv_output_size(x.shape[2], kw, sw, padding, dw)
+    ho, top, bottom = conv_output_size(x.shape[1], kh, sh, padding, dilation=dh)
+    wo, left, right = conv_output_size(x.shape[2], kw, sw, padding, dilation=dw)
     if top or bottom or left or right:
         x = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
     windows = sliding_window_view(x, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(1, 2))
@@ -257,8 +257,8 @@ def conv_layer_hessian(x, kernel_size, strides=(1, 1), padding: str = "valid", *
         raise ValueError(f"expected x of shape [N, H, W, C], received {x.shape}")
     (kh, kw), cin = _pair(kernel_size, "kernel_size"), x.shape[3]
     (sh, sw), (dh, dw) = _pair(strides, "strides"), _pair(dilation, "dilation")
-    rows_per_image = (conv_output_size(x.shape[1], kh, sh, padding, dh)[0]
-                      * conv_output_size(x.shape[2], kw, sw, padding, dw)[0])
+    rows_per_image = (conv_output_size(x.shape[1], kh, sh, padding, dilation=dh)[0]
+                      * conv_output_size(x.shape[2], kw, sw, padding, dilation=dw)[0])
     if per_tap:
         channel = layer_hessian(x.reshape(-1, cin), bias=False, damping=0.0,
                                 chunk_rows=chunk_rows)
@@ -267,7 +267,7 @@ def conv_layer_hessian(x, kernel_size, strides=(1, 1), padding: str = "valid", *
     images = max(1, acc.chunk_rows // max(rows_per_image, 1))
     for start in range(0, x.shape[0], images):
         acc.update(conv_patches(x[start:start + images], (kh, kw), (sh, sw), padding,
-                                (dh, dw)))
+                                dilation=(dh, dw)))
     return acc.result(damping)
 
 

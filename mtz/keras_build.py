@@ -24,7 +24,7 @@ import numpy as np
 
 from mtz.domains import crop_kernel
 from mtz.layers import InputPad, ZippedLayer
-from mtz.state import ZipState, _positions
+from mtz.state import ZipState, positions
 from mtz.structure import WeightedStep
 
 
@@ -90,7 +90,7 @@ def multitask_model(state: ZipState, name: str = "zipped",
         in_groups, out_groups = _groups(state, state.sources[l]), _groups(state, l)
         layer = ZippedLayer(
             step.kind, state.kernels[0][l].shape[0], [(o, len(ids)) for o, ids in in_groups],
-            [(o, len(ids)) for o, ids in out_groups], n,
+            [(o, len(ids)) for o, ids in out_groups], num_tasks=n,
             kernel_size=step.config.get("kernel_size"), strides=step.config.get("strides", (1, 1)),
             padding=step.config.get("padding", "valid"),
             activation=step.config.get("activation"), name=step.name)
@@ -105,8 +105,8 @@ def multitask_model(state: ZipState, name: str = "zipped",
 
 
 def _block_positions(state, t, l, in_groups, out_groups, g, h):
-    rows = _positions(state.in_ids(t, l), in_groups[g][1])
-    cols = _positions(state.out_ids[t][l], out_groups[h][1])
+    rows = positions(state.in_ids(t, l), in_groups[g][1])
+    cols = positions(state.out_ids[t][l], out_groups[h][1])
     return rows, cols
 
 
@@ -117,7 +117,7 @@ def _write_blocks(state, l, layer, in_groups, out_groups):
         var.assign(state.kernels[t][l][:, rows][:, :, cols].astype(np.float32))
     for h, var in layer.block_biases.items():
         t = sorted(out_groups[h][0])[0]
-        cols = _positions(state.out_ids[t][l], out_groups[h][1])
+        cols = positions(state.out_ids[t][l], out_groups[h][1])
         var.assign(state.biases[t][l][cols].astype(np.float32))
 
 
@@ -133,7 +133,7 @@ def read_back(state: ZipState, model: keras.Model) -> None:
                 state.kernels[t][l][np.ix_(range(value.shape[0]), rows, cols)] = value
         for h, var in layer.block_biases.items():
             for t in out_groups[h][0]:
-                cols = _positions(state.out_ids[t][l], out_groups[h][1])
+                cols = positions(state.out_ids[t][l], out_groups[h][1])
                 state.biases[t][l][cols] = var.numpy()
 
 

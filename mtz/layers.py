@@ -37,7 +37,7 @@ class ZippedLayer(keras.layers.Layer):
     that task's input.
     """
 
-    def __init__(self, kind, taps, in_groups, out_groups, num_tasks, kernel_size=None,
+    def __init__(self, kind, taps, in_groups, out_groups, *, num_tasks, kernel_size=None,
                  strides=(1, 1), padding="valid", activation=None, tasks=None, **kwargs):
         super().__init__(**kwargs)
         if kind not in ("dense", "conv"):
@@ -64,6 +64,19 @@ class ZippedLayer(keras.layers.Layer):
             if set(oh) & wanted:
                 self.block_biases[h] = self.add_weight(shape=(nh,), name=f"bias_{h}",
                                                        initializer="zeros")
+
+    def owners(self) -> dict:
+        """{variable path: frozenset of the task ids using it}, for every block.
+
+        Returns:
+          Dict over this layer's kernel blocks and bias blocks.
+        """
+        found = {}
+        for (g, h), var in self.blocks.items():
+            found[var.path] = frozenset(self.in_groups[g][0]) & frozenset(self.out_groups[h][0])
+        for h, var in self.block_biases.items():
+            found[var.path] = frozenset(self.out_groups[h][0])
+        return found
 
     def task_kernel(self, t: int):
         """Task t's full kernel [taps, cin_t, cout_t] assembled from its blocks."""

@@ -23,7 +23,6 @@ both quadratic forms vanish.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import math
 import re
 
@@ -31,6 +30,7 @@ import numpy as np
 import scipy.linalg
 from scipy.optimize import linear_sum_assignment
 
+from models.choices import Choice
 from mtz.hessian import check_alpha
 
 __all__ = ["PairingMethod", "ShareSchedule", "pair_metric", "pair_costs", "merged_weights",
@@ -104,7 +104,7 @@ class _Factor:
         return scipy.linalg.cho_solve((self._l, True), r, check_finite=False)
 
 
-def pair_metric(h_a, h_b, alpha: float = 0.5) -> np.ndarray:
+def pair_metric(h_a, h_b, *, alpha: float = 0.5) -> np.ndarray:
     """P = A'(A'+B')^-1 B' = (A'^-1 + B'^-1)^-1, the metric of the pair cost (TMC Eq. 2.16).
 
     Args: h_a, h_b [d, d] symmetric PSD Hessians; alpha in [0, 1].
@@ -115,7 +115,7 @@ def pair_metric(h_a, h_b, alpha: float = 0.5) -> np.ndarray:
     return _Factor(a + b).metric(a, b)
 
 
-def pair_costs(w_a, w_b, h_a, h_b, alpha: float = 0.5) -> np.ndarray:
+def pair_costs(w_a, w_b, h_a, h_b, *, alpha: float = 0.5) -> np.ndarray:
     """All pairing costs d_ij = 1/2 D^T P D, D = w_a[:, i] - w_b[:, j] (TMC Eq. 2.14-2.16).
 
     Computed as 1/2 (a_i^T P a_i + b_j^T P b_j - 2 a_i^T P b_j) with three matrix
@@ -145,7 +145,7 @@ def pair_costs(w_a, w_b, h_a, h_b, alpha: float = 0.5) -> np.ndarray:
     return np.maximum(costs, 0.0, out=costs)
 
 
-def merge_cost(merged, w_a, w_b, h_a, h_b, alpha: float = 0.5) -> np.ndarray:
+def merge_cost(merged, w_a, w_b, *, h_a, h_b, alpha: float = 0.5) -> np.ndarray:
     """Per-pair error 1/2 Da^T A' Da + 1/2 Db^T B' Db, Da = merged - w_a (TMC Eq. 2.11).
 
     Equals the diagonal of `pair_costs` (Eq. 2.16) at the unconstrained optimum.
@@ -173,7 +173,7 @@ def _kept_mask(mask_a, mask_b, shape):
     return np.where((m[0].sum(axis=0) >= m[1].sum(axis=0))[None, :], m[0], m[1])
 
 
-def merged_weights(w_a, w_b, h_a, h_b, alpha: float = 0.5, *, mask_a=None, mask_b=None,
+def merged_weights(w_a, w_b, h_a, h_b, *, alpha: float = 0.5, mask_a=None, mask_b=None,
                    return_costs: bool = False):
     """Merged weights w* = (A'+B')^-1 (A' w_a + B' w_b) of aligned pairs (TMC Eq. 2.12-2.13).
 
@@ -213,23 +213,27 @@ def merged_weights(w_a, w_b, h_a, h_b, alpha: float = 0.5, *, mask_a=None, mask_
     return (merged, np.maximum(costs, 0.0)) if return_costs else merged
 
 
-class PairingMethod(str, enum.Enum):
-    """How `select_pairs` matches neurons (see there); strings are accepted."""
+class PairingMethod(Choice):
+    """How `select_pairs` matches neurons (see there); strings are accepted.
+
+    "optimal_k" (the name of the exact k-pair matching before "optimal" became
+    exact for every count) is accepted as an alias of "optimal".
+    """
 
     GREEDY = "greedy"
     OPTIMAL = "optimal"
-    OPTIMAL_K = "optimal_k"
+    RANDOM = "random"
 
     @classmethod
-    def _missing_(cls, value):
-        for member in cls:
-            if isinstance(value, str) and member.value == value.lower():
-                return member
-        raise ValueError(f"expected a pairing method in {[m.value for m in cls]}, "
-                         f"received {value!r}")
+    def _label(cls) -> str:
+        return "pairing method"
+
+    @classmethod
+    def _aliases(cls) -> dict:
+        return {"optimal_k": "optimal"}
 
 
-def resolve_share(m_a: int, m_b: int, count=None, fraction=None, threshold=None):
+def resolve_share(m_a: int, m_b: int, *, count=None, fraction=None, threshold=None):
     """(count, None) or (None, threshold) from exactly one of count / fraction / threshold.
 
     fraction is of min(m_a, m_b), rounded half up. Raises ValueError when not exactly
@@ -293,48 +297,74 @@ def _greedy(costs, count, threshold):
     return np.array(rows, np.int64), np.array(cols, np.int64)
 
 
-def select_pairs(costs, count=None, fraction=None, threshold=None, method="greedy"):
+def _optimal_k(costs, count):
+    """The minimum-cost matching of exactly `count` pairs: an assignment on the
+    matrix padded with zero-cost dummies (dummy rows may not take dummy columns)."""
+    m_a, m_b = costs.shape
+    if count == min(m_a, m_b):
+        return linear_sum_assignment(costs)
+    padded = np.zeros((m_a + m_b - count, m_a + m_b - count))
+    padded[:m_a, :m_b] = costs
+    padded[m_a:, m_b:] = np.inf
+    rows, cols = linear_sum_assignment(padded)
+    real = (rows < m_a) & (cols < m_b)
+    return rows[real], cols[real]
+
+
+def _optimal_threshold(costs, threshold):
+    """The most pairs of cost <= threshold, and among those the cheapest matching:
+    a pair above the threshold costs more than all allowed pairs together, so the
+    assignment first maximises the allowed pairs, then minimises their cost."""
+    allowed = costs <= threshold
+    if not allowed.any():
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    penalty = 1.0 + 2.0 * float(np.sum(costs[allowed]))
+    rows, cols = linear_sum_assignment(np.where(allowed, costs, penalty))
+    keep = allowed[rows, cols]
+    return rows[keep], cols[keep]
+
+
+def select_pairs(costs, *, count=None, fraction=None, threshold=None, method="greedy",
+                 seed=None):
     """Chooses disjoint neuron pairs to zip from a cost matrix (TMC Sec. 2.3).
 
     Args:
       costs: [m_a, m_b] finite costs (`pair_costs`).
       count / fraction / threshold: exactly one: number of pairs, fraction of
-        min(m_a, m_b) (rounded half up), or all pairs with cost <= threshold.
-      method: `PairingMethod` or its string. greedy (MTZ): ascending cost, each
-        neuron at most once; one pass over the (cost, index)-sorted matrix,
-        vectorised per block. optimal: the minimum-cost full matching
-        (linear_sum_assignment, optimal for count = min(m_a, m_b)), truncated to
-        its `count` cheapest pairs or to costs <= threshold. optimal_k: the
-        minimum-cost matching of exactly `count` pairs (assignment on the matrix
-        padded with zero-cost dummies), optimal for every count.
+        min(m_a, m_b) (rounded half up), or pairs with cost <= threshold.
+      method: `PairingMethod` or its string.
+        greedy (MTZ): ascending cost, each neuron at most once; one pass over the
+          (cost, index)-sorted matrix, vectorised per block.
+        optimal: the minimum-cost matching of exactly `count` pairs (an
+          assignment on the matrix padded with zero-cost dummies), so its total
+          cost is never above greedy's; with a threshold, the largest matching of
+          pairs at or below it and, among those, the cheapest.
+        random: `count` uniformly random disjoint pairs (the ablation; `seed`).
+      seed: seed of the random pairing.
     Returns: (idx_a, idx_b) int64 arrays by ascending cost (ties: row-major order).
-    Raises: ValueError: bad costs, share spec or method; optimal_k with a threshold.
+    Raises: ValueError: bad costs, share spec or method; random with a threshold.
     """
     costs = _matrix("costs", costs)
     m_a, m_b = costs.shape
-    count, threshold = resolve_share(m_a, m_b, count, fraction, threshold)
-    method = PairingMethod(method)
+    count, threshold = resolve_share(m_a, m_b, count=count, fraction=fraction,
+                                     threshold=threshold)
+    method = PairingMethod.parse(method)
     if count == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     if method is PairingMethod.GREEDY:
         return _greedy(costs, count, threshold)
-    if method is PairingMethod.OPTIMAL_K and count is None:
-        raise ValueError("expected count or fraction for method 'optimal_k', received threshold")
-    n = min(m_a, m_b)
-    if method is PairingMethod.OPTIMAL_K and count < n:
-        padded = np.zeros((m_a + m_b - count, m_a + m_b - count))
-        padded[:m_a, :m_b] = costs
-        padded[m_a:, m_b:] = np.inf  # dummy rows may not take dummy columns
-        rows, cols = linear_sum_assignment(padded)
-        real = (rows < m_a) & (cols < m_b)
-        rows, cols = rows[real], cols[real]
+    if method is PairingMethod.RANDOM:
+        if count is None:
+            raise ValueError("expected count or fraction for method 'random', received a "
+                             "threshold")
+        rows, cols = random_pairs(m_a, m_b, count, rng=seed)
+    elif count is None:
+        rows, cols = _optimal_threshold(costs, threshold)
     else:
-        rows, cols = linear_sum_assignment(costs)
+        rows, cols = _optimal_k(costs, count)
     values = costs[rows, cols]
     order = np.lexsort((rows * m_b + cols, values))
-    rows, cols, values = rows[order], cols[order], values[order]
-    keep = values <= threshold if threshold is not None else slice(0, count)
-    return rows[keep].astype(np.int64), cols[keep].astype(np.int64)
+    return rows[order].astype(np.int64), cols[order].astype(np.int64)
 
 
 def random_pairs(m_a: int, m_b: int, count: int, rng=None):

@@ -26,6 +26,7 @@ class Retrainer:
     """
 
     datasets: list
+    _: dataclasses.KW_ONLY
     steps: int = 100
     learning_rate: float = 1e-4
     task_weights: list | None = None

@@ -49,6 +49,7 @@ class ZipState:
       ties, sources, output_layer: the graph of the networks (`structure.Chain`).
     """
 
+    _: dataclasses.KW_ONLY
     tasks: list = dataclasses.field(default_factory=list)
     chains: list = dataclasses.field(default_factory=list)
     owners: list = dataclasses.field(default_factory=list)
@@ -131,8 +132,8 @@ class ZipState:
         An input or neuron the task does not own contributes zeros.
         """
         kernel, bias = self.kernels[t][l], self.biases[t][l]
-        row_pos = _positions(self.in_ids(t, l), rows)
-        col_pos = _positions(self.out_ids[t][l], columns)
+        row_pos = positions(self.in_ids(t, l), rows)
+        col_pos = positions(self.out_ids[t][l], columns)
         taps = kernel.shape[0]
         out = np.zeros((taps, len(rows) + 0, len(columns)))
         r_ok, c_ok = row_pos >= 0, col_pos >= 0
@@ -152,7 +153,7 @@ class ZipState:
             out = np.where(v != 0, v, out)
         return out
 
-    def share(self, l: int, t: int, slots: np.ndarray, neurons: np.ndarray,
+    def share(self, l: int, t: int, *, slots: np.ndarray, neurons: np.ndarray,
               rows: np.ndarray, merged: np.ndarray) -> None:
         """Merges task t's neurons (slot ids `neurons`, owned by t alone) into the
         zipped slots `slots` of layer l, with merged incoming weights from `rows`.
@@ -183,8 +184,8 @@ class ZipState:
         taps = self.kernels[0][l].shape[0]
         weights = merged[:-1].reshape(taps, len(rows), len(slots))
         for u in self.owners_of(l, slots):
-            rpos = _positions(self.in_ids(u, l), rows)
-            cpos = _positions(self.out_ids[u][l], slots)
+            rpos = positions(self.in_ids(u, l), rows)
+            cpos = positions(self.out_ids[u][l], slots)
             ok = rpos >= 0
             for c, col in enumerate(cpos):
                 if col < 0:
@@ -213,8 +214,15 @@ class ZipState:
         return [sum(len(o) > 1 for o in owners.values()) for owners in self.owners]
 
 
-def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Index of each `wanted` id in `ids`, -1 where absent."""
+def positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Index of each `wanted` id in `ids`, -1 where absent.
+
+    Args:
+      ids: [n] slot ids (unique).
+      wanted: [k] slot ids to look up.
+    Returns:
+      [k] int64 positions into `ids`.
+    """
     lookup = {int(v): i for i, v in enumerate(np.asarray(ids).tolist())}
     return np.asarray([lookup.get(int(w), -1) for w in np.asarray(wanted).tolist()],
                       np.int64)

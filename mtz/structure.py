@@ -1,6 +1,7 @@
 """What MTZ zips: a network read as weighted steps, weight-free steps and their wiring.
 
-The table `SUPPORTED` maps Keras layer types to their role. Weighted layers
+The table `SUPPORTED` (from `models.layer_support`, the table NWV reads too)
+maps Keras layer types to their role. Weighted layers
 (Dense, Conv2D) become `WeightedStep`s whose kernel is viewed as
 [taps, in_channels, out_channels]: taps = kh*kw for a convolution, the number
 of flattened spatial positions for a dense layer reading a Flatten, 1
@@ -24,13 +25,12 @@ import dataclasses
 
 import keras
 
-WEIGHTED, FOLDED, STATELESS, MERGE = "weighted", "folded", "stateless", "merge"
-SUPPORTED = {
-    "Dense": WEIGHTED, "Conv2D": WEIGHTED, "BatchNormalization": FOLDED, "Add": MERGE,
-    "InputLayer": STATELESS, "ReLU": STATELESS, "LeakyReLU": STATELESS,
-    "Activation": STATELESS, "MaxPooling2D": STATELESS, "AveragePooling2D": STATELESS,
-    "Flatten": STATELESS, "Dropout": STATELESS, "GlobalAveragePooling2D": STATELESS,
-}
+from models.layer_support import FOLDED, MERGE, STATELESS, WEIGHTED, mtz_roles
+
+__all__ = ["WEIGHTED", "FOLDED", "STATELESS", "MERGE", "SUPPORTED", "WeightedStep",
+           "StatelessStep", "Chain", "same_architecture"]
+
+SUPPORTED = mtz_roles()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,7 @@ class WeightedStep:
     name: str
     kind: str
     config: dict
+    _: dataclasses.KW_ONLY
     taps: int
     in_channels: int
     out_channels: int
@@ -88,6 +89,7 @@ class Chain:
       output_layer: weighted-layer index of the classifier (never shared).
     """
 
+    _: dataclasses.KW_ONLY
     input_shape: tuple
     steps: tuple
     weights: tuple
@@ -146,8 +148,3 @@ def same_architecture(chains: list[Chain], names: list[str]) -> None:
                                  f"{sa.in_channels} input channels vs {sb.kind} with "
                                  f"{sb.taps} taps and {sb.in_channels}")
 
-
-def parse_chain(model: keras.Model) -> Chain:
-    """`mtz.graph.parse_chain` (kept here for callers of the chain-only version)."""
-    from mtz.graph import parse_chain as parse  # graph builds on this module
-    return parse(model)

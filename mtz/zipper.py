@@ -33,22 +33,29 @@ import numpy as np
 
 from mtz import hessian, pairing
 from mtz.keras_build import layer_inputs, multitask_model, read_back, task_model
-from mtz.state import ZipState, _positions
+from mtz.state import ZipState, positions
 from mtz.structure import Chain
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ZipConfig:
-    """How to zip: share schedule, pairing method, α, Hessian damping and samples.
+    """How to zip (validated; strings are accepted for `share` and `method`).
 
-    method: "greedy", "optimal", "optimal_k" (`pairing.PairingMethod`) or "random".
-    sparse: keep zero weights at zero (pairs keep the mask with more non-zeros).
-    per_tap: per-tap Hessian approximation for convolutions.
+    Attributes:
+      share: `ShareSchedule` or its string: "1.0" all neurons, "0.5" half,
+        "300,100" counts per layer, "eps=0.01" a cost threshold.
+      method: `PairingMethod` ("greedy", "optimal" or "random").
+      alpha: weight of the zipped network's error (TMC Eq. 2.7-2.8).
+      damping: relative Hessian damping.
+      hessian_samples: examples per task for the layer-wise Hessians.
+      sparse: keep zero weights at zero (pairs keep the mask with more non-zeros).
+      per_tap: per-tap Hessian approximation for convolutions.
+      seed: seed of the random pairing.
     """
 
     share: pairing.ShareSchedule = dataclasses.field(
         default_factory=lambda: pairing.ShareSchedule.parse("1.0"))
-    method: str = "greedy"
+    method: pairing.PairingMethod = pairing.PairingMethod.GREEDY
     alpha: float = 0.5
     damping: float = 1e-6
     hessian_samples: int = 1000
@@ -57,17 +64,21 @@ class ZipConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.method != "random":
-            pairing.PairingMethod(self.method)
+        object.__setattr__(self, "method", pairing.PairingMethod.parse(self.method))
         hessian.check_alpha(self.alpha)
         if isinstance(self.share, str):
             object.__setattr__(self, "share", pairing.ShareSchedule.parse(self.share))
+        elif not isinstance(self.share, pairing.ShareSchedule):
+            raise ValueError(f"expected share as a ShareSchedule or a string like '1.0', "
+                             f"received {self.share!r}")
+        if self.hessian_samples < 1:
+            raise ValueError(f"expected hessian_samples >= 1, received {self.hessian_samples}")
 
 
 def _restricted_inputs(state, t, l, x_layer, rows):
     """Task t's layer-l inputs on channels `rows` (zeros where t lacks one)."""
     step = state.chains[0].weighted[l]
-    pos = _positions(state.in_ids(t, l), rows)
+    pos = positions(state.in_ids(t, l), rows)
     if step.kind == "conv":
         out = np.zeros((*x_layer.shape[:-1], len(rows)), np.float32)
         out[..., pos >= 0] = x_layer[..., pos[pos >= 0]]
@@ -105,15 +116,21 @@ def _merge(state, l, t, zipped, slots_z, slots_t, rows, h_z, h_t, config):
     w_z = state.zipped_vectors(zipped, l, rows, slots_z)
     w_t = state.vectors(t, l, rows, slots_t)
     masks = dict(mask_a=w_z != 0, mask_b=w_t != 0) if config.sparse else {}
-    return pairing.merged_weights(w_z, w_t, h_z, h_t, config.alpha, return_costs=True,
+    return pairing.merged_weights(w_z, w_t, h_z, h_t, alpha=config.alpha, return_costs=True,
                                   **masks)
 
 
-def zip_layer(state: ZipState, l: int, t: int, inputs: dict, config: ZipConfig) -> dict:
-    """Zips layer l of task t into the other tasks' network; returns a record.
+def zip_layer(state: ZipState, l: int, t: int, *, inputs: dict, config: ZipConfig) -> dict:
+    """Zips layer l of task t into the other tasks' network (steps 1-4 above).
 
     Args:
+      state: the zip in progress (modified in place).
+      l: weighted-layer index (a representative, not the classifier).
+      t: the task being zipped into tasks 0..t-1.
       inputs: {task id: examples [n, *input_shape]} for the Hessians.
+      config: `ZipConfig`.
+    Returns:
+      A record {"layer", "rows", "candidates", "shared", "delta_e", "seconds"}.
     """
     start = time.time()
     step = state.chains[0].weighted[l]
@@ -127,25 +144,19 @@ def zip_layer(state: ZipState, l: int, t: int, inputs: dict, config: ZipConfig) 
     if len(rows) == 0 or (spec.get("count") == 0):
         return {**record, "shared": 0, "delta_e": 0.0, "seconds": time.time() - start}
     h_t, h_z = _hessians(state, l, t, rows, inputs, config)
-    if config.method == "random":
-        count = spec.get("count")
-        if count is None:
-            raise ValueError("random pairing needs a count or fraction, not a threshold")
-        ia, ib = pairing.random_pairs(len(cand_z), len(cand_t), count,
-                                      np.random.default_rng([config.seed, l, t]))
-    else:
-        w_z = state.zipped_vectors(zipped, l, rows, cand_z)
-        w_t = state.vectors(t, l, rows, cand_t)
-        costs = pairing.pair_costs(w_z, w_t, h_z, h_t, config.alpha)
-        ia, ib = pairing.select_pairs(costs, method=config.method, **spec)
+    w_z = state.zipped_vectors(zipped, l, rows, cand_z)
+    w_t = state.vectors(t, l, rows, cand_t)
+    costs = pairing.pair_costs(w_z, w_t, h_z, h_t, alpha=config.alpha)
+    ia, ib = pairing.select_pairs(costs, method=config.method,
+                                  seed=np.random.default_rng([config.seed, l, t]), **spec)
     merged, delta = _merge(state, l, t, zipped, cand_z[ia], cand_t[ib], rows, h_z, h_t,
                            config)
-    state.share(l, t, cand_z[ia], cand_t[ib], rows, merged)
+    state.share(l, t, slots=cand_z[ia], neurons=cand_t[ib], rows=rows, merged=merged)
     return {**record, "shared": int(len(ia)), "delta_e": float(np.sum(delta)),
             "seconds": round(time.time() - start, 3)}
 
 
-def zip_tied(state: ZipState, l: int, t: int, inputs: dict, config: ZipConfig) -> dict:
+def zip_tied(state: ZipState, l: int, t: int, *, inputs: dict, config: ZipConfig) -> dict:
     """Merges tied layer l of task t for the pairs its representative chose.
 
     The forced pairs are the slots of l that t owns with other tasks (t joined
@@ -153,6 +164,11 @@ def zip_tied(state: ZipState, l: int, t: int, inputs: dict, config: ZipConfig) -
     `out_ids`). Their incoming weights from the shared rows of l and biases
     are merged by TMC Eq. 2.12-2.13 with the Hessians of l's own inputs; with
     no shared rows yet, only the biases (Hessian 1 each: their α-weighted mean).
+
+    Args:
+      state, l, t, inputs, config: as `zip_layer` (l a tied layer).
+    Returns:
+      A record {"layer", "tied_to", "rows", "shared", "delta_e", "seconds"}.
     """
     start = time.time()
     step = state.chains[0].weighted[l]
@@ -174,7 +190,15 @@ def zip_tied(state: ZipState, l: int, t: int, inputs: dict, config: ZipConfig) -
 
 
 def new_state(chains: list[Chain], names: list[str], domains=None) -> ZipState:
-    """A `ZipState` of networks on the joint input; `domains`: their own input shapes."""
+    """A `ZipState` of networks on the joint input, nothing shared yet.
+
+    Args:
+      chains: parsed networks on the joint input (`mtz.domains.pad_chain`).
+      names: task names.
+      domains: each network's own input shape (default: the chain's).
+    Returns:
+      The new `ZipState`.
+    """
     state = ZipState()
     for i, (chain, name) in enumerate(zip(chains, names)):
         state.add_task(name, chain, domains[i] if domains else None)
@@ -184,11 +208,11 @@ def new_state(chains: list[Chain], names: list[str], domains=None) -> ZipState:
 def _zip_step(state, l, t, inputs, config, pending, done) -> list[dict]:
     """Zips representative l for task t, then every tied layer it can merge:
     those tied to l, and pending ones whose input space is l (see module doc)."""
-    records = [zip_layer(state, l, t, inputs, config)]
+    records = [zip_layer(state, l, t, inputs=inputs, config=config)]
     done.add(l)
     for m in range(state.num_layers):
         if m != l and (state.ties[m] == l or (m in pending and state.sources[m] == l)):
-            records.append(zip_tied(state, m, t, inputs, config))
+            records.append(zip_tied(state, m, t, inputs=inputs, config=config))
             if state.sources[m] in done:
                 pending.discard(m)
             else:
@@ -196,7 +220,7 @@ def _zip_step(state, l, t, inputs, config, pending, done) -> list[dict]:
     return records
 
 
-def zip_state(state: ZipState, inputs: dict, config: ZipConfig, retrain=None,
+def zip_state(state: ZipState, inputs: dict, *, config: ZipConfig, retrain=None,
               progress=None) -> list[dict]:
     """Zips task 1 into task 0, task 2 into their zipped network, ..., layer by layer.
 
@@ -209,7 +233,9 @@ def zip_state(state: ZipState, inputs: dict, config: ZipConfig, retrain=None,
     representative or right after their input layer (module docstring).
 
     Args:
+      state: the `ZipState` (zipped in place).
       inputs: {task id: examples} for Hessians (at most `config.hessian_samples` used).
+      config: `ZipConfig`.
       retrain: optional callable(model, state) -> dict run after each zipped layer
         (with the tied layers merged at that point), given the multi-task Keras
         model; its variables are read back afterwards.

@@ -1,20 +1,26 @@
 """One-call verbs of neural weight virtualization (Lee & Nirjon, MobiSys 2020).
 
-In memory:
-    >>> rt = virtualize({"mnist": (mnist_model, mnist_fisher),
-    ...                  "cifar10": (cifar_model, cifar_fisher)}, page_size=100)
-    >>> rt.run("mnist", x)            # runs from the shared pool; rt.to_keras("mnist")
+In memory (the Fisher is computed on each task's train split when not given):
 
-On disk (a pool directory, see `nwv.state`), one network at a time:
-    >>> add_network("runs/pool", "mnist", task="mnist", model_name="nwv_mnist",
-    ...             weights_path="../shared/reference/nwv/mnist.npz",
-    ...             data_dir="../shared/datasets")
-    >>> inspect("runs/pool")["networks"]["mnist"]["shared_pages"]
+    rt = nwv.virtualize({"mnist": mnist_model, "cifar10": cifar_model},
+                        tasks={"mnist": "mnist", "cifar10": "cifar10"},
+                        data_dir="../shared/datasets", page_size=100)
+    rt.run("mnist", x)                 # runs from the shared pool
+    rt.save("runs/pool")               # the same pool on disk
 
-Adding a network pages its weights and Fisher (`nwv.pages`), matches the pages
-onto the pool at cost Σ_k (F₁+F₂)(w₁−w₂)² (`nwv.matching`; a shared page takes
-the Fisher-weighted mean of its weights) and saves the pool directory
-atomically. The joint optimisation that follows is `nwv.optimize`.
+On disk (a pool directory, see `nwv.state`), one network at a time, from a
+Keras model or a saved artifact:
+
+    nwv.add_network("runs/pool", "runs/lenet_a", name="digits", task="mnist",
+                    data_dir="../shared/datasets")
+    nwv.inspect("runs/pool")["networks"]["digits"]["shared_pages"]
+
+(`tests/test_nwv_runtime.py` and `tests/test_nwv_scripts.py` run both.) Adding a
+network pages its weights and Fisher (`nwv.pages`), matches the pages onto the
+pool at cost Σ_k (F₁+F₂)(w₁−w₂)² (`nwv.matching`; a shared page takes the
+Fisher-weighted mean of its weights), keeps its original weights as its
+teacher, and saves the pool directory atomically. The joint optimisation that
+follows is `nwv.optimize`.
 """
 from __future__ import annotations
 
@@ -26,56 +32,82 @@ import numpy as np
 
 import data
 import models
-from models import artifacts, reference, training
+from models import artifacts, training
+from models.choices import Choice
 from nwv import fisher as fisher_lib
 from nwv import matching as nwv_matching
-from nwv import pages, runtime, state
+from nwv import pages, runtime, skeletons, state
 
-__all__ = ["FISHER_SOURCES", "virtualize", "add_network", "remove_network",
-           "list_networks", "inspect", "network_fisher"]
-
-# "auto": the reference Fisher stored beside `.npz` weights (fisher_* arrays) when
-# there is one, else computed; "reference": required from the npz; "computed":
-# always measured on the task's train split.
-FISHER_SOURCES = ("auto", "reference", "computed")
+__all__ = ["FisherSource", "virtualize", "add_network", "remove_network", "list_networks",
+           "inspect", "network_fisher"]
 
 
-def virtualize(models_with_fisher: Mapping, page_size: int = 100,
-               matching="optimal") -> runtime.VirtualizedNetworks:
-    """Packs networks into one page pool, largest first, and returns the runtime.
+class FisherSource(Choice):
+    """Where a network's Fisher comes from (a string is accepted).
 
-    The caller's models are not modified or wrapped: each is cloned into a fresh
-    skeleton; its weights are read once.
+    AUTO: the reference Fisher stored beside `.npz` weights (fisher_* arrays) when
+    there is one, else computed; REFERENCE: required from the npz; COMPUTED:
+    always measured on the task's train split.
+    """
+    AUTO = "auto"
+    REFERENCE = "reference"
+    COMPUTED = "computed"
+
+    @classmethod
+    def _label(cls) -> str:
+        return "Fisher source"
+
+
+def network_fisher(model: keras.Model, task: str | None, *, weights_path: str | None = None,
+                   data_dir: str | None = None, source="auto", num_samples: int = 256,
+                   definition="expected", seed: int = 0):
+    """A network's diagonal Fisher, from its reference `.npz` or computed on its task.
+
+    A computed Fisher uses the first `num_samples` examples of the task's train
+    split shuffled with `seed` (no augmentation), `nwv.fisher.diagonal_fisher`.
 
     Args:
-      models_with_fisher: {name: (keras.Model, fisher)} with fisher a list of
-        arrays shaped like the model's trainable variables (`nwv.fisher`).
-      page_size: weights per page P.
-      matching: "optimal" (min-cost assignment) or "greedy" (original NWV).
-
+      model: the trained Keras model.
+      task: its registered task (needed for a computed Fisher).
+      weights_path: the file the weights came from (a reference `.npz` may hold a Fisher).
+      data_dir: local data (None: TFDS).
+      source: `FisherSource`.
+      num_samples, definition, seed: of a computed Fisher.
     Returns:
-      `VirtualizedNetworks` whose pool has max_n(pages_n) pages; unshared pages
-      hold each network's weights bit for bit.
-
+      (list of float32 arrays like `model.trainable_variables`, description).
     Raises:
-      ValueError: unsupported layers, Fisher shapes that disagree with the model.
+      ValueError: an unknown source, a reference Fisher that is missing or of the
+        wrong shapes, a computed Fisher without a task.
     """
-    names = list(models_with_fisher)
-    paged = []
-    for name in names:
-        model, fisher = models_with_fisher[name]
-        state.check_name(name)
-        runtime.check_supported(model)
-        w_pages, f_pages = _paginate(model, fisher, page_size, name)
-        paged.append((w_pages, f_pages))
-    order = nwv_matching.order_for_pooling([w.shape[0] for w, _ in paged])
-    pool, tables_in_order, _ = nwv_matching.virtualize_pages([paged[i] for i in order],
-                                                             matching)
-    tables = {names[i]: t for i, t in zip(order, tables_in_order)}
-    nets = {}
-    for name in names:
-        nets[name] = (keras.models.clone_model(models_with_fisher[name][0]), tables[name])
-    return runtime.VirtualizedNetworks(pool.weights, nets)
+    source = FisherSource.parse(source)
+    has_reference = bool(weights_path) and str(weights_path).endswith(".npz") and \
+        _npz_has_fisher(weights_path)
+    if source is FisherSource.REFERENCE or (source is FisherSource.AUTO and has_reference):
+        if not has_reference:
+            raise ValueError(f"{weights_path}: expected fisher_weight_i/fisher_bias_i arrays "
+                             f"for --fisher_source=reference")
+        values = models.load_reference_fisher(weights_path)
+        shapes = [tuple(v.shape) for v in model.trainable_variables]
+        if [v.shape for v in values] != shapes:
+            raise ValueError(f"{weights_path}: Fisher shapes {[v.shape for v in values]} "
+                             f"disagree with the model's variables {shapes}")
+        return values, "reference"
+    if task is None:
+        raise ValueError(f"model {model.name!r}: a computed Fisher needs the network's task")
+    definition = fisher_lib.FisherDefinition.parse(definition)
+    spec = data.get(task)
+    ds = data.load(task, "train", data_dir, batch_size=64, seed=seed, shuffle=True)
+    values = fisher_lib.diagonal_fisher(model, ds, num_samples=num_samples,
+                                        definition=definition, multilabel=spec.multilabel)
+    return values, f"computed:{definition.value}:{num_samples}"
+
+
+def _npz_has_fisher(path: str) -> bool:
+    try:
+        with np.load(path) as archive:
+            return any(k.startswith("fisher_") for k in archive.files)
+    except Exception:  # unreadable: load_model reports it
+        return False
 
 
 def _paginate(model, fisher, page_size, name):
@@ -89,69 +121,106 @@ def _paginate(model, fisher, page_size, name):
     return w_pages, f_pages
 
 
-def network_fisher(model: keras.Model, task: str, weights_path: str | None,
-                   data_dir: str | None, source: str = "auto", num_samples: int = 256,
-                   definition="expected", seed: int = 0):
-    """(Fisher list like model.trainable_variables, description) for `add_network`.
+def _copy(model: keras.Model) -> keras.Model:
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
 
-    `source`: see `FISHER_SOURCES`. A computed Fisher uses the first `num_samples`
-    examples of the task's train split shuffled with `seed` (no augmentation).
+
+def virtualize(networks: Mapping[str, keras.Model], *, tasks: Mapping[str, str] | None = None,
+               fisher: Mapping[str, list] | None = None, data_dir: str | None = None,
+               page_size: int = 100, matching="optimal", fisher_samples: int = 256,
+               fisher_definition="expected", seed: int = 0) -> runtime.VirtualizedNetworks:
+    """Packs networks into one page pool, largest first, and returns the runtime.
+
+    The caller's models are not modified or wrapped: each is cloned into a fresh
+    skeleton, and a second clone keeps its original weights as its teacher.
+
+    Args:
+      networks: {name: trained keras.Model}.
+      tasks: {name: registered task}; needed for every network without a Fisher
+        (and used by joint optimisation later).
+      fisher: {name: list of arrays like the model's trainable variables}; missing
+        ones are computed on the task's train split (`network_fisher`).
+      data_dir: local data for computed Fishers (None: TFDS).
+      page_size: weights per page P.
+      matching: "optimal" (min-cost assignment, default) or "greedy" (original NWV).
+      fisher_samples, fisher_definition, seed: of computed Fishers.
+    Returns:
+      `VirtualizedNetworks` whose pool has max_n(pages_n) pages; unshared pages
+      hold each network's weights bit for bit.
+    Raises:
+      ValueError: no networks, a bad name, unsupported layers, Fisher shapes that
+        disagree with the model, a network with neither a Fisher nor a task.
     """
-    if source not in FISHER_SOURCES:
-        raise ValueError(f"expected a Fisher source in {FISHER_SOURCES}, received {source!r}")
-    has_reference = bool(weights_path) and weights_path.endswith(".npz") and \
-        _npz_has_fisher(weights_path)
-    if source == "reference" or (source == "auto" and has_reference):
-        if not has_reference:
-            raise ValueError(f"{weights_path}: expected fisher_weight_i/fisher_bias_i arrays "
-                             f"for --fisher_source=reference")
-        values = reference.load_reference_fisher(weights_path)
-        shapes = [tuple(v.shape) for v in model.trainable_variables]
-        if [v.shape for v in values] != shapes:
-            raise ValueError(f"{weights_path}: Fisher shapes {[v.shape for v in values]} "
-                             f"disagree with the model's variables {shapes}")
-        return values, "reference"
-    definition = fisher_lib.FisherDefinition.parse(definition)
-    spec = data.get(task)
-    ds = data.load(task, "train", data_dir, batch_size=64, seed=seed, shuffle=True)
-    values = fisher_lib.diagonal_fisher(model, ds, num_samples, definition,
-                                        multilabel=spec.multilabel)
-    return values, f"computed:{definition.value}:{num_samples}"
+    if not networks:
+        raise ValueError("expected at least one network to virtualize, received none")
+    tasks, fisher = dict(tasks or {}), dict(fisher or {})
+    names = list(networks)
+    paged, sources = [], {}
+    for name in names:
+        model = networks[name]
+        state.check_name(name)
+        runtime.check_supported(model)
+        if name not in fisher:
+            fisher[name], sources[name] = network_fisher(
+                model, tasks.get(name), data_dir=data_dir, source="computed",
+                num_samples=fisher_samples, definition=fisher_definition, seed=seed)
+        paged.append(_paginate(model, fisher[name], page_size, name))
+    order = nwv_matching.order_for_pooling([w.shape[0] for w, _ in paged])
+    pool, tables_in_order, _ = nwv_matching.virtualize_pages([paged[i] for i in order],
+                                                             matching)
+    tables = {names[i]: t for i, t in zip(order, tables_in_order)}
+    specs = {name: runtime.NetworkSpec(
+        keras.models.clone_model(networks[name]), tables[name], task=tasks.get(name),
+        fisher=paged[i][1], fisher_source=sources.get(name, "given"),
+        teacher=_copy(networks[name])) for i, name in enumerate(names)}
+    return runtime.VirtualizedNetworks(pool.weights, specs)
 
 
-def _npz_has_fisher(path: str) -> bool:
-    try:
-        with np.load(path) as archive:
-            return any(k.startswith("fisher_") for k in archive.files)
-    except Exception:  # unreadable: load_model reports it
-        return False
+def _registered(model, model_name, overrides):
+    """(model name, overrides) when `models.build(model_name, **overrides)` has the
+    model's variable shapes, else None (the architecture is then stored as JSON)."""
+    if not model_name:
+        return None
+    skeleton = models.build(model_name, **overrides)
+    shapes = [tuple(v.shape) for v in model.trainable_variables]
+    if [tuple(v.shape) for v in skeleton.trainable_variables] != shapes:
+        raise ValueError(f"model {model.name!r}: variable shapes {shapes} differ from "
+                         f"models.build({model_name!r}, **{overrides}); pass the builder "
+                         f"overrides the model was trained with")
+    return model_name, dict(overrides)
 
 
-def add_network(pool_dir: str, name: str, task: str, model_name: str, weights_path: str,
-                data_dir: str | None = None, page_size: int = 100, matching="optimal",
-                fisher_samples: int = 256, seed: int = 0, fisher_source: str = "auto",
-                fisher_definition="expected", model_overrides: dict | None = None) -> dict:
+def add_network(pool_dir: str, model, *, name: str, task: str, model_name: str | None = None,
+                model_overrides: dict | None = None, data_dir: str | None = None,
+                fisher: list | None = None, fisher_source="auto", fisher_definition="expected",
+                fisher_samples: int = 256, page_size: int = 100, matching="optimal",
+                seed: int = 0) -> dict:
     """Adds one trained network to the pool directory (created if missing).
 
     Args:
       pool_dir: pool directory.
+      model: a Keras model, or a path: a train.py folder, a `.keras` file or a
+        reference `.npz` (with `model_name`).
       name: network name (letters, digits, `_.-`), unique in the pool.
       task: registered task (`data.available()`) the network solves.
-      model_name: registered model (`models.available()`) of its architecture.
-      weights_path: train.py folder, `.keras` file or reference `.npz`.
+      model_name: registered model of its architecture; the pool then rebuilds it
+        with `models.build(model_name, **model_overrides)`. Without it the
+        architecture is stored in the pool as Keras JSON (any Keras model).
+      model_overrides: keyword arguments for `models.build`.
       data_dir: data folder for a computed Fisher (None: TFDS).
-      page_size: P of a new pool (must equal the existing pool's).
-      matching: "optimal" or "greedy".
-      fisher_samples: examples averaged by a computed Fisher.
-      seed: seeds TF/NumPy and the Fisher's example order.
-      fisher_source: "auto" (default: the reference npz Fisher when present,
-        else computed), "reference" or "computed".
+      fisher: the Fisher as a list like the model's trainable variables (default:
+        `fisher_source`).
+      fisher_source: `FisherSource`: "auto" (the reference npz Fisher when
+        present, else computed), "reference" or "computed".
       fisher_definition: "expected" (default) or "predicted", see `nwv.fisher`.
-      model_overrides: keyword arguments for `models.build(model_name, ...)`.
-
+      fisher_samples: examples averaged by a computed Fisher.
+      page_size: P of a new pool (must equal the existing pool's).
+      matching: "optimal" (default) or "greedy".
+      seed: seeds TF/NumPy and the Fisher's example order.
     Returns:
       {"name", "pages", "pool_pages", "shared_pages", "cost", "fisher_source"}.
-
     Raises:
       ValueError / FileNotFoundError / KeyError with the reason (duplicate name,
       page-size mismatch, incompatible model/task, unsupported layer, ...).
@@ -159,35 +228,43 @@ def add_network(pool_dir: str, name: str, task: str, model_name: str, weights_pa
     state.check_name(name)
     training.set_seed(seed)
     overrides = dict(model_overrides or {})
-    current = state.load_state(pool_dir) if state.exists(pool_dir) else \
-        state.PoolDirState.empty(page_size)
+    current = state.load_state(pool_dir, with_teachers=True) if state.exists(pool_dir) \
+        else state.PoolDirState.empty(page_size)
     if current.page_size != page_size:
         raise ValueError(f"{pool_dir} uses page_size {current.page_size}, received "
                          f"page_size {page_size}")
     if name in current.networks:
         raise ValueError(f"{pool_dir} already holds a network named {name!r}; remove it "
                          f"first or pick another name")
-    model = artifacts.load_model(weights_path, model_name)
+    weights_path = None
+    if not isinstance(model, keras.Model):
+        weights_path = str(model)
+        model = artifacts.load_model(weights_path, model_name)
     training.check_compatible(model, task)
     runtime.check_supported(model)
-    skeleton = models.build(model_name, **overrides)
-    shapes = [tuple(v.shape) for v in model.trainable_variables]
-    if [tuple(v.shape) for v in skeleton.trainable_variables] != shapes:
-        raise ValueError(f"{weights_path}: variable shapes {shapes} differ from "
-                         f"models.build({model_name!r}, **{overrides}); pass the builder "
-                         f"overrides the model was trained with")
-    fisher, source = network_fisher(model, task, weights_path, data_dir, fisher_source,
-                                    fisher_samples, fisher_definition, seed)
+    registered = _registered(model, model_name, overrides)
+    if fisher is not None:
+        source = "given"
+    else:
+        fisher, source = network_fisher(
+            model, task, weights_path=weights_path, data_dir=data_dir, source=fisher_source,
+            num_samples=fisher_samples, definition=fisher_definition, seed=seed)
     w_pages, f_pages = _paginate(model, fisher, page_size, name)
     before = current.pool_state()
     table, pool, cost = nwv_matching.match_network(before, w_pages, f_pages, matching)
     old = table[table < before.n_pages]
     shared = int(np.sum(before.occupancy[old] > 0))
-    current.networks[name] = state.NetworkRecord(
-        name=name, task=task, model=model_name, model_overrides=overrides,
+    record = state.NetworkRecord(
+        name=name, task=task, model=registered[0] if registered else model.name,
+        model_overrides=registered[1] if registered else {},
         variable_names=tuple(v.path for v in model.trainable_variables),
-        variable_shapes=tuple(shapes), page_table=table.astype(np.int32),
-        fisher=f_pages, fisher_source=source)
+        variable_shapes=tuple(tuple(v.shape) for v in model.trainable_variables),
+        page_table=table.astype(np.int32), fisher=f_pages, fisher_source=source,
+        teacher=skeletons.flat_weights(model))
+    if registered is None:
+        record.asset = f"{name}.json"
+        current.assets[record.asset] = model.to_json().encode()
+    current.networks[name] = record
     current.pool = pool.weights
     state.save_state(pool_dir, current)
     return {"name": name, "pages": int(table.size), "pool_pages": int(pool.n_pages),
@@ -196,51 +273,66 @@ def add_network(pool_dir: str, name: str, task: str, model_name: str, weights_pa
 
 def remove_network(pool_dir: str, name: str) -> dict:
     """Removes a network; pool pages no other network uses are dropped and the
-    remaining pages renumbered. Shared pages keep their current (merged/optimised)
-    values: a removal does not restore the others' original weights.
+    remaining pages renumbered (`PoolDirState.compact`).
 
+    Shared pages keep their current (merged/optimised) values: a removal does not
+    restore the others' original weights.
+
+    Args:
+      pool_dir: the pool directory; name: the network.
     Returns:
       {"removed", "pool_pages" (after), "freed_pages"}.
+    Raises:
+      KeyError: no such network; errors of `nwv.state.load_state`.
     """
-    current = state.load_state(pool_dir)
+    current = state.load_state(pool_dir, with_teachers=True)
     if name not in current.networks:
         raise KeyError(f"no network {name!r} in {pool_dir}; it holds "
                        f"{list(current.networks) or 'no networks'}")
-    del current.networks[name]
-    used = np.zeros(current.pool.shape[0], bool)
-    for record in current.networks.values():
-        used[record.page_table] = True
-    renumber = np.cumsum(used) - 1
-    for record in current.networks.values():
-        record.page_table = renumber[record.page_table].astype(np.int32)
-    freed = int(np.sum(~used))
-    current.pool = current.pool[used]
+    record = current.networks.pop(name)
+    for key in (record.asset, record.teacher_asset):
+        if key and not any(key in (r.asset, r.teacher_asset) for r in current.networks.values()):
+            current.assets.pop(key, None)
+    freed = current.compact()
     state.save_state(pool_dir, current)
     return {"removed": name, "pool_pages": int(current.pool.shape[0]), "freed_pages": freed}
 
 
 def list_networks(pool_dir: str) -> list:
-    """[{name, task, model, weights, pages}] in the order the networks were added."""
+    """The networks of a pool directory, in the order they were added.
+
+    Args:
+      pool_dir: the pool directory.
+    Returns:
+      [{"name", "task", "model", "weights", "pages"}].
+    Raises:
+      FileNotFoundError / ValueError: no pool, or a malformed manifest.
+    """
     manifest = state.read_manifest(pool_dir)
-    return [{"name": n, "task": e["task"], "model": e["model"], "weights": e["weights"],
-             "pages": e["pages"]} for n, e in manifest["networks"].items()]
+    return [{"name": n, "task": e["task"], "model": e["model"], "weights": e.get("weights"),
+             "pages": e.get("pages")} for n, e in manifest["networks"].items()]
 
 
 def inspect(pool_dir: str) -> dict:
     """A summary of the pool: sizes, sharing and where each network's Fisher lies.
 
+    Args:
+      pool_dir: the pool directory.
     Returns:
       {"pool_pages", "page_size", "pool_weights", "network_weights" (sum),
        "compression" (network pages / pool pages), "networks": {name: {"task",
        "model", "weights", "pages", "exclusive_pages", "shared_pages" (with any
        other), "shared_with": {other: pages in common}, "fisher_source",
-       "fisher_mass": {layer: Σ F}}}}.
+       "fisher_mass": {layer: Σ F}}}}; group networks are not counted.
+    Raises:
+      FileNotFoundError / ValueError: see `nwv.state.load_state`.
     """
     current = state.load_state(pool_dir)
     occupancy = current.pool_state().occupancy
-    sets = {n: set(r.page_table.tolist()) for n, r in current.networks.items()}
+    records = {n: r for n, r in current.networks.items() if not r.outputs}
+    sets = {n: set(r.page_table.tolist()) for n, r in records.items()}
     out = {}
-    for name, record in current.networks.items():
+    for name, record in records.items():
         arrays = pages.from_pages(record.fisher, record.layout(current.page_size))
         mass = {}
         for var_name, array in zip(record.variable_names, arrays):

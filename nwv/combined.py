@@ -4,25 +4,34 @@ Every block variable of the zipped model (`mtz.ZippedLayer`: shared blocks once,
 task-specific blocks per task) gets whole pages of its own in the pool (a
 page-aligned layout, `pages.PageLayout(aligned=True)`); each task is a pool
 network whose page table lists the pages of the blocks it uses, so the pages
-of shared neurons appear in every task's table and are stored once. The whole
+of shared neurons appear in every task's table and are stored once. Each
+member gets its own diagonal Fisher (on its task's data, or on given inputs),
+so later networks are matched onto these pages at their true cost. The whole
 multi-task model is one more network (a *group*) whose outputs are all tasks:
 `run_all` on one shared input computes the shared layers once. The pool
 directory format is the one of `nwv.state`; the zipped architecture is an
-asset of it. Networks added later with `add_network` are matched onto the same
-pool (virtualized), and `export_savedmodel` exports any such pool.
+asset of it. Networks added later with `nwv.add_network` are matched onto the
+same pool (virtualized), and `nwv.export_savedmodel` exports any such pool.
 
-    >>> zipped = mtz.zip_models([net_a, net_b], [x_a, x_b], names=["a", "b"])
-    >>> runtime = nwv.combined.save_zipped("runs/pool", zipped)
-    >>> runtime.switch("b"); logits = runtime(x_b)
+    zipped = mtz.zip_models([net_a, net_b], [x_a, x_b], names=["a", "b"])
+    runtime = nwv.save_zipped("runs/pool", zipped, fisher_inputs={"a": x_a, "b": x_b})
+    runtime.switch("b"); logits = runtime(x_b)
+
+(`tests/test_combined.py` runs this.)
 """
 from __future__ import annotations
+
+from typing import Mapping
 
 import keras
 import numpy as np
 
-from mtz.keras_build import member_model
+from nwv import fisher as fisher_lib
 from nwv import pages, skeletons, state
+from nwv.api import network_fisher
 from nwv.runtime import VirtualizedNetworks
+
+__all__ = ["GROUP", "zipped_pool_state", "save_zipped", "stored_weights"]
 
 GROUP = "zipped_all"
 
@@ -35,19 +44,44 @@ def _skeleton(zipped) -> keras.Model:
     return zipped.model
 
 
-def zipped_pool_state(zipped, page_size: int = 100, tasks=None) -> state.PoolDirState:
-    """A `PoolDirState` holding `zipped` (an `mtz.ZippedModel`): the pool, one
-    network per task and the group network, all page-aligned.
+def _member_fisher(member, name, task, fisher_inputs, data_dir, samples, definition, seed):
+    if fisher_inputs is not None and name in fisher_inputs:
+        values = fisher_lib.diagonal_fisher(member, fisher_inputs[name], num_samples=samples,
+                                            definition=definition)
+        return values, f"computed:{fisher_lib.FisherDefinition.parse(definition).value}:" \
+                       f"{samples}:given inputs"
+    return network_fisher(member, task, data_dir=data_dir, source="computed",
+                          num_samples=samples, definition=definition, seed=seed)
+
+
+def zipped_pool_state(zipped, *, page_size: int = 100, tasks=None, data_dir: str | None = None,
+                      fisher_inputs: Mapping | None = None, fisher_samples: int = 256,
+                      fisher_definition="expected", seed: int = 0,
+                      teachers: Mapping[str, keras.Model] | None = None) -> state.PoolDirState:
+    """A `PoolDirState` holding a zipped model: the pool, one network per member and
+    the group network, all page-aligned.
 
     Args:
+      zipped: an `mtz.ZippedModel`.
+      page_size: weights per page.
       tasks: registered task of each member (default: `zipped.extra["member_tasks"]`,
         else the member names).
+      data_dir: data of the members' Fisher (None: TFDS), unless `fisher_inputs`.
+      fisher_inputs: {member: examples [n, *input_shape]} to compute the Fisher on
+        instead of the task's train split.
+      fisher_samples, fisher_definition, seed: of the Fisher (`nwv.fisher`).
+      teachers: {member: the separate network it was zipped from}: its teacher
+        for distillation (default: the member as zipped).
     Returns:
       PoolDirState with pool [sum of pages of all block variables, P].
+    Raises:
+      ValueError: member names unusable as file names, a Fisher that cannot be
+        computed (no task data), teachers that are not Keras models.
     """
     group = _skeleton(zipped)
     names = list(zipped.tasks)
     tasks = list(tasks or zipped.extra.get("member_tasks") or names)
+    teachers = dict(teachers or {})
     for name in names:
         state.check_name(name)
     blocks, start, n_pages = [], {}, 0
@@ -62,44 +96,71 @@ def zipped_pool_state(zipped, page_size: int = 100, tasks=None) -> state.PoolDir
     def record(name, task, model, outputs=None):
         asset = f"{name}.json"
         assets[asset] = model.to_json().encode()
-        overrides = {"asset": asset, **({"outputs": list(outputs)} if outputs else {})}
         variables = model.trainable_variables
-        shapes = tuple(tuple(v.shape) for v in variables)
         rec = state.NetworkRecord(
-            name, task, skeletons.ZIPPED, overrides, tuple(v.path for v in variables), shapes,
-            None, None, "none (zipped member)", aligned=True)
+            name=name, task=task, model=f"zipped {zipped.model.name}", asset=asset,
+            outputs=tuple(outputs) if outputs else None,
+            variable_names=tuple(v.path for v in variables),
+            variable_shapes=tuple(tuple(v.shape) for v in variables),
+            fisher_source="none (group: its members' Fisher)", aligned=True)
         rec.page_table = np.concatenate([
             np.arange(start[v.path], start[v.path] + -(-int(np.prod(v.shape)) // page_size))
             for v in variables]).astype(np.int32)
         rec.fisher = np.zeros((rec.layout(page_size).n_pages, page_size), np.float32)
         return rec
 
-    networks = {name: record(name, task, member_model(zipped.model, i))
-                for i, (name, task) in enumerate(zip(names, tasks))}
+    networks = {}
+    for i, (name, task) in enumerate(zip(names, tasks)):
+        member = zipped.member_model(i)
+        rec = networks[name] = record(name, task, member)
+        values, rec.fisher_source = _member_fisher(
+            member, name, task, fisher_inputs, data_dir, fisher_samples, fisher_definition,
+            seed)
+        rec.fisher = pages.paginate(values, page_size, aligned=True)[0]
+        teacher = teachers.get(name, member)
+        if not isinstance(teacher, keras.Model):
+            raise ValueError(f"teacher of {name!r}: expected a Keras model, received "
+                             f"{type(teacher).__name__}")
+        rec.teacher = skeletons.flat_weights(teacher)
+        if teacher is not member:
+            rec.teacher_asset = f"{name}.teacher.json"
+            assets[rec.teacher_asset] = teacher.to_json().encode()
     networks[GROUP] = record(GROUP, tasks[0], group, names)
     return state.PoolDirState(page_size, pool, networks, assets)
 
 
-def save_zipped(pool_dir: str, zipped, page_size: int = 100, tasks=None) -> VirtualizedNetworks:
-    """Writes `zipped` as a new pool directory and returns its runtime.
+def save_zipped(pool_dir: str, zipped, **options) -> VirtualizedNetworks:
+    """Writes a zipped model as a new pool directory and returns its runtime.
 
+    Args:
+      pool_dir: a directory without a pool.
+      zipped: an `mtz.ZippedModel`.
+      **options: keyword arguments of `zipped_pool_state` (page_size, tasks,
+        data_dir, fisher_inputs, fisher_samples, fisher_definition, seed, teachers).
+    Returns:
+      The `VirtualizedNetworks` loaded from `pool_dir`.
     Raises:
-      ValueError: if `pool_dir` already holds a pool (zip into an empty pool;
-        add virtualized networks afterwards with `nwv.add_network`).
+      ValueError: if `pool_dir` already holds a pool (zip into an empty pool; add
+        virtualized networks afterwards with `nwv.add_network`), or as
+        `zipped_pool_state`.
     """
     if state.exists(pool_dir):
         raise ValueError(f"{pool_dir!r} already holds a pool; store a zipped model in a "
                          f"new pool directory, then add other networks to it")
-    pool_state = zipped_pool_state(zipped, page_size, tasks)
-    state.save_state(pool_dir, pool_state)
+    state.save_state(pool_dir, zipped_pool_state(zipped, **options))
     return VirtualizedNetworks.load(pool_dir)
 
 
 def stored_weights(pool_state: state.PoolDirState) -> dict:
-    """Weights stored in the pool vs the sum over (non-group) networks' weights."""
+    """Weights stored in the pool vs the sum over the (non-group) networks' weights.
+
+    Args:
+      pool_state: a `PoolDirState`.
+    Returns:
+      {"pool_weights", "networks_weights", "ratio"}.
+    """
     total = sum(int(np.sum([np.prod(s) for s in r.variable_shapes]))
-                for n, r in pool_state.networks.items()
-                if not r.model_overrides.get("outputs"))
+                for r in pool_state.networks.values() if not r.outputs)
     stored = int(pool_state.pool.size)
     return {"pool_weights": stored, "networks_weights": total,
             "ratio": total / stored if stored else None}

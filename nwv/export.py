@@ -36,7 +36,7 @@ def _endpoint_name(name: str) -> str:
     return name
 
 
-def export_savedmodel(runtime: VirtualizedNetworks, out_dir: str, names=None) -> dict:
+def export_savedmodel(runtime: VirtualizedNetworks, out_dir: str, *, names=None) -> dict:
     """Writes a SavedModel of `runtime`'s networks to `out_dir`.
 
     Args:
@@ -45,6 +45,8 @@ def export_savedmodel(runtime: VirtualizedNetworks, out_dir: str, names=None) ->
       names: networks to export (default: all, in the runtime's order).
     Returns:
       {"endpoints": [...], "networks": {name: input shape}, "pool_bytes": int}
+    Raises:
+      ValueError: a network name that is not a Python identifier.
     """
     groups = runtime.groups()
     names = [n for n in (names or runtime.names) if n not in groups]

@@ -34,11 +34,13 @@ examples, in one traced graph, never one graph per sample. The chunk is kept
 small enough that the [batch, K, n_weights] Jacobian stays below
 `max_jacobian_bytes`.
 
-Example:
-    >>> import data, models, nwv.fisher as fisher
-    >>> net = models.build("nwv_mnist")
-    >>> ds = data.load("mnist", "train", "../shared/datasets", 64)
-    >>> f = fisher.diagonal_fisher(net, ds, num_samples=256)  # like net.trainable_variables
+Example (arrays or a `tf.data` dataset of batches):
+
+    >>> import models
+    >>> net = models.build("lenet_300_100", units=(8, 4))
+    >>> f = diagonal_fisher(net, np.random.rand(16, 28, 28, 1), num_samples=16)
+    >>> [x.shape for x in f] == [tuple(v.shape) for v in net.trainable_variables]
+    True
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from nwv.choices import Choice
+from models.choices import Choice
 
 __all__ = ["FisherDefinition", "diagonal_fisher", "fisher_log_probs"]
 
@@ -117,7 +119,7 @@ def _as_dataset(inputs) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices(array)
 
 
-def diagonal_fisher(model: keras.Model, inputs, num_samples: int = 256,
+def diagonal_fisher(model: keras.Model, inputs, *, num_samples: int = 256,
                     definition=FisherDefinition.EXPECTED, multilabel: bool = False,
                     batch_size: int = 32,
                     max_jacobian_bytes: int = DEFAULT_MAX_JACOBIAN_BYTES) -> list:

@@ -57,7 +57,7 @@ from typing import Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from nwv.choices import Choice
+from models.choices import Choice
 
 
 class MatchingMethod(Choice):
@@ -241,7 +241,7 @@ def _match_optimal(costs, occupancy) -> np.ndarray:
 
 
 def match_network(pool: PoolState, w_net_pages, f_net_pages,
-                  method: MatchingMethod | str = MatchingMethod.GREEDY):
+                  method: MatchingMethod | str = MatchingMethod.OPTIMAL):
     """Maps a network's pages onto the pool (growing it if needed) and merges them.
 
     Cost of the network: Σ_i C_i,t(i) with C_ij = Σ_k (F_ik + F_pool,jk)(w_ik −
@@ -254,7 +254,7 @@ def match_network(pool: PoolState, w_net_pages, f_net_pages,
     Args:
       pool: current PoolState ([m, P]).
       w_net_pages, f_net_pages: [n, P] the network's pages and their Fisher.
-      method: MatchingMethod or "greedy" / "optimal".
+      method: MatchingMethod or "optimal" (default) / "greedy".
 
     Returns:
       (page_table [n] int64 injective into the new pool, new PoolState
@@ -328,13 +328,13 @@ def order_for_pooling(sizes: Sequence[int]) -> list:
     return [int(i) for i in np.lexsort((np.arange(sizes.size), -sizes))]
 
 
-def virtualize_pages(networks: Sequence, method: MatchingMethod | str = "greedy",
+def virtualize_pages(networks: Sequence, method: MatchingMethod | str = MatchingMethod.OPTIMAL,
                      pool: PoolState | None = None):
     """Adds networks to one pool in the given order (`match_network` each).
 
     Args:
       networks: list of (w_pages [n_i, P], f_pages [n_i, P]).
-      method: MatchingMethod or "greedy" / "optimal".
+      method: MatchingMethod or "optimal" (default) / "greedy".
       pool: starting pool; default empty (the first network is copied).
 
     Returns:

@@ -27,9 +27,10 @@ gradients or weights stop the run with `NonFiniteError` naming the network,
 round and step; the pool is restored to the start of that round and nothing
 non-finite is ever written.
 
-Example:
-    >>> cfg = OptimizeConfig(mode="joint", rounds=5, steps=200, seed=1)
-    >>> optimize_pool("runs/pool", "../shared/datasets", cfg)
+Example (`tests/test_nwv_optimize.py` runs it on tiny data):
+
+    cfg = OptimizeConfig(mode="joint", rounds=5, steps=200, seed=1)
+    optimize_pool("runs/pool", cfg, data_dir="../shared/datasets")
 """
 from __future__ import annotations
 
@@ -46,9 +47,9 @@ import data
 from models import artifacts, training
 from nwv import runtime as nwv_runtime
 from nwv import state
-from nwv.choices import Choice
+from models.choices import Choice
 
-__all__ = ["OptimizationMode", "OptimizeConfig", "NonFiniteError", "optimize",
+__all__ = ["OptimizationMode", "OptimizeConfig", "NonFiniteError", "optimize_runtime",
            "optimize_pool", "CHECKPOINT", "HISTORY"]
 
 CHECKPOINT, HISTORY = "optimize_checkpoint.npz", "history.json"
@@ -69,7 +70,7 @@ class NonFiniteError(RuntimeError):
     """A loss, gradient or weight became NaN/inf during optimisation."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class OptimizeConfig:
     """Settings of `optimize` (validated; `get_config`/`from_config` round-trip).
 
@@ -119,7 +120,7 @@ def _seed(seed: int, round_index: int, net_index: int) -> int:
     return int(np.random.SeedSequence([seed, round_index, net_index]).generate_state(1)[0])
 
 
-def _check(finite, name, round_index, step, pool, snapshot):
+def _restore_if_nonfinite(finite, name, round_index, step, pool, snapshot):
     if not bool(finite):
         pool.assign(snapshot)
         raise NonFiniteError(
@@ -128,17 +129,17 @@ def _check(finite, name, round_index, step, pool, snapshot):
             f"nothing non-finite was written (lower --learning_rate or check the data)")
 
 
-def optimize(rt: nwv_runtime.VirtualizedNetworks, data_dir: str | None,
-             config: OptimizeConfig, tasks: dict | None = None, fisher: dict | None = None,
+def optimize_runtime(rt: nwv_runtime.VirtualizedNetworks, config: OptimizeConfig, *,
+             data_dir: str | None = None, tasks: dict | None = None,
              checkpoint_dir: str | None = None, resume: bool = False, log=print) -> dict:
     """Trains the networks of `rt` on its shared pool; leaves the best pool in `rt`.
 
     Args:
-      rt: the runtime; its `page_pool` variable is trained in place.
-      data_dir: data folder (None: TFDS).
+      rt: the runtime; its `page_pool` variable is trained in place; round_robin
+        (λ > 0) needs every network's Fisher pages (`NetworkSpec.fisher`).
       config: OptimizeConfig.
+      data_dir: data folder (None: TFDS).
       tasks: {name: task}; default the tasks the runtime knows.
-      fisher: {name: [n_pages, P] Fisher pages}, required by round_robin (λ > 0).
       checkpoint_dir: where the checkpoint and history.json go (None: nowhere).
       resume: continue from the checkpoint in `checkpoint_dir` if there is one.
       log: callable taking one line per round (None: silent).
@@ -157,9 +158,10 @@ def optimize(rt: nwv_runtime.VirtualizedNetworks, data_dir: str | None,
     if not all(tasks.values()):
         raise ValueError(f"expected a task for every network, received {tasks}")
     penalised = config.mode is OptimizationMode.ROUND_ROBIN and config.lambda_ > 0
-    if penalised and (fisher is None or set(fisher) < set(names)):
-        raise ValueError("round_robin needs every network's Fisher pages (fisher={name: "
-                         "[n_pages, P]}), received " + repr(sorted(fisher or {})))
+    fisher = {n: rt.spec(n).fisher for n in names if rt.spec(n).fisher is not None}
+    if penalised and set(fisher) < set(names):
+        raise ValueError("round_robin needs every network's Fisher pages (NetworkSpec."
+                         "fisher), received them for " + repr(sorted(fisher)))
     pool = rt.page_pool
     losses = {n: training.loss_and_metric(tasks[n])[0] for n in names}
     strategy = tf.distribute.get_strategy()
@@ -205,9 +207,9 @@ def optimize(rt: nwv_runtime.VirtualizedNetworks, data_dir: str | None,
                 batch = {n: next(its[n]) for n in names}
                 per, finite, grad_finite = strategy.run(joint, args=(batch,))
                 for n in names:
-                    _check(finite[n], repr(n), r, s, pool, snapshot)
+                    _restore_if_nonfinite(finite[n], repr(n), r, s, pool, snapshot)
                     sums[n] += float(per[n])
-                _check(grad_finite, f"{names} (joint gradient)", r, s, pool, snapshot)
+                _restore_if_nonfinite(grad_finite, f"{names} (joint gradient)", r, s, pool, snapshot)
             train_loss = {n: sums[n] / config.steps for n in names}
         else:
             for i, n in enumerate(names):
@@ -218,7 +220,7 @@ def optimize(rt: nwv_runtime.VirtualizedNetworks, data_dir: str | None,
                 for s in range(1, config.steps + 1):
                     x, y = next(it)
                     loss, pen, finite = strategy.run(steps[n], args=(x, y) + args)
-                    _check(finite, repr(n), r, s, pool, snapshot)
+                    _restore_if_nonfinite(finite, repr(n), r, s, pool, snapshot)
                     total_loss, total_pen = total_loss + float(loss), total_pen + float(pen)
                 train_loss[n] = total_loss / config.steps
                 penalty[n] = total_pen / config.steps
@@ -297,7 +299,7 @@ def _batches(task, data_dir, config, round_index, net_index):
 
 def _evaluate(rt, tasks, data_dir, config, round_index, train_loss, penalty, seconds):
     val = {n: training.evaluate(lambda x, n=n: rt.run(n, x), tasks[n], "validation",
-                                data_dir, 256, limit=config.limit) for n in rt.task_names}
+                                data_dir=data_dir, limit=config.limit) for n in rt.task_names}
     return {"round": round_index, "mode": config.mode.value,
             "train_loss": train_loss, "penalty": penalty,
             "val_accuracy": {n: v["accuracy"] for n, v in val.items()},
@@ -352,17 +354,25 @@ def _load_checkpoint(path, meta_key, pool, names):
     return meta["history"], arrays["best_pool"], meta["best_round"], anchors
 
 
-def optimize_pool(pool_dir: str, data_dir: str | None, config: OptimizeConfig,
+def optimize_pool(pool_dir: str, config: OptimizeConfig, *, data_dir: str | None = None,
                   resume: bool = False, log=print) -> dict:
-    """`optimize` on a pool directory: checkpoints and history.json go into it, and
-    the best pool (by mean validation accuracy) is saved into it atomically."""
-    loaded = state.load_state(pool_dir)
+    """`optimize_runtime` on a pool directory: checkpoints and history.json go into it, and
+    the best pool (by mean validation accuracy) is saved into it atomically.
+
+    Args:
+      pool_dir: the pool directory; config: `OptimizeConfig`.
+      data_dir: data folder (None: TFDS); resume, log: as `optimize_runtime`.
+    Returns:
+      The result of `optimize_runtime`.
+    Raises:
+      ValueError: an empty pool; errors of `optimize_runtime` and `nwv.state`.
+    """
+    loaded = state.load_state(pool_dir, with_teachers=True)
     if not loaded.networks:
         raise ValueError(f"{pool_dir} holds no networks to optimise")
     with tf.distribute.get_strategy().scope():
-        rt = nwv_runtime.VirtualizedNetworks.from_state(loaded, pool_dir)
-    fisher = {n: r.fisher for n, r in loaded.networks.items()}
-    result = optimize(rt, data_dir, config, fisher=fisher, checkpoint_dir=pool_dir,
+        rt = nwv_runtime.VirtualizedNetworks.from_state(loaded, pool_dir=pool_dir)
+    result = optimize_runtime(rt, config, data_dir=data_dir, checkpoint_dir=pool_dir,
                       resume=resume, log=log)
     loaded.pool = rt.pool_array()
     state.save_state(pool_dir, loaded)

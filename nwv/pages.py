@@ -77,6 +77,7 @@ class PageLayout:
         each), so a variable's pages can be shared whole between networks (a
         zipped model's shared blocks); otherwise variables are packed back to back.
     """
+    _: dataclasses.KW_ONLY
     shapes: tuple
     sizes: tuple
     offsets: tuple

@@ -11,13 +11,14 @@ and runs its Keras model functionally on those values,
 Switching network is a page-table change: the active name (hence table) changes,
 no weight is copied; every pool update is seen by every network at once.
 
-The Keras models are architecture skeletons built fresh (never the caller's
-objects); their own variables are never read.
+The Keras models are architecture skeletons (never the caller's objects); their
+own variables are never read. In memory and on disk are one thing: a runtime
+built in memory (`nwv.virtualize`) is saved as a pool directory with `save`,
+and `load` reads one back (see `nwv.state`).
 
-Example:
-    >>> rt = VirtualizedNetworks.load("runs/pool")     # see nwv.state
-    >>> rt.switch("mnist"); logits = rt(x)              # x: [batch, 28, 28, 1]
-    >>> both = rt.run_all({"mnist": x, "cifar10": x2})  # one tf.function call
+    rt = VirtualizedNetworks.load("runs/pool")
+    rt.switch("mnist"); logits = rt(x)                  # x: [batch, 28, 28, 1]
+    both = rt.run_all({"mnist": x, "cifar10": x2})      # one tf.function call
 """
 from __future__ import annotations
 
@@ -29,32 +30,43 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from models import layer_support
 from nwv import pages, skeletons, state
 
-__all__ = ["VirtualizedNetworks", "check_supported", "check_model"]
+__all__ = ["NetworkSpec", "VirtualizedNetworks", "check_supported", "check_model"]
 
 
 def check_supported(model: keras.Model) -> None:
-    """Raises ValueError when a layer holds non-trainable state NWV does not page.
+    """Raises ValueError when a layer holds state NWV does not page (`models.layer_support`).
 
     Pages hold trainable variables only, so BatchNormalization statistics, RNG
     seeds (Dropout) or other non-trainable variables would be lost; such a
-    model fails here, naming the layer.
+    model fails here, naming the layer and what to do.
+
+    Args:
+      model: a Keras model.
+    Raises:
+      ValueError: naming the first unsupported layer, or a model without weights.
     """
     for layer in model.layers:
-        if layer.non_trainable_variables:
+        role, hint = layer_support.nwv_role(layer)
+        if role is None:
+            held = [v.path for v in layer.non_trainable_variables]
             raise ValueError(
-                f"layer {layer.name!r} ({type(layer).__name__}) of model {model.name!r} holds "
-                f"non-trainable variables {[v.path for v in layer.non_trainable_variables]};"
-                f" NWV pages trainable variables only (expected layers such as Conv2D, "
-                f"Dense, pooling, activations)")
+                f"layer {layer.name!r} ({type(layer).__name__}) of model {model.name!r} "
+                f"holds non-trainable variables {held}; NWV pages trainable variables "
+                f"only: {hint}")
     if not model.trainable_variables:
         raise ValueError(f"model {model.name!r} has no trainable variables to page")
 
 
 def check_model(record: state.NetworkRecord, model: keras.Model,
                 where: str = state.MANIFEST) -> None:
-    """Raises ValueError when the model's trainable variables disagree with the record."""
+    """Raises ValueError when the model's trainable variables disagree with the record.
+
+    Args:
+      record: the network's record; model: its skeleton; where: what to name.
+    """
     shapes = tuple(tuple(int(d) for d in v.shape) for v in model.trainable_variables)
     if shapes != tuple(record.variable_shapes):
         raise ValueError(f"{where}: network {record.name!r} expects variable shapes "
@@ -62,13 +74,44 @@ def check_model(record: state.NetworkRecord, model: keras.Model,
                          f"{record.model!r} has {list(shapes)}")
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class NetworkSpec:
+    """One network of a `VirtualizedNetworks`.
+
+    Attributes:
+      model: the skeleton Keras model (its variables give the shapes; their
+        values are never used).
+      page_table: [n_pages] ints, the pool page of each of its pages.
+      task: the registered task it serves (None: unknown; a group: its first
+        output's task).
+      aligned: the table uses a page-aligned layout (zipped members).
+      outputs: for a multi-output group (a whole zipped model), the network names
+        of its outputs, so `run_all` computes them in one pass.
+      fisher: [n_pages, P] diagonal Fisher in page layout, or None.
+      fisher_source: how the Fisher was obtained.
+      teacher: the network before matching (a Keras model with its original
+        weights) for distillation, or None.
+      registered: (model name, builder overrides) when the skeleton is a
+        registered model; otherwise its architecture is saved as Keras JSON.
+    """
+
+    model: keras.Model
+    page_table: np.ndarray
+    _: dataclasses.KW_ONLY
+    task: str | None = None
+    aligned: bool = False
+    outputs: tuple | None = None
+    fisher: np.ndarray | None = None
+    fisher_source: str = "unknown"
+    teacher: keras.Model | None = None
+    registered: tuple | None = None
+
+
 @dataclasses.dataclass(frozen=True)
 class _Network:
-    model: keras.Model
+    spec: NetworkSpec
     table: tf.Tensor           # [n_pages] int32
     layout: pages.PageLayout
-    task: str | None
-    outputs: tuple | None = None   # a multi-output group: the names of its outputs
 
 
 class VirtualizedNetworks:
@@ -76,20 +119,16 @@ class VirtualizedNetworks:
 
     Args:
       pool: [m, P] float32 initial pool values.
-      networks: name -> (skeleton keras.Model, page_table [n_pages] ints), or
-        name -> (model, page_table, task[, aligned[, outputs]]); the model's
-        trainable variables give the shapes (their values are ignored).
-        `aligned`: the table uses a page-aligned layout (zipped members);
-        `outputs`: for a multi-output group network (a whole zipped model),
-        the network names of its outputs, so `run_all` computes them at once.
-      pool_dir: the pool directory it came from (needed by `load_from_disk`).
+      networks: {name: NetworkSpec}, in order (the first is active).
+      pool_dir: the pool directory it came from or was saved to, if any.
 
     Raises:
       ValueError: a table that does not fit the model's weights or the pool, an
-        unsupported layer, an empty set of networks.
+        unsupported layer, an empty set of networks, a non-finite pool.
     """
 
-    def __init__(self, pool, networks: Mapping, pool_dir: str | None = None):
+    def __init__(self, pool, networks: Mapping[str, NetworkSpec], *,
+                 pool_dir: str | None = None):
         pool = np.asarray(pool, np.float32)
         if pool.ndim != 2 or not np.all(np.isfinite(pool)):
             raise ValueError(f"expected a finite pool of shape [m, P], received {pool.shape}")
@@ -101,64 +140,151 @@ class VirtualizedNetworks:
             self.page_pool = tf.Variable(pool, name="page_pool")
         self._nets = {}
         for name, spec in networks.items():
-            model, table, task, aligned, outputs = (tuple(spec) + (None,) * 3)[:5]
-            check_supported(model)
+            if not isinstance(spec, NetworkSpec):
+                raise ValueError(f"network {name!r}: expected a NetworkSpec(model, "
+                                 f"page_table, ...), received {type(spec).__name__}")
+            state.check_name(name)
+            check_supported(spec.model)
             layout = pages.PageLayout.from_shapes(
-                [v.shape for v in model.trainable_variables], self.page_size, bool(aligned))
-            table = np.asarray(table)
-            state._check_table(table, layout.n_pages, pool.shape[0], f"network {name!r}")
+                [v.shape for v in spec.model.trainable_variables], self.page_size,
+                spec.aligned)
+            table = np.asarray(spec.page_table)
+            state.check_table(table, layout.n_pages, pool.shape[0], f"network {name!r}")
+            if spec.fisher is not None and np.shape(spec.fisher) != (layout.n_pages,
+                                                                      self.page_size):
+                raise ValueError(f"network {name!r}: expected Fisher pages of shape "
+                                 f"{(layout.n_pages, self.page_size)}, received "
+                                 f"{np.shape(spec.fisher)}")
             self._nets[name] = _Network(
-                model, tf.constant(table, tf.int32, name=f"page_table_{name}"), layout, task,
-                tuple(outputs) if outputs else None)
+                spec, tf.constant(table, tf.int32, name=f"page_table_{name}"), layout)
         self._active = next(iter(self._nets))
         self._run_fns = {}
         self._run_all_fns = {}
 
-    # --- construction from disk ---------------------------------------------
+    # --- construction from and to disk ------------------------------------------
     @classmethod
-    def from_state(cls, pool_state: state.PoolDirState, pool_dir: str | None = None):
-        """Builds every network of a `PoolDirState` (registry models or zipped members,
-        see `nwv.skeletons`)."""
+    def from_state(cls, pool_state: state.PoolDirState, *,
+                   pool_dir: str | None = None) -> "VirtualizedNetworks":
+        """Builds every network of a `PoolDirState` (registry models or JSON assets).
+
+        Args:
+          pool_state: the pool and its records (Fisher and teachers when loaded).
+          pool_dir: the directory it was read from, if any.
+        Returns:
+          The runtime.
+        Raises:
+          ValueError: an architecture that does not match its record.
+        """
         nets, cache = {}, {}
         for name, record in pool_state.networks.items():
             model = skeletons.build_skeleton(record, pool_state.assets, cache)
             check_model(record, model, pool_dir or state.MANIFEST)
-            nets[name] = (model, record.page_table, record.task, record.aligned,
-                          record.model_overrides.get("outputs"))
-        return cls(pool_state.pool, nets, pool_dir)
+            nets[name] = NetworkSpec(
+                model, record.page_table, task=record.task, aligned=record.aligned,
+                outputs=record.outputs, fisher=record.fisher,
+                fisher_source=record.fisher_source,
+                teacher=skeletons.build_teacher(record, pool_state.assets, model),
+                registered=(None if record.asset else
+                            (record.model, dict(record.model_overrides))))
+        return cls(pool_state.pool, nets, pool_dir=pool_dir)
 
     @classmethod
-    def load(cls, pool_dir: str, names=None) -> "VirtualizedNetworks":
-        """Loads (and checks) a pool directory; `names` restricts the networks built."""
-        return cls.from_state(state.load_state(pool_dir, names, with_fisher=False), pool_dir)
+    def load(cls, pool_dir: str, names=None, *,
+             for_training: bool = False) -> "VirtualizedNetworks":
+        """Loads (and checks) a pool directory.
+
+        Args:
+          pool_dir: the pool directory (`nwv.state`).
+          names: networks to build (default: all).
+          for_training: also read the Fisher and the teachers (joint optimisation).
+        Returns:
+          The runtime, remembering `pool_dir`.
+        Raises:
+          FileNotFoundError / ValueError / KeyError: see `nwv.state.load_state`.
+        """
+        loaded = state.load_state(pool_dir, names, with_fisher=for_training,
+                                  with_teachers=for_training)
+        return cls.from_state(loaded, pool_dir=pool_dir)
+
+    def to_state(self) -> state.PoolDirState:
+        """The runtime as a `PoolDirState` (current pool values, tables, Fisher, teachers).
+
+        A skeleton that is not a registered model is stored as Keras JSON; a teacher
+        whose architecture differs from its network's gets its own JSON asset.
+        """
+        assets, networks = {}, {}
+        for name, net in self._nets.items():
+            spec = net.spec
+            record = state.NetworkRecord(
+                name=name, task=spec.task, model=spec.model.name,
+                variable_names=tuple(v.path for v in spec.model.trainable_variables),
+                variable_shapes=net.layout.shapes, page_table=np.asarray(spec.page_table),
+                fisher=spec.fisher, fisher_source=spec.fisher_source, aligned=spec.aligned,
+                outputs=spec.outputs)
+            if spec.registered:
+                record.model, record.model_overrides = spec.registered[0], dict(
+                    spec.registered[1])
+            else:
+                record.asset = f"{name}.json"
+                assets[record.asset] = spec.model.to_json().encode()
+            if spec.teacher is not None:
+                record.teacher = skeletons.flat_weights(spec.teacher)
+                if not _same_architecture(spec.teacher, spec.model):
+                    record.teacher_asset = f"{name}.teacher.json"
+                    assets[record.teacher_asset] = spec.teacher.to_json().encode()
+            networks[name] = record
+        return state.PoolDirState(self.page_size, self.pool_array(), networks, assets)
+
+    def save(self, pool_dir: str) -> dict:
+        """Writes the runtime as a pool directory (atomically, `nwv.state.save_state`).
+
+        Args:
+          pool_dir: destination (created; an existing pool there is replaced).
+        Returns:
+          The manifest written.
+        Raises:
+          ValueError: a network name unusable as a file name, non-finite values.
+        """
+        manifest = state.save_state(pool_dir, self.to_state())
+        self.pool_dir = pool_dir
+        return manifest
 
     # --- introspection -------------------------------------------------------
     @property
     def names(self) -> list:
+        """Every network, groups included, in order."""
         return list(self._nets)
 
     @property
     def task_names(self) -> list:
         """Networks with one output (every network but zipped groups): the ones that
         are trained, evaluated and switched to."""
-        return [n for n, net in self._nets.items() if not net.outputs]
+        return [n for n, net in self._nets.items() if not net.spec.outputs]
 
     @property
     def active(self) -> str:
+        """The network `__call__` runs."""
         return self._active
 
+    def spec(self, name: str) -> NetworkSpec:
+        """The network's `NetworkSpec` (skeleton, table, task, Fisher, teacher)."""
+        return self._network(name).spec
+
     def task(self, name: str) -> str | None:
-        return self._network(name).task
+        """The task the network serves."""
+        return self._network(name).spec.task
 
     def layout(self, name: str) -> pages.PageLayout:
+        """The network's `PageLayout`."""
         return self._network(name).layout
 
     def page_table(self, name: str) -> np.ndarray:
+        """The network's page table [n_pages] int32."""
         return self._network(name).table.numpy()
 
     def model(self, name: str) -> keras.Model:
         """The network's skeleton model (its own variables are not its weights)."""
-        return self._network(name).model
+        return self._network(name).spec.model
 
     def _network(self, name: str) -> _Network:
         if name not in self._nets:
@@ -184,10 +310,23 @@ class VirtualizedNetworks:
         net = self._network(name)
         values = self.weight_tensors(name, pool)
         x = tf.cast(x, tf.float32)
-        if len(net.model.inputs) > 1:
-            x = [x] * len(net.model.inputs)
-        logits, _ = net.model.stateless_call(values, [], x, training=training)
+        if len(net.spec.model.inputs) > 1:
+            x = [x] * len(net.spec.model.inputs)
+        logits, _ = net.spec.model.stateless_call(values, [], x, training=training)
         return logits
+
+    def check_input(self, name: str, x) -> None:
+        """Raises ValueError unless x is a batch of the network's input shape.
+
+        Args:
+          name: the network; x: the batch (array or tensor).
+        """
+        expected = tuple(self._network(name).spec.model.inputs[0].shape[1:])
+        shape = tuple(x.shape) if hasattr(x, "shape") else tuple(np.shape(x))
+        if len(shape) != len(expected) + 1 or shape[1:] != expected:
+            raise ValueError(f"network {name!r} expects inputs of shape [batch, "
+                             f"{', '.join(str(d) for d in expected)}], received "
+                             f"{list(shape)}")
 
     def switch(self, name: str) -> None:
         """Makes `name` the active network: a page-table change, no weight copy."""
@@ -195,9 +334,13 @@ class VirtualizedNetworks:
         self._active = name
 
     def run(self, name: str, x):
-        """Logits of network `name` (compiled `tf.function`, one trace per network)."""
+        """Logits of network `name` (compiled `tf.function`, one trace per network).
+
+        Raises:
+          KeyError: an unknown network; ValueError: x of the wrong shape.
+        """
+        self.check_input(name, x)
         if name not in self._run_fns:
-            self._network(name)
             self._run_fns[name] = tf.function(functools.partial(self.forward, name),
                                               reduce_retracing=True, autograph=False)
         return self._run_fns[name](x)
@@ -208,7 +351,7 @@ class VirtualizedNetworks:
 
     def groups(self) -> dict:
         """{group network: its output names} for multi-output (zipped) networks."""
-        return {n: net.outputs for n, net in self._nets.items() if net.outputs}
+        return {n: net.spec.outputs for n, net in self._nets.items() if net.spec.outputs}
 
     def _plan(self, inputs: Mapping) -> dict:
         """{network to run: [(output index or None, name)]}: names whose inputs are
@@ -237,9 +380,12 @@ class VirtualizedNetworks:
 
         Names served by one zipped group (see `groups`) and given the SAME input
         object run as one multi-task pass: their shared layers are computed once.
+
+        Raises:
+          KeyError: an unknown network; ValueError: an input of the wrong shape.
         """
-        for name in inputs:
-            self._network(name)
+        for name, x in inputs.items():
+            self.check_input(name, x)
         plan = self._plan(inputs)
         key = tuple((k, tuple(v)) for k, v in plan.items())
         if key not in self._run_all_fns:
@@ -257,30 +403,17 @@ class VirtualizedNetworks:
 
     def to_keras(self, name: str) -> keras.Model:
         """A fresh plain Keras model holding the network's current weights."""
-        model = keras.models.clone_model(self._network(name).model)
-        _assign(model, self.weights(name))
+        model = keras.models.clone_model(self._network(name).spec.model)
+        for variable, value in zip(model.trainable_variables, self.weights(name)):
+            variable.assign(value)
         return model
 
     def pool_array(self) -> np.ndarray:
         """A copy of the pool [m, P]."""
         return self.page_pool.numpy().copy()
 
-    def load_from_disk(self, name: str) -> keras.Model:
-        """Benchmark baseline: reads this network's files (manifest, pool, table, with
-        all checks) from `pool_dir` into a freshly built Keras model, as a device
-        without virtualization would on every switch."""
-        if self.pool_dir is None:
-            raise ValueError("load_from_disk needs a pool directory: this runtime was "
-                             "built in memory (save it with nwv.api first)")
-        loaded = state.load_state(self.pool_dir, [name], with_fisher=False)
-        record = loaded.networks[name]
-        model = skeletons.build_skeleton(record, loaded.assets)
-        check_model(record, model, self.pool_dir)
-        _assign(model, pages.gather_weights(loaded.pool, record.page_table,
-                                            record.layout(loaded.page_size)))
-        return model
 
-
-def _assign(model: keras.Model, values) -> None:
-    for variable, value in zip(model.trainable_variables, values):
-        variable.assign(value)
+def _same_architecture(a: keras.Model, b: keras.Model) -> bool:
+    shapes = [tuple(v.shape) for v in a.trainable_variables]
+    return (shapes == [tuple(v.shape) for v in b.trainable_variables]
+            and [type(l).__name__ for l in a.layers] == [type(l).__name__ for l in b.layers])

@@ -1,18 +1,29 @@
 """The pool directory: the NWV state on disk, saved atomically, loaded with full checks.
 
-A pool directory holds (format version 1):
+A pool directory holds (format version 2; version 1 is read too):
 
   * `pool.npy` — the shared page pool, float32 [m, P] (`np.save` format).
   * `<name>.vnn` — a network's page table: magic `NWVPTBL1`, count n (uint64),
     n int32 pool page indices (little-endian; exactly 16 + 4n bytes).
   * `<name>.fisher.npy` — its diagonal Fisher at its original weights, in page
     layout, float32 [n, P]: for matching later networks and the penalty.
+  * `<name>.teacher.npy` (optional) — the network's original weights before
+    matching, float32 [n_weights] (its variables flattened in order): the
+    teacher of distillation, so a pool can be re-optimised without the files it
+    was built from. `teacher_asset` names the teacher's architecture (Keras
+    JSON) when it is not the network's own (a zipped member's teacher is the
+    separate network it came from).
+  * assets — other files named in the manifest, e.g. a network's architecture
+    as Keras JSON (`asset`) for networks that are not registered models.
   * `manifest.json` — written last: `format` ("nwv-pool"), `version`,
     `page_size`, `pool_pages`, the pool's `{file, bytes, sha256}`, and per
-    network (in the order they were added): `task`, `model` (registered name),
-    `model_overrides` (builder keyword arguments), `variable_names`,
+    network (in the order they were added): `task`, `model` (registered name,
+    or a description when `asset` holds the architecture), `model_overrides`
+    (builder keyword arguments), `asset`, `outputs` (a group network: the
+    networks whose outputs it computes at once), `variable_names`,
     `variable_shapes` (of `model.trainable_variables`), `weights`, `pages`,
-    `fisher_source`, and `{file, bytes, sha256}` of its table and Fisher.
+    `fisher_source`, `aligned`, and `{file, bytes, sha256}` of its table,
+    Fisher and teacher.
 
 Atomic save (`save_state`): every changed data file is first written in full
 beside its final name as `<file>.next` (temp file + `os.replace`); then the new
@@ -40,13 +51,16 @@ import struct
 import numpy as np
 
 from models import artifacts
-from nwv import matching, pages
+from nwv import compaction, matching, pages
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "POOL_FILE", "NetworkRecord",
            "PoolDirState", "save_state", "load_state", "read_manifest", "exists",
-           "encode_page_table", "decode_page_table", "check_name"]
+           "encode_page_table", "decode_page_table", "check_name", "check_table"]
 
-FORMAT, FORMAT_VERSION = "nwv-pool", 1
+FORMAT, FORMAT_VERSION = "nwv-pool", 2
+READABLE_VERSIONS = (1, 2)
+# Version 1 kept a zipped member's architecture in model_overrides under this model name.
+_V1_ZIPPED = "mtz_zipped"
 MANIFEST, POOL_FILE = "manifest.json", "pool.npy"
 TABLE_MAGIC = b"NWVPTBL1"
 _HEADER = struct.Struct("<8sQ")
@@ -62,32 +76,47 @@ def check_name(name: str) -> str:
     return name
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class NetworkRecord:
     """One virtualized network: how to rebuild it and where its pages are.
 
     Attributes:
-      name, task, model: network name, task it serves, registered model name.
-      model_overrides: keyword arguments for `models.build(model, **overrides)`.
+      name, task: network name and the task it serves (None for a group).
+      model: registered model name (`models.build(model, **model_overrides)`), or
+        a description when `asset` holds the architecture.
+      model_overrides: keyword arguments for `models.build`.
+      asset: file name of the architecture as Keras JSON among the pool's assets
+        (None: build `model` from the registry).
+      outputs: for a group network (a whole zipped model), the network names of
+        its outputs, computed at once; None for a single-output network.
       variable_names, variable_shapes: of `model.trainable_variables`, in order.
       page_table: [n_pages] int32 pool page index of each of its pages.
-      fisher: [n_pages, P] float32 diagonal Fisher in page layout.
+      fisher: [n_pages, P] float32 diagonal Fisher in page layout (None when
+        not loaded).
       fisher_source: how the Fisher was obtained ("reference" or "computed:<def>:<N>").
       aligned: page layout with every variable on a page boundary (zipped
         members, whose shared blocks are whole pages; see `pages.PageLayout`).
+      teacher: [n] float32 original weights (distillation), or None.
+      teacher_asset: asset holding the teacher's architecture when it is not
+        the network's own (None: the network's architecture).
     """
     name: str
-    task: str
+    task: str | None
     model: str
-    model_overrides: dict
+    model_overrides: dict = dataclasses.field(default_factory=dict)
+    asset: str | None = None
+    outputs: tuple | None = None
     variable_names: tuple
     variable_shapes: tuple
-    page_table: np.ndarray
-    fisher: np.ndarray
+    page_table: np.ndarray | None = None
+    fisher: np.ndarray | None = None
     fisher_source: str = "computed"
     aligned: bool = False
+    teacher: np.ndarray | None = None
+    teacher_asset: str | None = None
 
     def layout(self, page_size: int) -> pages.PageLayout:
+        """The network's `PageLayout` for pages of `page_size` weights."""
         return pages.PageLayout.from_shapes(self.variable_shapes, page_size, self.aligned)
 
 
@@ -103,16 +132,35 @@ class PoolDirState:
 
     @classmethod
     def empty(cls, page_size: int) -> "PoolDirState":
+        """A pool of no pages and no networks."""
         return cls(int(page_size), np.zeros((0, int(page_size)), np.float32), {})
 
     def pool_state(self) -> matching.PoolState:
-        """The matching view: current pool values, summed Fisher and occupancy per page."""
+        """The matching view: current pool values, summed Fisher and occupancy per page.
+
+        Group networks (whose pages are their members') are not counted.
+        """
         fisher = np.zeros_like(self.pool, dtype=np.float64)
         occupancy = np.zeros(self.pool.shape[0], np.int64)
         for record in self.networks.values():
-            np.add.at(fisher, record.page_table, record.fisher)
+            if record.outputs:
+                continue
+            if record.fisher is not None:
+                np.add.at(fisher, record.page_table, record.fisher)
             np.add.at(occupancy, record.page_table, 1)
         return matching.PoolState(self.pool, fisher.astype(np.float32), occupancy)
+
+    def compact(self) -> int:
+        """Drops pool pages no network uses and renumbers the tables (in place).
+
+        Returns:
+          The number of pages dropped.
+        """
+        tables = {n: r.page_table for n, r in self.networks.items()}
+        self.pool, tables, dropped = compaction.compact(self.pool, tables)
+        for name, table in tables.items():
+            self.networks[name].page_table = table
+        return dropped
 
 
 def encode_page_table(table) -> bytes:
@@ -161,7 +209,9 @@ def _entry(file: str, blob: bytes) -> dict:
 def _manifest_files(manifest: dict) -> list:
     entries = [manifest.get("pool", {})]
     for net in manifest.get("networks", {}).values():
-        entries += [net.get("page_table", {}), net.get("fisher", {})]
+        if isinstance(net, dict):
+            entries += [net.get("page_table", {}), net.get("fisher", {}),
+                        net.get("teacher") or {}]
     entries += list((manifest.get("assets") or {}).values())
     return [e for e in entries if isinstance(e, dict) and "file" in e]
 
@@ -235,27 +285,49 @@ def _encode(state: PoolDirState):
     networks = {}
     for name, record in state.networks.items():
         check_name(name)
+        where = f"network {name!r}"
         layout = record.layout(page_size)
         table = np.asarray(record.page_table)
-        _check_table(table, layout.n_pages, pool.shape[0], f"network {name!r}")
-        fisher = np.asarray(record.fisher, np.float32)
-        _check_fisher(fisher, layout, f"network {name!r}")
+        check_table(table, layout.n_pages, pool.shape[0], where)
+        fisher = np.asarray(record.fisher if record.fisher is not None else
+                            np.zeros((layout.n_pages, page_size)), np.float32)
+        _check_fisher(fisher, layout, where)
         table_file, fisher_file = f"{name}.vnn", f"{name}.fisher.npy"
         blobs[table_file] = encode_page_table(table)
         blobs[fisher_file] = _npy_bytes(fisher)
+        for key in ("asset", "teacher_asset"):
+            asset = getattr(record, key)
+            if asset is not None and asset not in (state.assets or {}):
+                raise ValueError(f"{where}: {key} {asset!r} is not among the assets")
+        teacher = None
+        if record.teacher is not None:
+            flat = np.asarray(record.teacher, np.float32)
+            if flat.ndim != 1 or not np.all(np.isfinite(flat)):
+                raise ValueError(f"{where}: expected finite teacher weights [n], received "
+                                 f"shape {flat.shape}")
+            if record.teacher_asset is None and flat.size != layout.n_weights:
+                raise ValueError(f"{where}: expected {layout.n_weights} teacher weights (its "
+                                 f"own architecture), received {flat.size}")
+            teacher_file = f"{name}.teacher.npy"
+            blobs[teacher_file] = _npy_bytes(flat)
+            teacher = {**_entry(teacher_file, blobs[teacher_file]),
+                       "asset": record.teacher_asset}
         networks[name] = {
             "task": record.task, "model": record.model,
             "model_overrides": dict(record.model_overrides or {}),
+            "asset": record.asset,
+            "outputs": list(record.outputs) if record.outputs else None,
             "variable_names": list(record.variable_names),
             "variable_shapes": [list(s) for s in record.variable_shapes],
             "weights": layout.n_weights, "pages": layout.n_pages,
             "fisher_source": record.fisher_source, "aligned": bool(record.aligned),
             "page_table": _entry(table_file, blobs[table_file]),
             "fisher": _entry(fisher_file, blobs[fisher_file]),
+            "teacher": teacher,
         }
     assets = {}
     for file, blob in sorted((state.assets or {}).items()):
-        if not _NAME.match(file) or file in blobs:
+        if not _NAME.match(file) or file in blobs or file == MANIFEST:
             raise ValueError(f"expected an asset file name of letters, digits, '_.-' not "
                              f"clashing with pool files, received {file!r}")
         blobs[file] = bytes(blob)
@@ -288,14 +360,20 @@ def read_manifest(pool_dir: str) -> dict:
     found = manifest.get("format") if isinstance(manifest, dict) else manifest
     if found != FORMAT:
         raise ValueError(f"{path}: expected format {FORMAT!r}, received {found!r}")
-    if manifest.get("version") != FORMAT_VERSION:
+    if manifest.get("version") not in READABLE_VERSIONS:
         raise ValueError(f"{path}: unknown manifest version {manifest.get('version')!r} "
-                         f"(this library reads version {FORMAT_VERSION})")
+                         f"(this library reads versions {list(READABLE_VERSIONS)})")
     for key, kind in (("page_size", int), ("pool_pages", int), ("pool", dict),
                       ("networks", dict)):
         if not isinstance(manifest.get(key), kind):
             raise ValueError(f"{path}: expected {key!r} of type {kind.__name__}, received "
                              f"{manifest.get(key)!r}")
+    for name, net in manifest["networks"].items():
+        if not isinstance(net, dict) or not {"task", "model", "variable_shapes",
+                                             "variable_names"} <= set(net):
+            raise ValueError(f"{path}: the entry of network {name!r} is not an object with "
+                             f"task, model, variable_names and variable_shapes: "
+                             f"{str(net)[:80]}")
     return manifest
 
 
@@ -328,7 +406,16 @@ def _read_checked(pool_dir: str, entry: dict, what: str) -> bytes:
     return blob
 
 
-def _check_table(table, n_pages, pool_pages, where):
+def check_table(table: np.ndarray, n_pages: int, pool_pages: int, where: str) -> None:
+    """Raises ValueError (naming `where`) unless `table` is [n_pages] indices into the pool.
+
+    Args:
+      table: the page table [n] ints.
+      n_pages: pages of the network's layout.
+      pool_pages: pages of the pool.
+      where: what to name in the message (a network or a file).
+    """
+    table = np.asarray(table)
     if table.shape != (n_pages,):
         raise ValueError(f"{where}: expected a page table of {n_pages} entries, "
                          f"received {table.shape}")
@@ -353,13 +440,30 @@ def _load_file(pool_dir, entry, what, decode):
     return decode(_read_checked(pool_dir, entry, what), path), path
 
 
-def load_state(pool_dir: str, names=None, with_fisher: bool = True) -> PoolDirState:
+def _record(name: str, net: dict, version: int) -> NetworkRecord:
+    """A NetworkRecord (tables, Fisher and teacher not read yet) from a manifest entry."""
+    overrides = dict(net.get("model_overrides") or {})
+    asset, outputs = net.get("asset"), net.get("outputs")
+    if version == 1 and net["model"] == _V1_ZIPPED:   # v1: architecture in the overrides
+        asset, outputs = overrides.pop("asset", None), overrides.pop("outputs", None)
+    return NetworkRecord(
+        name=check_name(name), task=net["task"], model=net["model"], model_overrides=overrides,
+        asset=asset, outputs=tuple(outputs) if outputs else None,
+        variable_names=tuple(net["variable_names"]),
+        variable_shapes=tuple(tuple(int(d) for d in s) for s in net["variable_shapes"]),
+        fisher_source=net.get("fisher_source", ""), aligned=bool(net.get("aligned", False)),
+        teacher_asset=(net.get("teacher") or {}).get("asset"))
+
+
+def load_state(pool_dir: str, names=None, *, with_fisher: bool = True,
+               with_teachers: bool = False) -> PoolDirState:
     """Reads and checks a pool directory.
 
     Args:
       pool_dir: the folder.
       names: networks to read (default all); the others are not opened.
       with_fisher: read the Fisher files (else `record.fisher` is None).
+      with_teachers: read the teachers' weights (else `record.teacher` is None).
 
     Returns:
       PoolDirState (networks in the order they were added).
@@ -391,16 +495,9 @@ def load_state(pool_dir: str, names=None, with_fisher: bool = True) -> PoolDirSt
     for name in names:
         net = available[name]
         try:
-            shapes = tuple(tuple(int(d) for d in s) for s in net["variable_shapes"])
-            aligned = bool(net.get("aligned", False))
-            layout = pages.PageLayout.from_shapes(shapes, page_size, aligned)
-            record = NetworkRecord(
-                name=check_name(name), task=net["task"], model=net["model"],
-                model_overrides=dict(net.get("model_overrides") or {}),
-                variable_names=tuple(net["variable_names"]), variable_shapes=shapes,
-                page_table=None, fisher=None, fisher_source=net.get("fisher_source", ""),
-                aligned=aligned)
-        except (KeyError, TypeError, ValueError) as err:
+            record = _record(name, net, manifest["version"])
+            layout = record.layout(page_size)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"{where}: bad entry for network {name!r}: {err!r}") from err
         if (net.get("weights"), net.get("pages")) != (layout.n_weights, layout.n_pages):
             raise ValueError(f"{where}: network {name!r} lists {net.get('weights')} weights "
@@ -408,11 +505,17 @@ def load_state(pool_dir: str, names=None, with_fisher: bool = True) -> PoolDirSt
                              f"{layout.n_weights} weights in {layout.n_pages} pages")
         record.page_table, path = _load_file(pool_dir, net.get("page_table"),
                                              f"page table of {name!r}", decode_page_table)
-        _check_table(record.page_table, layout.n_pages, pool_pages, path)
+        check_table(record.page_table, layout.n_pages, pool_pages, path)
         if with_fisher:
             record.fisher, path = _load_file(pool_dir, net.get("fisher"),
                                              f"Fisher of {name!r}", _npy_array)
             _check_fisher(record.fisher, layout, path)
+        if with_teachers and net.get("teacher"):
+            record.teacher, path = _load_file(pool_dir, net["teacher"],
+                                              f"teacher of {name!r}", _npy_array)
+            if record.teacher.ndim != 1 or not np.all(np.isfinite(record.teacher)):
+                raise ValueError(f"{path}: expected finite teacher weights [n], received "
+                                 f"shape {record.teacher.shape}")
         networks[name] = record
     assets = {file: _read_checked(pool_dir, entry, f"asset {file}")
               for file, entry in (manifest.get("assets") or {}).items()}

@@ -22,15 +22,15 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("pool", None, "Pool directory (created if missing).", required=True)
 flags.DEFINE_string("name", None, "Network name in the pool.", required=True)
 flags.DEFINE_string("task", None, "Task the network solves.", required=True)
-flags.DEFINE_string("model", None, "Registered model name of its architecture.",
-                    required=True)
+flags.DEFINE_string("model", None, "Registered model name of its architecture (needed for a "
+                    ".npz; without it the architecture is stored in the pool as Keras JSON).")
 flags.DEFINE_string("weights", None, "train.py folder, .keras file or reference .npz.",
                     required=True)
 flags.DEFINE_string("data_dir", None, "Local data folder or tarball; default TFDS.")
 flags.DEFINE_integer("page_size", 100, "Weights per page (must match an existing pool).")
 flags.DEFINE_enum("matching", "optimal", ["optimal", "greedy"], "Page matching method.")
 flags.DEFINE_integer("fisher_samples", 256, "Train examples for a computed Fisher.")
-flags.DEFINE_enum("fisher_source", "auto", list(api.FISHER_SOURCES),
+flags.DEFINE_enum("fisher_source", "auto", [s.value for s in api.FisherSource],
                   "auto: the reference npz Fisher when present, else computed.")
 flags.DEFINE_enum("fisher_definition", "expected", ["expected", "predicted"],
                   "Computed Fisher: expectation over p(y|x), or the predicted class only.")
@@ -45,12 +45,14 @@ def main(argv):
     except json.JSONDecodeError as err:
         raise ValueError(f"--model_overrides: expected a JSON object, received "
                          f"{FLAGS.model_overrides!r} ({err})") from err
+    if not isinstance(overrides, dict):
+        raise ValueError(f"--model_overrides: expected a JSON object, received "
+                         f"{FLAGS.model_overrides!r}")
     summary = api.add_network(
-        FLAGS.pool, FLAGS.name, FLAGS.task, FLAGS.model, FLAGS.weights, FLAGS.data_dir,
-        page_size=FLAGS.page_size, matching=FLAGS.matching,
-        fisher_samples=FLAGS.fisher_samples, seed=FLAGS.seed,
-        fisher_source=FLAGS.fisher_source, fisher_definition=FLAGS.fisher_definition,
-        model_overrides=overrides)
+        FLAGS.pool, FLAGS.weights, name=FLAGS.name, task=FLAGS.task, model_name=FLAGS.model,
+        model_overrides=overrides, data_dir=FLAGS.data_dir, page_size=FLAGS.page_size,
+        matching=FLAGS.matching, fisher_samples=FLAGS.fisher_samples, seed=FLAGS.seed,
+        fisher_source=FLAGS.fisher_source, fisher_definition=FLAGS.fisher_definition)
     print(json.dumps(summary))
 
 

@@ -161,7 +161,7 @@ def main(argv):
           f"{opt_seconds:.0f} s; total {report['seconds']:.0f} s")
     print(f"target {'MET' if report['target_met'] else 'MISSED'}: {report['target']}")
     _plot(rows, report)
-    print(f"-> {bench.write_json(FLAGS.out, report)}")
+    print(f"-> {bench.write_result(FLAGS.out, report)}")
     print(json.dumps({n: {k: bench.points(r[k]['test']) for k in
                           ("original", "matched", "optimized")} for n, r in rows.items()}))
 

@@ -198,7 +198,7 @@ def main(argv):
     del argv
     if FLAGS.only_n is not None:
         part = run_one(FLAGS.only_n) if FLAGS.only_n else prepare()
-        bench.write_json(os.path.join(FLAGS.work_dir, f"n{FLAGS.only_n}", "part.json"), part)
+        bench.write_result(os.path.join(FLAGS.work_dir, f"n{FLAGS.only_n}", "part.json"), part)
         return
     start, load_start = time.time(), bench.load_average()
     counts = sorted(int(c) for c in FLAGS.counts)
@@ -286,7 +286,7 @@ def main(argv):
           f"1 point: " + ", ".join(f"N={n} {'met' if ok else 'MISSED'}" for n, ok in
                                    t["every_network_within_1_point"].items()))
     _plot(report, counts, names, originals, per_net, parts)
-    print(f"-> {bench.write_json(FLAGS.out, report)}  ({report['seconds']:.0f} s)")
+    print(f"-> {bench.write_result(FLAGS.out, report)}  ({report['seconds']:.0f} s)")
 
 
 def fit(x, y) -> dict:

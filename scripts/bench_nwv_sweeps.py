@@ -208,7 +208,7 @@ def main(argv):
               f"{100 * runs[r['run']]['mean_test_accuracy']:>9.2f}")
     _plot_convergence(runs)
     _plot_page_size(page_rows, runs, originals)
-    print(f"-> {bench.write_json(FLAGS.out, report)}  ({report['seconds']:.0f} s)")
+    print(f"-> {bench.write_result(FLAGS.out, report)}  ({report['seconds']:.0f} s)")
 
 
 def _plot_convergence(runs):

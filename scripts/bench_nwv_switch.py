@@ -243,7 +243,7 @@ def main(argv):
     print(f"worst ratio {worst_ratio:.3f} (target <= 1.1: "
           f"{'met' if worst_ratio <= 1.1 else 'MISSED'}); {report['seconds']:.0f} s")
     _plot(report)
-    print(f"-> {bench.write_json(FLAGS.out, report)}")
+    print(f"-> {bench.write_result(FLAGS.out, report)}")
 
 
 def _plot(report):

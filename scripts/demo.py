@@ -14,7 +14,7 @@ so pass --other_tasks=cifar10 there).
 import _cli
 from absl import flags
 
-from nwv.workflow import DemoConfig, run_demo
+from _demo import DemoConfig, run_demo
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Local data folder or tarballs; default TFDS.")

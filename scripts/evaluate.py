@@ -44,7 +44,8 @@ def main(argv):
         model = pool.model(FLAGS.network)
         training.check_compatible(model, FLAGS.task)
         result = training.evaluate(lambda x: pool.run(FLAGS.network, x), FLAGS.task,
-                                   FLAGS.split, FLAGS.data_dir, FLAGS.batch_size, FLAGS.limit)
+                                   FLAGS.split, data_dir=FLAGS.data_dir,
+                                   batch_size=FLAGS.batch_size, limit=FLAGS.limit)
         result.update(weights=FLAGS.weights, model=model.name, network=FLAGS.network)
         print(json.dumps(result))
         return
@@ -55,8 +56,8 @@ def main(argv):
     else:
         model = artifacts.load_model(FLAGS.weights, FLAGS.model)
     training.check_compatible(model, FLAGS.task)
-    result = training.evaluate(model, FLAGS.task, FLAGS.split, FLAGS.data_dir,
-                               FLAGS.batch_size, FLAGS.limit)
+    result = training.evaluate(model, FLAGS.task, FLAGS.split, data_dir=FLAGS.data_dir,
+                               batch_size=FLAGS.batch_size, limit=FLAGS.limit)
     result.update(weights=FLAGS.weights, model=model.name)
     print(json.dumps(result))
 

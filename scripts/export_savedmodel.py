@@ -25,7 +25,7 @@ flags.DEFINE_integer("seed", 0, "Random seed (unused: export is deterministic)."
 def main(argv):
     del argv
     runtime = VirtualizedNetworks.load(FLAGS.weights, None)
-    info = export.export_savedmodel(runtime, FLAGS.out, FLAGS.networks)
+    info = export.export_savedmodel(runtime, FLAGS.out, names=FLAGS.networks)
     info["variable_bytes"] = export.variable_bytes(FLAGS.out)
     print(f"SavedModel in {FLAGS.out}: endpoints {info['endpoints']}; "
           f"{info['variable_bytes']} bytes of variables (pool {info['pool_bytes']})")

@@ -43,7 +43,8 @@ def main(argv):
         mode=FLAGS.mode, rounds=FLAGS.rounds, steps=FLAGS.steps,
         learning_rate=FLAGS.learning_rate, batch_size=FLAGS.batch_size,
         lambda_=FLAGS.lambda_, seed=FLAGS.seed, augment=FLAGS.augment, limit=FLAGS.limit)
-    result = optimize.optimize_pool(FLAGS.pool, FLAGS.data_dir, config, FLAGS.resume)
+    result = optimize.optimize_pool(FLAGS.pool, config, data_dir=FLAGS.data_dir,
+                                    resume=FLAGS.resume)
     best = result["history"][result["best_round"]]
     print(json.dumps({"pool": FLAGS.pool, "mode": config.mode.value,
                       "rounds": result["rounds"], "best_round": result["best_round"],

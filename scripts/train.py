@@ -32,9 +32,10 @@ def main(argv):
     name = FLAGS.model or spec.default_model
     training.set_seed(FLAGS.seed)
     model = training.build_for_task(name, FLAGS.task)
-    metrics = training.train(model, FLAGS.task, FLAGS.out, FLAGS.data_dir, FLAGS.epochs,
-                             FLAGS.batch_size, FLAGS.learning_rate, FLAGS.seed,
-                             FLAGS.limit, FLAGS.verbose)
+    metrics = training.train(model, FLAGS.task, FLAGS.out, data_dir=FLAGS.data_dir,
+                             epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+                             learning_rate=FLAGS.learning_rate, seed=FLAGS.seed,
+                             limit=FLAGS.limit, verbose=FLAGS.verbose)
     print(f"{name} on {FLAGS.task}: best epoch {metrics['best_epoch']}, validation "
           f"{metrics['val_accuracy']:.4f}, test {metrics['test_accuracy']:.4f}, "
           f"{metrics['train_seconds']:.0f} s -> {FLAGS.out}")

@@ -14,8 +14,8 @@ import os
 import _cli
 from absl import flags
 
+import mtz
 from models import artifacts, training
-from mtz.pipeline import zip_trained
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", None, "Trained model folders (train.py outputs) or .keras files.",
@@ -23,7 +23,8 @@ flags.DEFINE_list("models", None, "Trained model folders (train.py outputs) or .
 flags.DEFINE_list("tasks", None, "One task per model.", required=True)
 flags.DEFINE_string("share", "1.0", "Neurons to share: fraction ('1.0'), counts per layer "
                     "('300,100') or threshold ('eps=0.01').")
-flags.DEFINE_enum("method", "greedy", ["greedy", "optimal", "optimal_k", "random"], "Pairing.")
+flags.DEFINE_enum("method", "greedy", [m.value for m in mtz.PairingMethod] + ["optimal_k"],
+                  "Pairing (optimal_k: the old name of optimal).")
 flags.DEFINE_integer("retrain_steps", 100, "Joint retraining steps after each zipped layer.")
 flags.DEFINE_integer("batch_size", 64, "Retraining batch size per task.")
 flags.DEFINE_float("learning_rate", 3e-4, "Retraining Adam learning rate.")
@@ -41,9 +42,12 @@ def main(argv):
                          f"and {len(FLAGS.tasks)} tasks")
     training.set_seed(FLAGS.seed)
     nets = [artifacts.load_model(path) for path in FLAGS.models]
-    zipped, report = zip_trained(nets, FLAGS.tasks, FLAGS.data_dir, FLAGS.share, FLAGS.method,
-                                 FLAGS.retrain_steps, FLAGS.batch_size, FLAGS.learning_rate,
-                                 FLAGS.hessian_samples, FLAGS.seed, FLAGS.eval_limit)
+    config = mtz.ZipConfig(share=FLAGS.share, method=FLAGS.method,
+                           hessian_samples=FLAGS.hessian_samples, seed=FLAGS.seed)
+    zipped, report = mtz.zip_trained(
+        nets, FLAGS.tasks, data_dir=FLAGS.data_dir, config=config,
+        retrain_steps=FLAGS.retrain_steps, batch_size=FLAGS.batch_size,
+        learning_rate=FLAGS.learning_rate, eval_limit=FLAGS.eval_limit)
     zipped.save(FLAGS.out)
     artifacts.write_json(os.path.join(FLAGS.out, "report.json"), report)
     for name, stages in zip(report["members"], zip(report["before"].values(),

@@ -20,7 +20,9 @@ def zipped_pool(tmp_path_factory):
     x = inputs_for(a)
     zipped = mtz.zip_models([a, b], [x, x], share="0.75", names=["left", "right"])
     pool_dir = str(tmp_path_factory.mktemp("pool"))
-    runtime = combined.save_zipped(pool_dir, zipped, page_size=16)
+    runtime = combined.save_zipped(pool_dir, zipped, page_size=16,
+                                   fisher_inputs={"left": x, "right": x}, fisher_samples=16,
+                                   teachers={"left": a})
     return zipped, pool_dir, runtime, x
 
 
@@ -86,6 +88,23 @@ def test_savedmodel_loads_without_the_project(zipped_pool, tmp_path):
     np.testing.assert_allclose(result["all"]["right"], runtime.run("right", x), atol=1e-5)
     np.testing.assert_allclose(result["group"]["left"], runtime.run("left", x), atol=1e-5)
     assert info["endpoints"] == ["left", "right", "all_tasks", combined.GROUP]
+
+
+def test_members_carry_a_real_fisher_and_a_teacher(zipped_pool):
+    zipped, pool_dir, _, x = zipped_pool
+    loaded = state.load_state(pool_dir, with_teachers=True)
+    for name in ("left", "right"):
+        record = loaded.networks[name]
+        assert record.fisher.shape == (record.page_table.size, 16)
+        assert record.fisher.sum() > 0 and record.fisher_source.startswith("computed:expected")
+    group = loaded.networks[combined.GROUP]
+    assert group.outputs == ("left", "right") and group.fisher.sum() == 0
+    # "left" learns from the separate network it was zipped from, "right" from itself.
+    back = VirtualizedNetworks.load(pool_dir, for_training=True)
+    assert loaded.networks["left"].teacher_asset == "left.teacher.json"
+    np.testing.assert_allclose(back.spec("left").teacher(x), small_cnn(0)(x), atol=1e-6)
+    assert loaded.networks["right"].teacher_asset is None
+    np.testing.assert_allclose(back.spec("right").teacher(x), back.run("right", x), atol=1e-5)
 
 
 def test_existing_pool_is_refused(zipped_pool):

@@ -104,6 +104,6 @@ def test_reference_mnist_parity_on_real_digits(shared_dir):
     from models import training
     model = models.load_reference_weights(models.build("nwv_mnist"),
                                           f"{shared_dir}/reference/nwv/mnist.npz")
-    result = training.evaluate(model, "mnist", "test", f"{shared_dir}/datasets")
+    result = training.evaluate(model, "mnist", "test", data_dir=f"{shared_dir}/datasets")
     assert result["examples"] == 5999
     assert 0.975 <= result["accuracy"] <= 0.99

@@ -17,9 +17,10 @@ def randomise_bn(bn, rng, channels):
 
 
 def fold_layer(bn, kernel, bias):
-    return fold_batch_norm(kernel, bias, bn.gamma.numpy() if bn.scale else None,
-                           bn.beta.numpy() if bn.center else None, bn.moving_mean.numpy(),
-                           bn.moving_variance.numpy(), bn.epsilon)
+    return fold_batch_norm(kernel, bias, gamma=bn.gamma.numpy() if bn.scale else None,
+                           beta=bn.beta.numpy() if bn.center else None,
+                           moving_mean=bn.moving_mean.numpy(),
+                           moving_variance=bn.moving_variance.numpy(), epsilon=bn.epsilon)
 
 
 @pytest.mark.parametrize("use_bias, center, scale", [(True, True, True), (False, True, True),
@@ -59,20 +60,26 @@ def test_formula_and_errors():
     kernel = np.arange(6.0).reshape(2, 3)
     gamma, beta = np.array([1.0, 2.0, 3.0]), np.array([0.5, 0.0, -1.0])
     mean, var = np.array([1.0, -1.0, 0.0]), np.array([3.0, 0.0, 8.0])
-    k, b = fold_batch_norm(kernel, np.ones(3), gamma, beta, mean, var, epsilon=1.0)
+    k, b = fold_batch_norm(kernel, np.ones(3), gamma=gamma, beta=beta, moving_mean=mean,
+                           moving_variance=var, epsilon=1.0)
     sigma = np.array([2.0, 1.0, 3.0])
     np.testing.assert_allclose(k, kernel * gamma / sigma)
     np.testing.assert_allclose(b, gamma * (1.0 - mean) / sigma + beta)
-    scale, shift = batch_norm_affine(None, None, mean, var, 1.0)
+    scale, shift = batch_norm_affine(None, None, mean, var, epsilon=1.0)
     np.testing.assert_allclose(scale, 1 / sigma)
     np.testing.assert_allclose(shift, -mean / sigma)
     with pytest.raises(ValueError, match=r"expected gamma of shape \[3\]"):
-        fold_batch_norm(kernel, None, np.ones(2), None, mean, var)
+        fold_batch_norm(kernel, None, gamma=np.ones(2), beta=None, moving_mean=mean,
+                        moving_variance=var)
     with pytest.raises(ValueError, match=r"expected moving_mean of shape \[3\]"):
-        fold_batch_norm(kernel, None, None, None, np.zeros(4), np.ones(4))
+        fold_batch_norm(kernel, None, gamma=None, beta=None, moving_mean=np.zeros(4),
+                        moving_variance=np.ones(4))
     with pytest.raises(ValueError, match="variance \\+ epsilon > 0"):
-        fold_batch_norm(kernel, None, None, None, mean, -np.ones(3), epsilon=0.0)
+        fold_batch_norm(kernel, None, gamma=None, beta=None, moving_mean=mean,
+                        moving_variance=-np.ones(3), epsilon=0.0)
     with pytest.raises(ValueError, match="expected finite"):
-        fold_batch_norm(kernel, None, None, None, mean * np.nan, var)
+        fold_batch_norm(kernel, None, gamma=None, beta=None, moving_mean=mean * np.nan,
+                        moving_variance=var)
     with pytest.raises(ValueError, match="expected a kernel"):
-        fold_batch_norm(np.ones(3), None, None, None, mean, var)
+        fold_batch_norm(np.ones(3), None, gamma=None, beta=None, moving_mean=mean,
+                        moving_variance=var)

@@ -79,7 +79,7 @@ def test_conv_patches_match_tensorflow(shape, kernel_size, strides, padding, dil
     rng = np.random.default_rng(1)
     x = rng.standard_normal(shape).astype(np.float32)
     kernel = rng.standard_normal((*kernel_size, shape[3], 4)).astype(np.float32)
-    patches = hessian.conv_patches(x, kernel_size, strides, padding, dilation)
+    patches = hessian.conv_patches(x, kernel_size, strides, padding, dilation=dilation)
     conv = tf.nn.conv2d(x, kernel, strides=strides, padding=padding.upper(),
                         dilations=dilation).numpy()
     assert patches.shape == (conv.shape[0] * conv.shape[1] * conv.shape[2],

@@ -43,11 +43,11 @@ def test_pair_costs_match_brute_force(d, m_a, m_b, alpha):
     rng = np.random.default_rng(d + m_a)
     h_a, h_b = spd(rng, d), spd(rng, d)
     w_a, w_b = rng.standard_normal((d, m_a)), rng.standard_normal((d, m_b))
-    costs = pairing.pair_costs(w_a, w_b, h_a, h_b, alpha)
+    costs = pairing.pair_costs(w_a, w_b, h_a, h_b, alpha=alpha)
     assert costs.shape == (m_a, m_b) and costs.dtype == np.float64
     np.testing.assert_allclose(costs, brute_costs(w_a, w_b, h_a, h_b, alpha), rtol=1e-9)
     p = np.linalg.inv(np.linalg.inv(2 * alpha * h_a) + np.linalg.inv(2 * (1 - alpha) * h_b))
-    np.testing.assert_allclose(pairing.pair_metric(h_a, h_b, alpha), p, rtol=1e-9)
+    np.testing.assert_allclose(pairing.pair_metric(h_a, h_b, alpha=alpha), p, rtol=1e-9)
 
 
 def test_identical_columns_cost_zero_and_singular_hessians():
@@ -84,7 +84,7 @@ def test_merged_weights_are_the_constrained_minimum(alpha):
     d, k = 5, 3
     h_a, h_b = spd(rng, d), spd(rng, d)
     w_a, w_b = rng.standard_normal((d, k)), rng.standard_normal((d, k))
-    merged, cost = pairing.merged_weights(w_a, w_b, h_a, h_b, alpha, return_costs=True)
+    merged, cost = pairing.merged_weights(w_a, w_b, h_a, h_b, alpha=alpha, return_costs=True)
     for c in range(k):
         def objective(w):
             da, db = w - w_a[:, c], w - w_b[:, c]
@@ -97,9 +97,9 @@ def test_merged_weights_are_the_constrained_minimum(alpha):
                              alpha * h_a @ w_a + (1 - alpha) * h_b @ w_b)
     np.testing.assert_allclose(merged, normal, rtol=1e-9, atol=1e-12)
     # The merged vector achieves exactly the pair cost.
-    np.testing.assert_allclose(cost, np.diag(pairing.pair_costs(w_a, w_b, h_a, h_b, alpha)),
+    np.testing.assert_allclose(cost, np.diag(pairing.pair_costs(w_a, w_b, h_a, h_b, alpha=alpha)),
                                rtol=1e-9)
-    np.testing.assert_allclose(pairing.merge_cost(merged, w_a, w_b, h_a, h_b, alpha), cost,
+    np.testing.assert_allclose(pairing.merge_cost(merged, w_a, w_b, h_a=h_a, h_b=h_b, alpha=alpha), cost,
                                rtol=1e-12)
 
 
@@ -158,11 +158,13 @@ def test_greedy_matches_reference_and_optimal_is_cheaper():
             assert len(set(idx[0].tolist())) == len(idx[0]) == len(set(idx[1].tolist()))
 
 
-def test_optimal_k_is_the_best_k_matching():
+def test_optimal_is_the_best_k_matching():
     rng = np.random.default_rng(7)
     costs = rng.random((4, 5))
     for count in range(5):
-        idx = pairing.select_pairs(costs, count=count, method="optimal_k")
+        idx = pairing.select_pairs(costs, count=count, method="optimal")
+        alias = pairing.select_pairs(costs, count=count, method="optimal_k")
+        assert [a.tolist() for a in alias] == [i.tolist() for i in idx]
         best = min(sum(costs[r, c] for r, c in zip(rows, cols))
                    for rows in itertools.combinations(range(4), count)
                    for cols in itertools.permutations(range(5), count))
@@ -170,6 +172,28 @@ def test_optimal_k_is_the_best_k_matching():
         np.testing.assert_allclose(costs[idx].sum(), best, atol=1e-12)
         greedy = pairing.select_pairs(costs, count=count)
         assert costs[idx].sum() <= costs[greedy].sum() + 1e-12
+
+
+def test_optimal_never_costs_more_than_greedy():
+    """For every count, not only the full matching (200 random problems)."""
+    rng = np.random.default_rng(17)
+    for _ in range(200):
+        m_a, m_b = rng.integers(2, 12, 2)
+        costs = rng.random((m_a, m_b)) ** 3
+        count = int(rng.integers(1, min(m_a, m_b) + 1))
+        optimal = pairing.select_pairs(costs, count=count, method="optimal")
+        greedy = pairing.select_pairs(costs, count=count, method="greedy")
+        assert len(optimal[0]) == len(greedy[0]) == count
+        assert costs[optimal].sum() <= costs[greedy].sum() + 1e-12
+
+
+def test_optimal_under_a_threshold_takes_the_most_pairs_then_the_cheapest():
+    costs = np.array([[0.1, 0.2], [0.15, 0.9]])
+    # Greedy takes (0,0) first and is then blocked; optimal finds two cheap pairs.
+    assert len(pairing.select_pairs(costs, threshold=0.3)[0]) == 1
+    idx_a, idx_b = pairing.select_pairs(costs, threshold=0.3, method="optimal")
+    assert sorted(zip(idx_a.tolist(), idx_b.tolist())) == [(0, 1), (1, 0)]
+    assert pairing.select_pairs(costs, threshold=0.01, method="optimal")[0].size == 0
 
 
 def test_threshold_fraction_and_errors():
@@ -194,11 +218,12 @@ def test_threshold_fraction_and_errors():
         pairing.select_pairs(costs)
     with pytest.raises(ValueError, match="pairing method"):
         pairing.select_pairs(costs, count=2, method="hungarian")
-    with pytest.raises(ValueError, match="optimal_k"):
-        pairing.select_pairs(costs, threshold=0.1, method="optimal_k")
+    with pytest.raises(ValueError, match="'random', received a threshold"):
+        pairing.select_pairs(costs, threshold=0.1, method="random")
     with pytest.raises(ValueError, match="expected finite costs"):
         pairing.select_pairs(np.array([[np.nan]]), count=1)
-    assert pairing.PairingMethod("Greedy") is pairing.PairingMethod.GREEDY
+    assert pairing.PairingMethod.parse("Greedy") is pairing.PairingMethod.GREEDY
+    assert pairing.PairingMethod.parse("optimal_k") is pairing.PairingMethod.OPTIMAL
 
 
 def test_shape_and_value_errors():

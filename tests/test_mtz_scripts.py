@@ -30,7 +30,8 @@ def test_zip_script_and_member_evaluation(tiny_data, tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert abs(result["accuracy"] - report["after_retrain"]["mnist_1"]["test"]) < 1e-6
     pool = str(tmp_path / "pool")
-    proc = run_script("add_zipped.py", f"--zipped={zipped}", f"--pool={pool}")
+    proc = run_script("add_zipped.py", f"--zipped={zipped}", f"--pool={pool}",
+                      f"--data_dir={tiny_data}", "--fisher_samples=16")
     added = json.loads(proc.stdout.strip().splitlines()[-1])
     assert added["networks"] == ["mnist_0", "mnist_1", "zipped_all"]
     assert added["pool_weights"] < added["networks_weights"]

@@ -69,8 +69,9 @@ def test_dataset_input_num_samples_and_expected_dominates_predicted():
     from_array = fisher.diagonal_fisher(model, x[:6], num_samples=100)   # runs out at 6
     for a, b in zip(from_ds, from_array):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9)
-    predicted = fisher.diagonal_fisher(model, x, 10, FisherDefinition.PREDICTED)
-    expected = fisher.diagonal_fisher(model, x, 10, "expected")
+    predicted = fisher.diagonal_fisher(model, x, num_samples=10,
+                                       definition=FisherDefinition.PREDICTED)
+    expected = fisher.diagonal_fisher(model, x, num_samples=10, definition="expected")
     # the predicted-class term is one of the non-negative terms of the expectation
     assert all(np.all(e >= p - 1e-6) for e, p in zip(expected, predicted))
 
@@ -79,11 +80,11 @@ def test_errors_are_clear():
     model = _tiny_model()
     x = np.zeros((2, 5), np.float32)
     with pytest.raises(ValueError, match="expected a Fisher definition"):
-        fisher.diagonal_fisher(model, x, 2, "empirical")
+        fisher.diagonal_fisher(model, x, num_samples=2, definition="empirical")
     with pytest.raises(ValueError, match="num_samples >= 1"):
-        fisher.diagonal_fisher(model, x, 0)
+        fisher.diagonal_fisher(model, x, num_samples=0)
     with pytest.raises(ValueError, match="at least one input example"):
-        fisher.diagonal_fisher(model, x[:0], 2)
+        fisher.diagonal_fisher(model, x[:0], num_samples=2)
 
 
 def _mnist_sample(shared_dir, every=250):

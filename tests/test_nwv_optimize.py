@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import models
-from models import artifacts
+from models import artifacts, training
 from nwv import api, optimize, state
 from nwv.optimize import NonFiniteError, OptimizationMode, OptimizeConfig
-from nwv.runtime import VirtualizedNetworks
+from nwv.runtime import NetworkSpec, VirtualizedNetworks
 
 NETS = {"digits": ("mnist", "nwv_mnist"), "objects": ("cifar10", "nwv_cifar10")}
 
@@ -23,8 +23,9 @@ def pool_dir(tiny_data, tmp_path_factory):
     for i, (name, (task, model_name)) in enumerate(NETS.items()):
         artifacts.save_model(models.build(model_name), str(root / f"{name}.keras"))
         weights = str(root / f"{name}.keras")
-        api.add_network(str(root / "pool"), name, task, model_name, weights, tiny_data,
-                        page_size=100, fisher_samples=16, seed=i)
+        api.add_network(str(root / "pool"), weights, name=name, task=task,
+                        model_name=model_name, data_dir=tiny_data, page_size=100,
+                        fisher_samples=16, seed=i)
     return str(root / "pool")
 
 
@@ -50,9 +51,15 @@ def test_joint_lowers_the_summed_loss(pool_dir, tiny_data, tmp_path):
     folder = _copy(pool_dir, tmp_path, "joint")
     config = OptimizeConfig(mode="joint", rounds=1, steps=12, batch_size=16,
                             learning_rate=3e-3, limit=48, seed=0)
-    result = optimize.optimize_pool(folder, tiny_data, config, log=None)
+    def train_loss():
+        rt = VirtualizedNetworks.load(folder)
+        return sum(training.evaluate(lambda x, n=n: rt.run(n, x), NETS[n][0], "train",
+                                     data_dir=tiny_data, limit=48)["loss"] for n in NETS)
+
+    start = train_loss()
+    result = optimize.optimize_pool(folder, config, data_dir=tiny_data, log=None)
     before, after = result["history"]
-    assert sum(after["train_loss"].values()) < sum(before["val_loss"].values())
+    assert train_loss() < start
     assert sum(after["val_loss"].values()) < sum(before["val_loss"].values())
     history = json.load(open(os.path.join(folder, optimize.HISTORY)))
     assert [h["round"] for h in history["history"]] == [0, 1]
@@ -68,12 +75,12 @@ def test_resume_continues_identically(pool_dir, tiny_data, tmp_path):
     config = OptimizeConfig(mode="round_robin", rounds=2, steps=3, batch_size=16,
                             limit=32, seed=5, lambda_=10.0)
     straight = _copy(pool_dir, tmp_path, "straight")
-    optimize.optimize_pool(straight, tiny_data, config, log=None)
+    optimize.optimize_pool(straight, config, data_dir=tiny_data, log=None)
     resumed = _copy(pool_dir, tmp_path, "resumed")
     first = OptimizeConfig.from_config({**config.get_config(), "rounds": 1})
-    optimize.optimize_pool(resumed, tiny_data, first, log=None)
+    optimize.optimize_pool(resumed, first, data_dir=tiny_data, log=None)
     lines = []
-    optimize.optimize_pool(resumed, tiny_data, config, resume=True, log=lines.append)
+    optimize.optimize_pool(resumed, config, data_dir=tiny_data, resume=True, log=lines.append)
     assert lines[0].startswith("resuming after round 1")
     a = np.load(os.path.join(straight, optimize.CHECKPOINT))
     b = np.load(os.path.join(resumed, optimize.CHECKPOINT))
@@ -87,24 +94,24 @@ def test_resume_continues_identically(pool_dir, tiny_data, tmp_path):
     assert ha[1]["penalty"]["objects"] > 0 or ha[1]["penalty"]["digits"] > 0
     other = OptimizeConfig.from_config({**config.get_config(), "learning_rate": 0.1})
     with pytest.raises(ValueError, match="differs in \\['learning_rate'\\]"):
-        optimize.optimize_pool(resumed, tiny_data, other, resume=True, log=None)
+        optimize.optimize_pool(resumed, other, data_dir=tiny_data, resume=True, log=None)
 
 
 def test_non_finite_weights_stop_naming_the_network(pool_dir, tiny_data):
-    loaded = state.load_state(pool_dir)
-    nets = {n: (None, r.page_table, r.task) for n, r in loaded.networks.items()}
+    loaded = state.load_state(pool_dir, with_fisher=False)
+    tables = {n: r.page_table for n, r in loaded.networks.items()}
     pool = loaded.pool.copy()
-    objects = set(nets["objects"][1].tolist())
-    only_digits = [p for p in nets["digits"][1] if p not in objects]
+    objects = set(tables["objects"].tolist())
+    only_digits = [p for p in tables["digits"] if p not in objects]
     pool[only_digits[0], 0] = np.nan                      # poison a page only digits uses
     order = ["objects", "digits"]                         # digits trains second
     rt = VirtualizedNetworks(np.nan_to_num(pool), {
-        n: (models.build(NETS[n][1]),) + nets[n][1:] for n in order})
+        n: NetworkSpec(models.build(NETS[n][1]), tables[n], task=NETS[n][0]) for n in order})
     rt.page_pool.assign(pool)
     for mode in ("sequential", "joint"):
         config = OptimizeConfig(mode=mode, rounds=1, steps=2, batch_size=8, limit=16)
         with pytest.raises(NonFiniteError, match="network 'digits' at round 1 step 1"):
-            optimize.optimize(rt, tiny_data, config, log=None)
+            optimize.optimize_runtime(rt, config, data_dir=tiny_data, log=None)
         assert np.isnan(rt.pool_array()[only_digits[0], 0])   # restored, not trained on
     with pytest.raises(ValueError, match="round_robin needs every network's Fisher"):
-        optimize.optimize(rt, tiny_data, OptimizeConfig(mode="round_robin"), log=None)
+        optimize.optimize_runtime(rt, OptimizeConfig(mode="round_robin"), data_dir=tiny_data, log=None)

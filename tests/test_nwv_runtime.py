@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from nwv import api, pages, state
-from nwv.runtime import VirtualizedNetworks, check_supported
+from nwv.runtime import NetworkSpec, VirtualizedNetworks, check_supported
 
 
 def _dense(seed, widths, inputs=5, name="tiny"):
@@ -26,7 +26,8 @@ def pair():
     big, small = _dense(0, [16, 8, 3], name="big"), _dense(1, [6, 4], name="small")
     originals = {m.name: [v.numpy().copy() for v in m.trainable_variables]
                  for m in (big, small)}
-    rt = api.virtualize({"small": (small, _fisher(small, 1)), "big": (big, _fisher(big, 0))},
+    rt = api.virtualize({"small": small, "big": big},
+                        fisher={"small": _fisher(small, 1), "big": _fisher(big, 0)},
                         page_size=10, matching="optimal")
     return rt, big, small, originals
 
@@ -91,25 +92,16 @@ def test_reference_mnist_from_pool_and_from_disk(shared_dir, tmp_path):
     path = f"{shared_dir}/reference/nwv/mnist.npz"
     net = artifacts.load_model(path, "nwv_mnist")
     fisher = models.load_reference_fisher(path)
-    rt = api.virtualize({"mnist": (net, fisher)}, page_size=100)
+    rt = api.virtualize({"mnist": net}, fisher={"mnist": fisher}, page_size=100)
     x = np.random.default_rng(4).uniform(size=(16, 28, 28, 1)).astype(np.float32)
     expected = net(x).numpy()
     np.testing.assert_allclose(rt.run("mnist", x).numpy(), expected, atol=1e-6)
     for got, want in zip(rt.weights("mnist"), net.get_weights()):
         assert got.tobytes() == want.tobytes()                 # bit for bit, not shared
 
-    w_pages, layout = pages.paginate(rt.weights("mnist"), 100)
-    f_pages, _ = pages.paginate(fisher, 100)
-    record = state.NetworkRecord("mnist", "mnist", "nwv_mnist", {},
-                                 tuple(v.path for v in net.trainable_variables),
-                                 layout.shapes, rt.page_table("mnist"), f_pages, "reference")
-    state.save_state(tmp_path, state.PoolDirState(100, rt.pool_array(), {"mnist": record}))
+    rt.save(str(tmp_path))
     from_disk = VirtualizedNetworks.load(str(tmp_path))
     np.testing.assert_allclose(from_disk.run("mnist", x).numpy(), expected, atol=1e-6)
-    np.testing.assert_allclose(from_disk.load_from_disk("mnist")(x).numpy(), expected,
-                               atol=1e-6)
-    with pytest.raises(ValueError, match="needs a pool directory"):
-        rt.load_from_disk("mnist")
 
 
 def test_unsupported_layers_fail_early_naming_the_layer():
@@ -119,8 +111,55 @@ def test_unsupported_layers_fail_early_naming_the_layer():
         check_supported(keras.Model(inp, x))
     model = _dense(5, [3])
     with pytest.raises(ValueError, match="expected a page table of 2 entries"):
-        VirtualizedNetworks(np.zeros((2, 10), np.float32), {"m": (model, [0])})
+        VirtualizedNetworks(np.zeros((2, 10), np.float32), {"m": NetworkSpec(model, [0])})
     with pytest.raises(ValueError, match="page index outside the pool"):
-        VirtualizedNetworks(np.zeros((2, 10), np.float32), {"m": (model, [0, 2])})
-    assert isinstance(VirtualizedNetworks(np.zeros((2, 10), np.float32),
-                                          {"m": (model, [1, 0])}).page_pool, tf.Variable)
+        VirtualizedNetworks(np.zeros((2, 10), np.float32),
+                            {"m": NetworkSpec(model, [0, 2])})
+    with pytest.raises(ValueError, match="expected a NetworkSpec"):
+        VirtualizedNetworks(np.zeros((2, 10), np.float32), {"m": (model, [1, 0])})
+    # A valid table that reads the pool's pages in reverse order runs the weights there.
+    flat, _ = pages.paginate([v.numpy() for v in model.trainable_variables], 10)
+    rt = VirtualizedNetworks(flat[::-1], {"m": NetworkSpec(model, [1, 0])})
+    x = np.ones((3, 5), np.float32)
+    np.testing.assert_allclose(rt.run("m", x).numpy(), model(x).numpy(), atol=1e-6)
+
+
+def test_in_memory_runtime_saves_and_loads_identically(pair, tmp_path):
+    """In memory and on disk are one thing: save, load, same logits, Fisher and teachers."""
+    rt, big, small, originals = pair
+    rt.save(str(tmp_path / "pool"))
+    assert rt.pool_dir == str(tmp_path / "pool")
+    back = VirtualizedNetworks.load(str(tmp_path / "pool"), for_training=True)
+    x = np.random.default_rng(5).normal(size=(3, 5)).astype(np.float32)
+    assert back.names == rt.names
+    assert back.pool_array().tobytes() == rt.pool_array().tobytes()
+    for name, model in (("big", big), ("small", small)):
+        np.testing.assert_array_equal(back.run(name, x).numpy(), rt.run(name, x).numpy())
+        assert back.spec(name).fisher.tobytes() == rt.spec(name).fisher.tobytes()
+        teacher = back.spec(name).teacher            # the original weights, bit for bit
+        assert [v.numpy().tobytes() for v in teacher.trainable_variables] == \
+            [o.tobytes() for o in originals[name]]
+    loaded = state.load_state(str(tmp_path / "pool"))
+    assert loaded.networks["big"].asset == "big.json"        # a plain Keras model: JSON
+
+
+def test_virtualize_computes_a_missing_fisher(tiny_data):
+    import models
+    a, b = models.build("nwv_mnist"), models.build("nwv_mnist", num_classes=2)
+    rt = api.virtualize({"digits": a, "parity": b},
+                        tasks={"digits": "mnist", "parity": "mnist_parity"},
+                        data_dir=tiny_data, fisher_samples=8)
+    assert rt.spec("digits").fisher_source == "computed:expected:8"
+    assert rt.spec("digits").fisher.shape == (rt.layout("digits").n_pages, 100)
+    assert float(rt.spec("parity").fisher.sum()) > 0
+    with pytest.raises(ValueError, match="a computed Fisher needs the network's task"):
+        api.virtualize({"digits": a})
+
+
+def test_wrong_input_shape_names_the_network(pair):
+    rt, *_ = pair
+    with pytest.raises(ValueError, match=r"network 'big' expects inputs of shape \[batch, 5\], "
+                                         r"received \[2, 4\]"):
+        rt.run("big", np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match="network 'small' expects inputs"):
+        rt.run_all({"small": np.zeros((2, 5, 1), np.float32)})

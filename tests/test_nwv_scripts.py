@@ -70,20 +70,24 @@ def test_scripts_end_to_end(weights, tiny_data, tmp_path):
 def test_api_errors_are_clear(weights, tiny_data, tmp_path, shared_dir):
     pool = str(tmp_path / "pool")
     ref = f"{shared_dir}/reference/nwv/mnist.npz"
-    summary = api.add_network(pool, "ref", "mnist", "nwv_mnist", ref, tiny_data)
+    summary = api.add_network(pool, ref, name="ref", task="mnist", model_name="nwv_mnist",
+                              data_dir=tiny_data)
     assert summary["fisher_source"] == "reference"              # auto: the npz Fisher
     stored = models.load_reference_fisher(ref)
     record = state.load_state(pool).networks["ref"]
     assert record.fisher.ravel()[:stored[0].size].tobytes() == stored[0].ravel().tobytes()
     with pytest.raises(ValueError, match="already holds a network named 'ref'"):
-        api.add_network(pool, "ref", "mnist", "nwv_mnist", ref, tiny_data)
+        api.add_network(pool, ref, name="ref", task="mnist", model_name="nwv_mnist",
+                        data_dir=tiny_data)
     with pytest.raises(ValueError, match="uses page_size 100, received page_size 50"):
-        api.add_network(pool, "other", "mnist", "nwv_mnist", ref, tiny_data, page_size=50)
+        api.add_network(pool, ref, name="other", task="mnist", model_name="nwv_mnist",
+                        data_dir=tiny_data, page_size=50)
     with pytest.raises(ValueError, match="takes inputs"):
-        api.add_network(pool, "other", "cifar10", "nwv_mnist", ref, tiny_data)
+        api.add_network(pool, ref, name="other", task="cifar10", model_name="nwv_mnist",
+                        data_dir=tiny_data)
     with pytest.raises(ValueError, match="expected fisher_weight_i"):
-        api.add_network(pool, "other", "mnist", "nwv_mnist", weights["digits"], tiny_data,
-                        fisher_source="reference")
+        api.add_network(pool, weights["digits"], name="other", task="mnist",
+                        model_name="nwv_mnist", data_dir=tiny_data, fisher_source="reference")
     with pytest.raises(KeyError, match="no network 'nope'"):
         api.remove_network(pool, "nope")
     with pytest.raises(FileNotFoundError, match="no NWV pool"):

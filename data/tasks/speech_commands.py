@@ -4,7 +4,7 @@ TFDS's `speech_commands` builder holds the 12-label v0.02 variant, not these 35
 keywords: use a local folder `speech_commands/<split>/<keyword>/<clip>.wav`.
 """
 from data.spec import AUDIO, TaskSpec, register_task
-from data.tasks import _keywords
+from data import keywords
 
 CLASS_NAMES = ("backward", "bed", "bird", "cat", "dog", "down", "eight", "five", "follow",
                "forward", "four", "go", "happy", "house", "learn", "left", "marvin", "nine",
@@ -12,7 +12,7 @@ CLASS_NAMES = ("backward", "bed", "bird", "cat", "dog", "down", "eight", "five",
                "tree", "two", "up", "visual", "wow", "yes", "zero")
 
 SPEC = register_task(TaskSpec(
-    name="speech_commands", kind=AUDIO, input_shape=_keywords.INPUT_SHAPE,
-    class_names=CLASS_NAMES, preprocess=_keywords.preprocess, augment=_keywords.augment,
-    tfds_name=None, default_model="nwv_gsc", sample_rate=_keywords.SAMPLE_RATE,
+    name="speech_commands", kind=AUDIO, input_shape=keywords.INPUT_SHAPE,
+    class_names=CLASS_NAMES, preprocess=keywords.preprocess, augment=keywords.augment,
+    tfds_name=None, default_model="nwv_gsc", sample_rate=keywords.SAMPLE_RATE,
 ))

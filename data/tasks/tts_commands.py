@@ -4,12 +4,12 @@ Clips are trimmed utterances without noise; padding to 1 s, random shift and
 background noise happen at load time (`augment=True`).
 """
 from data.spec import AUDIO, TaskSpec, register_task
-from data.tasks import _keywords
+from data import keywords
 
 CLASS_NAMES = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 
 SPEC = register_task(TaskSpec(
-    name="tts_commands", kind=AUDIO, input_shape=_keywords.INPUT_SHAPE,
-    class_names=CLASS_NAMES, preprocess=_keywords.preprocess, augment=_keywords.augment,
-    tfds_name=None, default_model="nwv_tts", sample_rate=_keywords.SAMPLE_RATE,
+    name="tts_commands", kind=AUDIO, input_shape=keywords.INPUT_SHAPE,
+    class_names=CLASS_NAMES, preprocess=keywords.preprocess, augment=keywords.augment,
+    tfds_name=None, default_model="nwv_tts", sample_rate=keywords.SAMPLE_RATE,
 ))

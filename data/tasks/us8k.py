@@ -19,7 +19,8 @@ _SAMPLES = 1024 + 40 * 512
 def preprocess(audio):
     """float32 [samples] -> [60 mel bands, 41 frames, (log-mel, delta)]."""
     audio = features.fix_length(audio, _SAMPLES)
-    mel = features.log_mel(audio, SAMPLE_RATE, 1024, 512, 1024, 60)  # [41, 60]
+    mel = features.log_mel(audio, SAMPLE_RATE, frame_length=1024, frame_step=512,
+                           fft_length=1024, num_mel_bins=60)  # [41, 60]
     mel = tf.transpose(mel)
     return tf.stack([mel, features.delta(mel, axis=1)], axis=-1)
 

@@ -1,4 +1,7 @@
-"""The combined workflow behind `scripts/demo.py`: train, zip, virtualize, switch, export.
+"""The main job's application code (`scripts/demo.py`): train, zip, virtualize, switch, export.
+
+Application code, not library: it strings the library's verbs together, times
+them and draws figures.
 
 1. Train (or reuse) one network per task with validation-based selection.
 2. Zip the networks of one architecture with MTZ (with joint retraining).
@@ -13,19 +16,19 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import time
 
 import numpy as np
 from tqdm import tqdm
 
+import _bench
 import data
+import mtz
+import nwv
 from models import artifacts, training
-from mtz.pipeline import hessian_inputs, zip_trained
-from nwv import api, combined, export, optimize, state
-from nwv.runtime import VirtualizedNetworks
+from nwv import export, state
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DemoConfig:
     """Settings of `run_demo`; `quick()` gives the one-minute variant used by tests."""
 
@@ -53,61 +56,46 @@ def _train(task, folder, data_dir, config):
         training.set_seed(config.seed)
         small = data_dir is not None and data.num_examples(task, "train", data_dir) < 10_000
         epochs = config.small_task_epochs if small else config.epochs
-        training.train(training.build_for_task(None, task), task, folder, data_dir,
-                       epochs, 128, 1e-3, config.seed, config.limit, verbose=0)
+        training.train(training.build_for_task(None, task), task, folder, data_dir=data_dir,
+                       epochs=epochs, seed=config.seed, limit=config.limit, verbose=0)
     return artifacts.load_model(folder)
 
 
-def _switch_latency(runtime, names, x_by_name, config):
-    rng = np.random.default_rng(config.seed)
-    order = [names[i] for i in rng.integers(0, len(names), config.switches)]
-    for name in names:  # compile every path once
-        runtime.run(name, x_by_name[name])
-    in_memory, reload = [], []
-    for name in order:
-        start = time.perf_counter()
-        runtime.switch(name)
-        runtime(x_by_name[name]).numpy()
-        in_memory.append(time.perf_counter() - start)
-        artifacts.evict_from_page_cache(runtime.pool_dir)
-        start = time.perf_counter()
-        runtime.load_from_disk(name)(x_by_name[name], training=False).numpy()
-        reload.append(time.perf_counter() - start)
-    return {"in_memory_ms": 1e3 * float(np.median(in_memory)),
-            "reload_ms": 1e3 * float(np.median(reload)),
-            "ratio": float(np.median(reload) / np.median(in_memory)),
-            "switches": config.switches, "page_cache": "evicted before each reload"}
-
-
-def run_demo(out_dir: str, data_dir: str | None, config: DemoConfig, log=print) -> dict:
+def run_demo(out_dir: str, data_dir: str | None, config: DemoConfig) -> dict:
     """Runs the whole workflow into `out_dir`; returns (and writes) `summary.json`."""
     tasks = list(config.zip_tasks) + list(config.other_tasks)
     stages = tqdm(total=6, desc="demo", unit="stage")
     nets = {t: _train(t, os.path.join(out_dir, "nets", t), data_dir, config) for t in tasks}
     stages.update()
-    before = {t: training.evaluate(nets[t], t, "test", data_dir, limit=config.limit)["accuracy"]
-              for t in tasks}
-    zipped, zip_report = zip_trained([nets[t] for t in config.zip_tasks], list(config.zip_tasks),
-                                     data_dir, config.share, "greedy", config.retrain_steps,
-                                     64, 3e-4, 500, config.seed, config.limit,
-                                     no_retrain_baseline=False, progress=None)
+    before = {t: training.evaluate(nets[t], t, "test", data_dir=data_dir,
+                                   limit=config.limit)["accuracy"] for t in tasks}
+    zip_config = mtz.ZipConfig(share=config.share, hessian_samples=500, seed=config.seed)
+    zipped, zip_report = mtz.zip_trained(
+        [nets[t] for t in config.zip_tasks], list(config.zip_tasks), data_dir=data_dir,
+        config=zip_config, retrain_steps=config.retrain_steps, eval_limit=config.limit,
+        no_retrain_baseline=False, progress=None)
     stages.update()
     pool_dir = os.path.join(out_dir, "pool")
     shutil.rmtree(pool_dir, ignore_errors=True)
-    combined.save_zipped(pool_dir, zipped, config.page_size)
+    nwv.save_zipped(pool_dir, zipped, page_size=config.page_size, data_dir=data_dir,
+                    fisher_samples=128, seed=config.seed,
+                    teachers={t: nets[t] for t in config.zip_tasks})
     for t in config.other_tasks:
-        api.add_network(pool_dir, t, t, data.get(t).default_model, os.path.join(out_dir, "nets", t),
-                        data_dir, config.page_size, "optimal", 128, config.seed)
+        nwv.add_network(pool_dir, os.path.join(out_dir, "nets", t), name=t, task=t,
+                        model_name=data.get(t).default_model, data_dir=data_dir,
+                        page_size=config.page_size, fisher_samples=128, seed=config.seed)
     stages.update()
-    opt = optimize.optimize_pool(pool_dir, data_dir, optimize.OptimizeConfig(
+    opt = nwv.optimize_pool(pool_dir, nwv.OptimizeConfig(
         mode="joint", rounds=config.rounds, steps=config.steps, seed=config.seed,
-        limit=config.limit), log=None)
+        limit=config.limit), data_dir=data_dir, log=None)
     stages.update()
-    runtime = VirtualizedNetworks.load(pool_dir)
-    after = {t: training.evaluate(lambda x, t=t: runtime.run(t, x), t, "test", data_dir,
-                                  limit=config.limit)["accuracy"] for t in tasks}
+    runtime = nwv.VirtualizedNetworks.load(pool_dir)
+    after = {t: training.evaluate(lambda x, t=t: runtime.run(t, x), t, "test",
+                                  data_dir=data_dir, limit=config.limit)["accuracy"]
+             for t in tasks}
     x_by_name = {t: next(iter(data.load(t, "test", data_dir, 1)))[0] for t in tasks}
-    latency = _switch_latency(runtime, tasks, x_by_name, config)
+    latency = _bench.switch_latency(runtime, tasks, x_by_name, switches=config.switches,
+                                    seed=config.seed)
     stages.update()
     info = export.export_savedmodel(runtime, os.path.join(out_dir, "savedmodel"))
     stages.update()

@@ -1,13 +1,13 @@
-"""Shared plumbing of the `bench_nwv_*.py` benchmarks (importable as `_nwv_bench`).
+"""The ONE helper module of the benchmarks (`scripts/bench_*.py`, importable as `_bench`).
 
-Networks are described by `NetSpec`: a reference network of the original NWV code
-(`../shared/reference/nwv/<net>.npz`, weights and Fisher) or a registered model
-trained on a task with `models.training.train` (validation-selected epoch) and cached
-under `runs/nwv_nets/<task>-<model>-e<epochs>-s<seed>/`, so that reruns skip training.
-
-Everything here is plumbing: finding or training weights, building a pool directory
-largest network first (`nwv.api.add_network`), accuracies on a split, peak RSS, JSON
+Everything here is plumbing that benchmarks share and the library does not need:
+training a network once and caching it (`trained`), the NWV benchmarks' network
+set (`NetSpec`, `NETWORKS`), building a pool directory largest network first,
+the reload-from-storage baseline of switching benchmarks (`load_from_disk`,
+`evict_from_page_cache`, `switch_latency`), peak RSS, the machine's load, JSON
 and matplotlib (Agg) output. Relative paths resolve against the repository root.
+Accuracies come from `models.training.evaluate`, pool orders from
+`nwv.matching.order_for_pooling`, reference files from `models.read_npz`.
 """
 from __future__ import annotations
 
@@ -18,14 +18,12 @@ import shutil
 import sys
 import time
 
-import keras
 import numpy as np
 
 import data
 import models
 from models import artifacts, training
-from nwv import api, pages
-from nwv.api import add_network
+from nwv import api, pages, skeletons, state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,28 +89,46 @@ NETWORKS = {
 }
 
 
+def trained(task: str, model: str, *, data_dir: str, cache_dir: str, epochs: int,
+            seed: int = 0, overrides: dict | None = None, learning_rate: float = 1e-3,
+            batch_size: int = 128, tag: str = "", log=print) -> str:
+    """Trains a registered model on a task ONCE and caches it; returns its folder.
+
+    The folder `<cache_dir>/<task>-<model>[-<tag>]-e<epochs>-s<seed>` holds the
+    `models.training.train` artifact (validation-selected epoch); when it already
+    holds a metrics.json nothing is trained. The cache key is every setting that
+    changes the result: task, model, tag (e.g. builder overrides), epochs, seed
+    (learning rate and batch size when not the defaults).
+    """
+    key = f"{task}-{model}" + (f"-{tag}" if tag else "") + f"-e{epochs}-s{seed}"
+    if (learning_rate, batch_size) != (1e-3, 128):
+        key += f"-lr{learning_rate:g}-b{batch_size}"
+    folder = os.path.join(resolve(cache_dir), key)
+    if not os.path.exists(os.path.join(folder, "metrics.json")):
+        log(f"training {model} on {task} ({epochs} epochs, seed {seed}) -> {folder}")
+        training.set_seed(seed)
+        net = models.build(model, **(overrides or {}))
+        start = time.time()
+        metrics = training.train(net, task, folder, data_dir=data_dir, epochs=epochs,
+                                 batch_size=batch_size, learning_rate=learning_rate,
+                                 seed=seed, verbose=0)
+        log(f"  trained in {time.time() - start:.0f} s: validation "
+            f"{metrics['val_accuracy']:.4f}, test {metrics['test_accuracy']:.4f}")
+    return folder
+
+
 def weights_path(spec: NetSpec, data_dir: str, reference_dir: str, net_dir: str,
                  log=print) -> str:
     """The network's weights: the reference `.npz`, or the cached trained folder
-    (trained now with `models.training.train` when absent)."""
+    (trained now with `trained` when absent)."""
     if spec.reference:
         path = os.path.join(resolve(reference_dir), spec.reference)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"reference weights not found: {path} (pass "
                                     f"--reference_dir=<folder holding {spec.reference}>)")
         return path
-    folder = os.path.join(resolve(net_dir),
-                          f"{spec.task}-{spec.model}-e{spec.epochs}-s{spec.seed}")
-    if not os.path.exists(os.path.join(folder, "metrics.json")):
-        log(f"training {spec.model} on {spec.task} ({spec.epochs} epochs, seed "
-            f"{spec.seed}) -> {folder}")
-        training.set_seed(spec.seed)
-        start = time.time()
-        metrics = training.train(spec.build(), spec.task, folder, data_dir,
-                                 spec.epochs, 128, 1e-3, spec.seed, verbose=0)
-        log(f"  trained in {time.time() - start:.0f} s: validation "
-            f"{metrics['val_accuracy']:.4f}, test {metrics['test_accuracy']:.4f}")
-    return folder
+    return trained(spec.task, spec.model, data_dir=data_dir, cache_dir=net_dir,
+                   epochs=spec.epochs, seed=spec.seed, overrides=spec.overrides(), log=log)
 
 
 def load_plain(spec: NetSpec, path: str):
@@ -122,19 +138,9 @@ def load_plain(spec: NetSpec, path: str):
 
 def accuracy(model_or_fn, task: str, split: str, data_dir: str,
              limit: int | None = None) -> float:
-    """Accuracy of a Keras model or a callable x -> logits on a split.
-
-    With `limit`, a fixed random subset of `limit` examples (seed 0). Not the first
-    `limit` examples: carved splits are stored class by class, so their head would
-    hold the first classes only.
-    """
-    metric = training.loss_and_metric(task)[1]
-    call = model_or_fn if not isinstance(model_or_fn, keras.Model) else \
-        (lambda x: model_or_fn(x, training=False))
-    ds = data.load(task, split, data_dir, 256, seed=0, shuffle=bool(limit), limit=limit)
-    for x, y in ds:
-        metric.update_state(y, call(x))
-    return float(metric.result())
+    """`models.training.evaluate(...)["accuracy"]` (a fixed random subset with `limit`)."""
+    return training.evaluate(model_or_fn, task, split, data_dir=data_dir,
+                             limit=limit)["accuracy"]
 
 
 def examples(task: str, split: str, data_dir: str, limit: int | None = None) -> int:
@@ -159,11 +165,10 @@ def build_pool(pool_dir: str, specs, paths: dict, data_dir: str, page_size: int 
     added, total = {}, 0.0
     for spec in order:
         start = time.perf_counter()
-        summary = add_network(pool_dir, spec.name, spec.task, spec.model,
-                                  paths[spec.name], data_dir, page_size=page_size,
-                                  matching=matching, seed=seed,
-                                  fisher_source=fisher_source,
-                                  model_overrides=spec.overrides())
+        summary = api.add_network(pool_dir, paths[spec.name], name=spec.name, task=spec.task,
+                                  model_name=spec.model, model_overrides=spec.overrides(),
+                                  data_dir=data_dir, page_size=page_size, matching=matching,
+                                  seed=seed, fisher_source=fisher_source)
         summary["seconds"] = time.perf_counter() - start
         total += summary["seconds"]
         added[spec.name] = summary
@@ -182,15 +187,15 @@ def model_and_fisher(spec: NetSpec, path: str, data_dir: str, seed: int = 0):
     definition, 256 train examples, `seed`) and cached beside their weights."""
     model = load_plain(spec, path)
     if spec.reference:
-        return model, api.network_fisher(model, spec.task, path, data_dir, "reference")[0], \
-            "reference"
+        return model, api.network_fisher(model, spec.task, weights_path=path,
+                                         source="reference")[0], "reference"
     source = f"computed:expected:{FISHER_SAMPLES}:seed{seed}"
     cache = os.path.join(path, f"fisher_expected_{FISHER_SAMPLES}_s{seed}.npz")
     if os.path.exists(cache):
         with np.load(cache) as archive:
             return model, [archive[f"f{i}"] for i in range(len(archive.files))], source
-    fisher, _ = api.network_fisher(model, spec.task, None, data_dir, "computed",
-                                   FISHER_SAMPLES, "expected", seed)
+    fisher, _ = api.network_fisher(model, spec.task, data_dir=data_dir, source="computed",
+                                   num_samples=FISHER_SAMPLES, seed=seed)
     artifacts.atomic_write(cache, lambda tmp: np.savez(
         tmp, **{f"f{i}": f for i, f in enumerate(fisher)}))
     return model, fisher, source
@@ -200,9 +205,12 @@ def virtualize_in_memory(specs, loaded: dict, page_size: int = 100,
                          matching: str = "optimal"):
     """(runtime, {name: task}, {name: Fisher pages}, matching seconds) of networks
     `loaded` = {name: (model, fisher, source)} packed into one pool in memory
-    (`nwv.api.virtualize`: largest first, pool the size of the largest network)."""
+    (`nwv.virtualize`: largest first, pool the size of the largest network)."""
     start = time.perf_counter()
-    rt = api.virtualize({s.name: loaded[s.name][:2] for s in specs}, page_size, matching)
+    rt = api.virtualize({s.name: loaded[s.name][0] for s in specs},
+                        tasks={s.name: s.task for s in specs},
+                        fisher={s.name: loaded[s.name][1] for s in specs},
+                        page_size=page_size, matching=matching)
     seconds = time.perf_counter() - start
     fisher_pages = {s.name: pages.paginate(loaded[s.name][1], page_size)[0] for s in specs}
     return rt, {s.name: s.task for s in specs}, fisher_pages, seconds
@@ -237,7 +245,8 @@ def vm_hwm_mb() -> float | None:
     return None
 
 
-def write_json(path: str, obj) -> str:
+def write_result(path: str, obj) -> str:
+    """Writes a result JSON (path relative to the repository root); returns its path."""
     path = resolve(path)
     artifacts.write_json(path, obj)
     return path
@@ -262,3 +271,67 @@ def save_figure(fig, path: str) -> str:
 def points(x: float) -> float:
     """A fraction as percentage points, rounded for printing and JSON."""
     return round(100.0 * float(x), 2)
+
+
+# --- the reload-from-storage baseline of the switching benchmarks -------------------
+def evict_from_page_cache(path: str) -> None:
+    """Drops a file (or every file of a folder) from the OS page cache
+    (`posix_fadvise(POSIX_FADV_DONTNEED)` after an fsync), so the next read comes
+    from storage: benchmarks of loading from disk call it before each load."""
+    paths = ([os.path.join(path, f) for f in sorted(os.listdir(path))]
+             if os.path.isdir(path) else [path])
+    for file in paths:
+        if not os.path.isfile(file):
+            continue
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def load_from_disk(pool_dir: str, name: str):
+    """What a device without virtualization does on every switch: read this network's
+    files (manifest, pool, table, with all checks) from `pool_dir` into a freshly
+    built Keras model. Returns the model."""
+    loaded = state.load_state(pool_dir, [name], with_fisher=False)
+    record = loaded.networks[name]
+    model = skeletons.build_skeleton(record, loaded.assets)
+    for variable, value in zip(model.trainable_variables, pages.gather_weights(
+            loaded.pool, record.page_table, record.layout(loaded.page_size))):
+        variable.assign(value)
+    return model
+
+
+def switch_latency(runtime, names, inputs: dict, *, switches: int, seed: int = 0) -> dict:
+    """Median switch + one inference: in memory (a page-table change) against a reload
+    from the runtime's pool directory with the page cache evicted before each read.
+
+    Args:
+      runtime: a `VirtualizedNetworks` loaded from a pool directory.
+      names: networks to switch between; inputs: {name: one batch}.
+      switches: random switches timed; seed: their order.
+    Returns:
+      {"in_memory_ms", "reload_ms", "ratio", "switches", "page_cache"}.
+    """
+    if runtime.pool_dir is None:
+        raise ValueError("switch_latency needs a runtime loaded from a pool directory")
+    rng = np.random.default_rng(seed)
+    order = [names[i] for i in rng.integers(0, len(names), switches)]
+    for name in names:  # compile every path once
+        runtime.run(name, inputs[name])
+    in_memory, reload = [], []
+    for name in order:
+        start = time.perf_counter()
+        runtime.switch(name)
+        runtime(inputs[name]).numpy()
+        in_memory.append(time.perf_counter() - start)
+        evict_from_page_cache(runtime.pool_dir)
+        start = time.perf_counter()
+        load_from_disk(runtime.pool_dir, name)(inputs[name], training=False).numpy()
+        reload.append(time.perf_counter() - start)
+    return {"in_memory_ms": 1e3 * float(np.median(in_memory)),
+            "reload_ms": 1e3 * float(np.median(reload)),
+            "ratio": float(np.median(reload) / np.median(in_memory)),
+            "switches": switches, "page_cache": "evicted before each reload"}

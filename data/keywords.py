@@ -1,4 +1,4 @@
-"""Shared pieces of the keyword-spotting tasks: 1-s clips at 16 kHz -> MFCC 61x13x1."""
+"""Shared pieces of the keyword-spotting task modules: 1-s clips at 16 kHz -> MFCC 61x13x1."""
 import tensorflow as tf
 
 from data import features
