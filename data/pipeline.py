@@ -90,7 +90,8 @@ def _tfds_examples(spec: TaskSpec, split: str):
 
 def load(task: str, split: str, data_dir: str | None = None, batch_size: int = 64, *,
          seed: int = 0, shuffle: bool | None = None, augment: bool = False,
-         limit: int | None = None, drop_remainder: bool = False) -> tf.data.Dataset:
+         limit: int | None = None, drop_remainder: bool = False, repeat: bool = False,
+         shard: tuple[int, int] | None = None) -> tf.data.Dataset:
     """A batched, prefetched dataset of (inputs, labels) for `task` and `split`.
 
     Args:
@@ -105,6 +106,12 @@ def load(task: str, split: str, data_dir: str | None = None, batch_size: int = 6
       limit: keep `limit` examples, for quick runs: the first after shuffling, or
         without shuffling a fixed random subset (seed 0; local files are stored
         class by class, so a plain prefix would hold only the first classes).
+      drop_remainder: drop a last partial batch.
+      repeat: repeat the examples indefinitely before batching (reshuffled and
+        re-augmented every pass, deterministically), so every batch is full.
+      shard: (n, i): keep every n-th example from the i-th, after shuffling and
+        augmentation and before batching, so n workers reading with the same seed
+        together see exactly the examples one process would (distributed training).
 
     Returns:
       Dataset of (x [batch, *input_shape] float32, y [batch] int64, or
@@ -135,6 +142,8 @@ def load(task: str, split: str, data_dir: str | None = None, batch_size: int = 6
             ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
         if limit:
             ds = ds.take(limit)
+    if repeat:
+        ds = ds.repeat()
     if augment and spec.augment is not None:
         rand = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
         ds = tf.data.Dataset.zip((ds, rand.batch(2))).map(
@@ -147,4 +156,9 @@ def load(task: str, split: str, data_dir: str | None = None, batch_size: int = 6
         return x, y
 
     ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if shard is not None:
+        count, index = shard
+        if not 0 <= index < count:
+            raise ValueError(f"expected shard (n, i) with 0 <= i < n, received {shard}")
+        ds = ds.shard(count, index)
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)

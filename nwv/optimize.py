@@ -16,20 +16,37 @@ modes (`OptimizationMode`), in rounds of `steps` optimizer steps:
   * `sequential`: turns as round_robin without the penalty (λ = 0): the
     forgetting baseline.
 
-Every round: each network is evaluated on its VALIDATION split (never test);
-the pool with the best mean validation accuracy so far is kept (the matched
-pool, round 0, is a candidate); a checkpoint (`optimize_checkpoint.npz`) and
-`history.json` are written atomically. Adam restarts at every round (and every
-turn), and the data order of round r is seeded by (seed, r, network index), so
-the checkpoint is the whole training state: `resume=True` continues from the
-last completed round and gives bit-identical pools. Non-finite losses,
+Each network's loss L_n is its labels' cross-entropy, or with `distill` = β > 0
+the distillation loss (1 − β) CE + β T² KL(teacher ‖ network) of
+`models.losses`, the teacher being the network's original weights before
+matching (`NetworkSpec.teacher`): the network learns to keep computing what it
+computed alone.
+
+Schedule: Adam whose state persists across rounds (one optimizer for `joint`,
+one per network for the turns), with ONE learning-rate schedule over the whole
+run (linear warm-up over `warmup` of the steps, then cosine decay to
+`final_lr_fraction` of `learning_rate`). Every round: each network is
+evaluated on its VALIDATION split (never test); the pool with the best mean
+validation accuracy so far is kept (the matched pool, round 0, is a candidate);
+the run stops early after `patience` rounds without improvement; a checkpoint
+(`optimize_checkpoint.npz`: pools, anchors, optimizer moments, history) and
+`history.json` are written atomically, by the chief only. The data order of
+round r is seeded by (seed, r, network index), so the checkpoint is the whole
+training state: `resume=True` continues after the last completed round and
+gives bit-identical pools, and a crash loses at most the current round.
+
+Distribution: under any `tf.distribute.Strategy` in scope (`models.distribute`)
+each step runs on every replica with global batch / replicas examples (each
+worker reading its shard), losses scaled for the global batch, gradients
+all-reduced by the optimizer; `sync_every` steps run in one compiled call, so
+the host reads losses and finiteness once per call. Non-finite losses,
 gradients or weights stop the run with `NonFiniteError` naming the network,
-round and step; the pool is restored to the start of that round and nothing
-non-finite is ever written.
+round and step; the pool and optimizer are restored to the start of that round
+and nothing non-finite is ever written.
 
 Example (`tests/test_nwv_optimize.py` runs it on tiny data):
 
-    cfg = OptimizeConfig(mode="joint", rounds=5, steps=200, seed=1)
+    cfg = OptimizeConfig(mode="joint", rounds=5, steps=200, distill=0.5, seed=1)
     optimize_pool("runs/pool", cfg, data_dir="../shared/datasets")
 """
 from __future__ import annotations
@@ -44,15 +61,17 @@ import numpy as np
 import tensorflow as tf
 
 import data
-from models import artifacts, training
+from models import artifacts, distribute, losses, training
+from models.choices import Choice
 from nwv import runtime as nwv_runtime
 from nwv import state
-from models.choices import Choice
 
-__all__ = ["OptimizationMode", "OptimizeConfig", "NonFiniteError", "optimize_runtime",
-           "optimize_pool", "CHECKPOINT", "HISTORY"]
+__all__ = ["OptimizationMode", "OptimizeConfig", "NonFiniteError", "Checkpoint",
+           "optimize_runtime", "optimize_pool", "CHECKPOINT", "HISTORY"]
 
 CHECKPOINT, HISTORY = "optimize_checkpoint.npz", "history.json"
+CHECKPOINT_VERSION = 2
+_GRADIENT = "*gradient*"   # not a valid network name (`nwv.state.check_name`)
 
 
 class OptimizationMode(Choice):
@@ -70,15 +89,41 @@ class NonFiniteError(RuntimeError):
     """A loss, gradient or weight became NaN/inf during optimisation."""
 
 
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"expected {name} to be an integer >= {minimum}, received {value!r}")
+
+
+def _check_range(name, value, low, high, low_open=False):
+    ok = np.isfinite(value) and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        if high == np.inf:
+            raise ValueError(f"expected {name} {'>' if low_open else '>='} {low:g}, received "
+                             f"{value!r}")
+        raise ValueError(f"expected {name} in {'(' if low_open else '['}{low:g}, {high:g}], "
+                         f"received {value!r}")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class OptimizeConfig:
-    """Settings of `optimize` (validated; `get_config`/`from_config` round-trip).
+    """Settings of `optimize_runtime` (validated; `get_config`/`from_config` round-trip).
 
     Attributes:
-      mode: OptimizationMode. rounds: R ≥ 1. steps: optimizer steps per network
+      mode: OptimizationMode. rounds: R >= 1. steps: optimizer steps per network
         per round (joint: steps over all networks at once).
-      learning_rate: Adam step size. batch_size: examples per batch and task.
-      lambda_: round-robin penalty weight λ ≥ 0 (ignored by other modes).
+      learning_rate: peak Adam step size of the schedule.
+      schedule: "cosine" (warm-up, then cosine decay over all planned steps) or
+        "constant".
+      warmup: fraction of all planned steps spent warming up linearly from 0.
+      final_lr_fraction: the cosine schedule ends at this fraction of the peak.
+      batch_size: examples per step and task, over all replicas.
+      lambda_: round-robin penalty weight λ >= 0 (ignored by other modes).
+      distill: β in [0, 1], weight of distillation from each network's teacher
+        (0: labels only).
+      temperature: T > 0 of the distillation.
+      patience: stop after this many rounds without a better mean validation
+        accuracy (None: run every round).
+      sync_every: steps per compiled call (one host read of losses and finiteness).
       seed: seeds TF and the data order. augment: train-time augmentation.
       limit: use at most this many examples per split (quick runs, tests).
     """
@@ -86,33 +131,62 @@ class OptimizeConfig:
     rounds: int = 10
     steps: int = 100
     learning_rate: float = 1e-3
+    schedule: str = "cosine"
+    warmup: float = 0.05
+    final_lr_fraction: float = 0.0
     batch_size: int = 64
     lambda_: float = 10.0
+    distill: float = 0.0
+    temperature: float = 2.0
+    patience: int | None = None
+    sync_every: int = 25
     seed: int = 0
     augment: bool = False
     limit: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "mode", OptimizationMode.parse(self.mode))
-        for key in ("rounds", "steps", "batch_size"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"expected {key} to be an integer >= 1, received {value!r}")
-        if not self.learning_rate > 0 or not np.isfinite(self.learning_rate):
-            raise ValueError(f"expected learning_rate > 0, received {self.learning_rate!r}")
-        if not self.lambda_ >= 0 or not np.isfinite(self.lambda_):
-            raise ValueError(f"expected lambda_ >= 0, received {self.lambda_!r}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"expected limit >= 1 or None, received {self.limit!r}")
+        for key in ("rounds", "steps", "batch_size", "sync_every"):
+            _check_int(key, getattr(self, key), 1)
+        _check_range("learning_rate", self.learning_rate, 0.0, np.inf, low_open=True)
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"expected schedule 'cosine' or 'constant', received "
+                             f"{self.schedule!r}")
+        _check_range("warmup", self.warmup, 0.0, 1.0)
+        _check_range("final_lr_fraction", self.final_lr_fraction, 0.0, 1.0)
+        _check_range("lambda_", self.lambda_, 0.0, np.inf)
+        _check_range("distill", self.distill, 0.0, 1.0)
+        _check_range("temperature", self.temperature, 0.0, np.inf, low_open=True)
+        if self.patience is not None:
+            _check_int("patience", self.patience, 1)
+        if self.limit is not None:
+            _check_int("limit", self.limit, 1)
 
     def get_config(self) -> dict:
+        """JSON-able dict of the settings."""
         config = dataclasses.asdict(self)
         config["mode"] = self.mode.value
         return config
 
     @classmethod
     def from_config(cls, config: dict) -> "OptimizeConfig":
+        """Inverse of `get_config`."""
         return cls(**config)
+
+    def total_steps(self) -> int:
+        """Optimizer steps of one optimizer over the whole run (the schedule's length)."""
+        return self.rounds * self.steps
+
+    def learning_rate_schedule(self):
+        """The schedule of one optimizer: a float, or warm-up + cosine decay."""
+        if self.schedule == "constant":
+            return self.learning_rate
+        total = self.total_steps()
+        warmup = int(round(self.warmup * total))
+        return keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup else self.learning_rate, max(total - warmup, 1),
+            alpha=self.final_lr_fraction, warmup_target=self.learning_rate if warmup else None,
+            warmup_steps=warmup)
 
 
 def _seed(seed: int, round_index: int, net_index: int) -> int:
@@ -120,162 +194,236 @@ def _seed(seed: int, round_index: int, net_index: int) -> int:
     return int(np.random.SeedSequence([seed, round_index, net_index]).generate_state(1)[0])
 
 
-def _restore_if_nonfinite(finite, name, round_index, step, pool, snapshot):
-    if not bool(finite):
-        pool.assign(snapshot)
-        raise NonFiniteError(
-            f"non-finite loss, gradient or weights in network {name} at round {round_index}"
-            f" step {step}: stopped; the pool was restored to the start of the round and "
-            f"nothing non-finite was written (lower --learning_rate or check the data)")
+class Checkpoint:
+    """The whole training state, written atomically after every round (chief only).
 
-
-def optimize_runtime(rt: nwv_runtime.VirtualizedNetworks, config: OptimizeConfig, *,
-             data_dir: str | None = None, tasks: dict | None = None,
-             checkpoint_dir: str | None = None, resume: bool = False, log=print) -> dict:
-    """Trains the networks of `rt` on its shared pool; leaves the best pool in `rt`.
+    Holds the current and best pools, the round-robin anchors, every optimizer's
+    variables (step counts and Adam moments) and the history; `key` is what a
+    checkpoint must agree on to be resumed.
 
     Args:
-      rt: the runtime; its `page_pool` variable is trained in place; round_robin
-        (λ > 0) needs every network's Fisher pages (`NetworkSpec.fisher`).
-      config: OptimizeConfig.
-      data_dir: data folder (None: TFDS).
-      tasks: {name: task}; default the tasks the runtime knows.
-      checkpoint_dir: where the checkpoint and history.json go (None: nowhere).
-      resume: continue from the checkpoint in `checkpoint_dir` if there is one.
-      log: callable taking one line per round (None: silent).
-
-    Returns:
-      {"history": [per-round dicts], "best_round", "best_val_accuracy", "rounds"}.
-
-    Raises:
-      NonFiniteError naming the network and step; ValueError for missing tasks or
-      Fisher, or a checkpoint written with other settings.
+      path: the `.npz` file (None: no checkpoint).
+      key: JSON-able settings and tables of the run.
     """
-    log = log or (lambda line: None)
-    training.set_seed(config.seed)
-    names = rt.task_names
-    tasks = {n: (tasks or {}).get(n) or rt.task(n) for n in names}
-    if not all(tasks.values()):
-        raise ValueError(f"expected a task for every network, received {tasks}")
-    penalised = config.mode is OptimizationMode.ROUND_ROBIN and config.lambda_ > 0
-    fisher = {n: rt.spec(n).fisher for n in names if rt.spec(n).fisher is not None}
-    if penalised and set(fisher) < set(names):
-        raise ValueError("round_robin needs every network's Fisher pages (NetworkSpec."
-                         "fisher), received them for " + repr(sorted(fisher)))
-    pool = rt.page_pool
-    losses = {n: training.loss_and_metric(tasks[n])[0] for n in names}
-    strategy = tf.distribute.get_strategy()
-    with strategy.scope():
-        optimizer = keras.optimizers.Adam(config.learning_rate)
-        optimizer.build([pool])
-    fresh = [v.numpy() for v in optimizer.variables]
 
-    def reset_optimizer():
-        for variable, value in zip(optimizer.variables, fresh):
-            variable.assign(value)
+    def __init__(self, path: str | None, key: dict):
+        self.path, self.key = path, key
 
-    on_pool = {}
-    if penalised:
-        for n in names:
-            on_pool[n] = np.zeros(pool.shape, np.float64)
-            np.add.at(on_pool[n], rt.page_table(n), np.asarray(fisher[n], np.float64))
-    steps = {n: _single_step(rt, n, losses[n], optimizer, penalised, config.lambda_)
-             for n in names}
-    joint = _joint_step(rt, losses, optimizer)
-    meta_key = _meta_key(rt, config)
+    def exists(self) -> bool:
+        """True when there is a checkpoint file to resume from."""
+        return bool(self.path) and os.path.exists(self.path)
 
-    ckpt = os.path.join(checkpoint_dir, CHECKPOINT) if checkpoint_dir else None
-    if resume and ckpt and os.path.exists(ckpt):
-        history, best, best_round, anchors = _load_checkpoint(ckpt, meta_key, pool, names)
-        log(f"resuming after round {history[-1]['round']} from {ckpt}")
-    else:
-        history = [_evaluate(rt, tasks, data_dir, config, 0, {}, {}, 0.0)]
-        best, best_round = pool.numpy().copy(), 0
-        anchors = {n: pool.numpy().copy() for n in names}
-        _save_checkpoint(ckpt, meta_key, pool, best, best_round, anchors, history, config)
-        log(json.dumps(history[-1]))
-    best_score = history[best_round]["mean_val_accuracy"]
+    def save(self, *, pool, best, best_round, anchors, optimizers, history, config):
+        """Writes the state (and `history.json` beside it); refuses non-finite pools."""
+        if self.path is None or not distribute.is_chief():
+            return
+        current = pool.numpy()
+        if not (np.all(np.isfinite(current)) and np.all(np.isfinite(best))):
+            raise NonFiniteError(f"refusing to write a non-finite pool to {self.path}")
+        meta = {"version": CHECKPOINT_VERSION, "key": self.key, "best_round": best_round,
+                "history": history, "config": config.get_config()}
+        arrays = {"pool": current, "best_pool": best,
+                  "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
+        arrays.update({f"anchor/{n}": a for n, a in anchors.items()})
+        for name, optimizer in optimizers.items():
+            for i, variable in enumerate(optimizer.variables):
+                arrays[f"optimizer/{name}/{i}"] = np.asarray(variable.numpy())
+        artifacts.atomic_write(self.path, lambda tmp: np.savez(tmp, **arrays))
+        artifacts.write_json(os.path.join(os.path.dirname(self.path), HISTORY),
+                             {"config": config.get_config(), "best_round": best_round,
+                              "history": history})
 
-    for r in range(history[-1]["round"] + 1, config.rounds + 1):
-        start, snapshot = time.time(), pool.numpy().copy()
-        train_loss, penalty = {}, {}
-        if config.mode is OptimizationMode.JOINT:
-            reset_optimizer()
-            its = {n: _batches(tasks[n], data_dir, config, r, i) for i, n in enumerate(names)}
-            sums = dict.fromkeys(names, 0.0)
-            for s in range(1, config.steps + 1):
-                batch = {n: next(its[n]) for n in names}
-                per, finite, grad_finite = strategy.run(joint, args=(batch,))
-                for n in names:
-                    _restore_if_nonfinite(finite[n], repr(n), r, s, pool, snapshot)
-                    sums[n] += float(per[n])
-                _restore_if_nonfinite(grad_finite, f"{names} (joint gradient)", r, s, pool, snapshot)
-            train_loss = {n: sums[n] / config.steps for n in names}
-        else:
-            for i, n in enumerate(names):
-                reset_optimizer()
-                args = _penalty_target(n, names, on_pool, anchors, pool) if penalised else ()
-                it = _batches(tasks[n], data_dir, config, r, i)
-                total_loss = total_pen = 0.0
-                for s in range(1, config.steps + 1):
-                    x, y = next(it)
-                    loss, pen, finite = strategy.run(steps[n], args=(x, y) + args)
-                    _restore_if_nonfinite(finite, repr(n), r, s, pool, snapshot)
-                    total_loss, total_pen = total_loss + float(loss), total_pen + float(pen)
-                train_loss[n] = total_loss / config.steps
-                penalty[n] = total_pen / config.steps
-                anchors[n] = pool.numpy().copy()
-        entry = _evaluate(rt, tasks, data_dir, config, r, train_loss, penalty,
-                          time.time() - start)
-        history.append(entry)
-        if entry["mean_val_accuracy"] > best_score:
-            best, best_round, best_score = pool.numpy().copy(), r, entry["mean_val_accuracy"]
-        _save_checkpoint(ckpt, meta_key, pool, best, best_round, anchors, history, config)
-        log(json.dumps(entry))
-    pool.assign(best)
-    return {"history": history, "best_round": best_round,
-            "best_val_accuracy": best_score, "rounds": history[-1]["round"]}
+    def load(self, *, pool, optimizers, names):
+        """Restores pool and optimizers; returns (history, best pool, best round, anchors).
+
+        Raises:
+          ValueError: an unreadable checkpoint, other settings or networks, NaN/inf.
+        """
+        try:
+            with np.load(self.path) as archive:
+                arrays = {k: archive[k] for k in archive.files}
+            meta = json.loads(arrays["meta"].tobytes().decode())
+        except Exception as err:  # zip / JSON / key errors
+            raise ValueError(f"{self.path}: unreadable optimisation checkpoint: {err}") from err
+        if meta.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"{self.path} was written by another version of the optimiser "
+                             f"(checkpoint version {meta.get('version')!r}); rerun without "
+                             f"--resume to start over")
+        if meta["key"] != self.key:
+            diff = sorted(k for k in set(meta["key"]) | set(self.key)
+                          if meta["key"].get(k) != self.key.get(k))
+            raise ValueError(f"{self.path} was written with other settings or networks "
+                             f"(differs in {diff}); rerun without --resume to start over")
+        wanted = ["pool", "best_pool"] + [k for k in arrays if k.startswith("anchor/")]
+        for key in wanted:
+            if not np.all(np.isfinite(arrays[key])):
+                raise ValueError(f"{self.path}: array {key!r} holds NaN/inf values")
+        pool.assign(arrays["pool"])
+        for name, optimizer in optimizers.items():
+            for i, variable in enumerate(optimizer.variables):
+                variable.assign(arrays[f"optimizer/{name}/{i}"])
+        anchors = {n: arrays[f"anchor/{n}"] for n in names if f"anchor/{n}" in arrays}
+        return meta["history"], arrays["best_pool"], meta["best_round"], anchors
 
 
-def _single_step(rt, name, loss_fn, optimizer, penalised, lam):
-    """tf.function step of one network: loss (+ λ Σ F (pool − target)² + const);
-    returns (loss, penalty, finite: loss, gradient and the network's pages)."""
-    pool, table = rt.page_pool, tf.constant(rt.page_table(name))
+class _Trainer:
+    """The compiled steps of one run: per-network losses, optimizers, teachers."""
 
-    @tf.function(reduce_retracing=True)
-    def step(x, y, f_other=None, target=None, const=None):
+    def __init__(self, rt, config, data_dir, tasks):
+        self.rt, self.config, self.data_dir, self.tasks = rt, config, data_dir, tasks
+        self.names = list(tasks)
+        self.strategy = tf.distribute.get_strategy()
+        self.replicas = distribute.num_replicas(self.strategy)
+        self.multilabel = {n: data.get(tasks[n]).multilabel for n in self.names}
+        self.teachers = {}
+        if config.distill > 0:
+            missing = [n for n in self.names if rt.spec(n).teacher is None]
+            if missing:
+                raise ValueError(f"distillation (distill={config.distill}) needs every "
+                                 f"network's teacher; {missing} have none (pools saved "
+                                 f"before teachers were stored: re-add those networks)")
+            self.teachers = {n: rt.spec(n).teacher for n in self.names}
+        joint = config.mode is OptimizationMode.JOINT
+        with self.strategy.scope():
+            keys = ["joint"] if joint else self.names
+            self.optimizers = {k: keras.optimizers.Adam(config.learning_rate_schedule())
+                               for k in keys}
+            for optimizer in self.optimizers.values():
+                optimizer.build([rt.page_pool])
+        self.tables = {n: tf.constant(rt.page_table(n)) for n in self.names}
+        self._blocks = {}
+
+    # --- losses ---------------------------------------------------------------
+    def _loss(self, name, x, y):
+        """Per-replica loss of one network, scaled for the global batch."""
+        logits = self.rt.forward(name, x, self.rt.page_pool, training=True)
+        teacher = (tf.stop_gradient(self.teachers[name](x, training=False))
+                   if self.teachers else None)
+        per_example = losses.distillation_loss(
+            y, logits, teacher, beta=self.config.distill, temperature=self.config.temperature,
+            multilabel=self.multilabel[name])
+        return tf.nn.compute_average_loss(per_example,
+                                          global_batch_size=self.config.batch_size)
+
+    def _pages_finite(self, name):
+        return tf.reduce_all(tf.math.is_finite(tf.gather(self.rt.page_pool, self.tables[name])))
+
+    # --- one replica step --------------------------------------------------------
+    def _joint_step(self, batches):
+        pool, optimizer = self.rt.page_pool, self.optimizers["joint"]
         with tf.GradientTape() as tape:
-            loss = loss_fn(y, rt.forward(name, x, pool, training=True))
-            pen = tf.constant(0.0)
-            if penalised:
-                pen = lam * (tf.reduce_sum(f_other * tf.square(pool - target)) + const)
-            total = loss + pen
-        grad = tf.convert_to_tensor(tape.gradient(total, pool))
-        optimizer.apply_gradients([(grad, pool)])
-        finite = tf.math.is_finite(total) & tf.reduce_all(tf.math.is_finite(grad)) & \
-            tf.reduce_all(tf.math.is_finite(tf.gather(pool, table)))
-        return loss, pen, finite
-    return step
-
-
-def _joint_step(rt, loss_fns, optimizer):
-    """tf.function step on {name: (x, y)}: Σ_n L_n, one optimizer step on the pool;
-    returns (losses, finite per network (loss and its pages), finite gradient)."""
-    pool = rt.page_pool
-    tables = {n: tf.constant(rt.page_table(n)) for n in rt.task_names}
-
-    @tf.function(reduce_retracing=True)
-    def step(batch):
-        with tf.GradientTape() as tape:
-            per = {n: loss_fns[n](y, rt.forward(n, x, pool, training=True))
-                   for n, (x, y) in batch.items()}
+            per = {n: self._loss(n, *batches[n]) for n in self.names}
             total = tf.add_n(list(per.values()))
         grad = tf.convert_to_tensor(tape.gradient(total, pool))
         optimizer.apply_gradients([(grad, pool)])
-        finite = {n: tf.math.is_finite(per[n]) & tf.reduce_all(
-            tf.math.is_finite(tf.gather(pool, tables[n]))) for n in per}
-        return per, finite, tf.reduce_all(tf.math.is_finite(grad))
-    return step
+        finite = {n: tf.math.is_finite(per[n]) & self._pages_finite(n) for n in self.names}
+        finite[_GRADIENT] = tf.reduce_all(tf.math.is_finite(grad))
+        return per, {n: tf.zeros([]) for n in self.names}, finite
+
+    def _turn_step(self, name, batch, target):
+        pool, optimizer = self.rt.page_pool, self.optimizers[name]
+        with tf.GradientTape() as tape:
+            loss = self._loss(name, *batch)
+            pen = tf.zeros([])
+            if target is not None:
+                weight, anchor, const = target
+                pen = self.config.lambda_ * (tf.reduce_sum(weight * tf.square(pool - anchor))
+                                             + const) / self.replicas
+            total = loss + pen
+        grad = tf.convert_to_tensor(tape.gradient(total, pool))
+        optimizer.apply_gradients([(grad, pool)])
+        finite = {name: tf.math.is_finite(total) & self._pages_finite(name),
+                  _GRADIENT: tf.reduce_all(tf.math.is_finite(grad))}
+        return {name: loss}, {name: pen}, finite
+
+    # --- k steps per compiled call -------------------------------------------------
+    def _block(self, key, step_fn, names):
+        """A tf.function running k replica steps; returns summed losses, penalties and
+        the first non-finite step (-1: none) per network, reduced over replicas."""
+        if key in self._blocks:
+            return self._blocks[key]
+        strategy = self.strategy
+
+        checked = list(names) + [_GRADIENT]
+
+        @tf.function
+        def block(iterators, k, target):
+            loss_sum, pen_sum = tf.zeros([len(names)]), tf.zeros([len(names)])
+            first_bad = -tf.ones([len(checked)], tf.int32)
+            for i in tf.range(k):
+                batches = {n: next(iterators[n]) for n in names}
+                per, pen, finite = strategy.run(step_fn, args=(batches, target))
+                loss_sum += tf.stack([strategy.reduce("SUM", per[n], axis=None) for n in names])
+                pen_sum += tf.stack([strategy.reduce("SUM", pen[n], axis=None) for n in names])
+                bad = tf.stack([strategy.reduce("SUM", tf.cast(~finite[n], tf.int32),
+                                                axis=None) > 0 for n in checked])
+                first_bad = tf.where((first_bad < 0) & bad, i, first_bad)
+            return loss_sum, pen_sum, first_bad
+
+        self._blocks[key] = block
+        return block
+
+    def _iterator(self, name, round_index, net_index):
+        config, task = self.config, self.tasks[name]
+
+        def make_dataset(batch_size, shard):
+            return data.load(task, "train", self.data_dir, batch_size,
+                             seed=_seed(config.seed, round_index, net_index), shuffle=True,
+                             augment=config.augment, limit=config.limit, repeat=True,
+                             shard=shard)
+
+        return distribute.distribute_batches(make_dataset, config.batch_size, self.strategy)
+
+    def _run_steps(self, key, step_fn, names, iterators, target, where):
+        """Runs `config.steps` steps in calls of `sync_every`; raises on non-finite."""
+        config = self.config
+        block = self._block(key, step_fn, names)
+        totals = {n: 0.0 for n in names}
+        penalties = {n: 0.0 for n in names}
+        done = 0
+        while done < config.steps:
+            k = min(config.sync_every, config.steps - done)
+            loss_sum, pen_sum, first_bad = block(iterators, tf.constant(k), target)
+            failed = [(bad, n) for n, bad in zip(list(names) + [_GRADIENT],
+                                                 first_bad.numpy().tolist()) if bad >= 0]
+            if failed:                      # the earliest step, networks before the gradient
+                bad, n = min(failed, key=lambda f: (f[0], f[1] == _GRADIENT))
+                what = (f"network {n!r}" if n != _GRADIENT else
+                        f"the gradient of {names} (shared pages)")
+                raise NonFiniteError(f"non-finite loss, gradient or weights in {what} at "
+                                     f"{where} step {done + bad + 1}")
+            for n, loss, pen in zip(names, loss_sum.numpy(), pen_sum.numpy()):
+                totals[n] += float(loss)
+                penalties[n] += float(pen)
+            done += k
+        return ({n: v / config.steps for n, v in totals.items()},
+                {n: v / config.steps for n, v in penalties.items()})
+
+    # --- rounds -------------------------------------------------------------------
+    def joint_round(self, r):
+        """One joint round; returns (train loss, penalty) per network."""
+        iterators = {n: self._iterator(n, r, i) for i, n in enumerate(self.names)}
+        train, _ = self._run_steps("joint", lambda b, t: self._joint_step(b), self.names,
+                                   iterators, None, f"round {r}")
+        return train, {}
+
+    def turns_round(self, r, penalty_weights, anchors):
+        """One round of turns (round_robin / sequential); updates `anchors` in place."""
+        train, penalty = {}, {}
+        for i, n in enumerate(self.names):
+            target = (_penalty_target(n, self.names, penalty_weights, anchors,
+                                      self.rt.page_pool) if penalty_weights else None)
+            step = (lambda b, t, n=n: self._turn_step(n, b[n], t))
+            out = self._run_steps(f"turn/{n}/{target is not None}", step, [n],
+                                  {n: self._iterator(n, r, i)}, target, f"round {r}")
+            train[n], penalty[n] = out[0][n], out[1][n]
+            anchors[n] = self.rt.page_pool.numpy().copy()
+        return train, penalty
+
+    def learning_rate(self) -> float:
+        """The current learning rate of the (first) optimizer."""
+        optimizer = next(iter(self.optimizers.values()))
+        return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
 
 def _penalty_target(name, names, on_pool, anchors, pool):
@@ -290,74 +438,132 @@ def _penalty_target(name, names, on_pool, anchors, pool):
             tf.constant(const, tf.float32))
 
 
-def _batches(task, data_dir, config, round_index, net_index):
-    ds = data.load(task, "train", data_dir, config.batch_size,
-                   seed=_seed(config.seed, round_index, net_index), shuffle=True,
-                   augment=config.augment, limit=config.limit)
-    return iter(ds.repeat())
-
-
-def _evaluate(rt, tasks, data_dir, config, round_index, train_loss, penalty, seconds):
+def _evaluate(rt, tasks, data_dir, config, round_index, train_loss, penalty, seconds, lr):
     val = {n: training.evaluate(lambda x, n=n: rt.run(n, x), tasks[n], "validation",
-                                data_dir=data_dir, limit=config.limit) for n in rt.task_names}
+                                data_dir=data_dir, limit=config.limit) for n in tasks}
     return {"round": round_index, "mode": config.mode.value,
             "train_loss": train_loss, "penalty": penalty,
             "val_accuracy": {n: v["accuracy"] for n, v in val.items()},
             "val_loss": {n: v["loss"] for n, v in val.items()},
             "mean_val_accuracy": float(np.mean([v["accuracy"] for v in val.values()])),
-            "seconds": round(seconds, 3)}
+            "learning_rate": lr, "seconds": round(seconds, 3)}
 
 
-def _meta_key(rt, config) -> dict:
-    """What a checkpoint must agree on to be resumed (all settings but `rounds`)."""
+def _meta_key(rt, config, names) -> dict:
+    """What a checkpoint must agree on to be resumed: the settings (but patience, and
+    rounds when the learning rate does not depend on them), the tables, the pool shape."""
     key = config.get_config()
-    key.pop("rounds")
-    key["networks"] = {n: rt.page_table(n).tolist() for n in rt.task_names}
+    key.pop("patience")
+    if config.schedule == "constant":
+        key.pop("rounds")
+    key["networks"] = {n: rt.page_table(n).tolist() for n in names}
     key["pool_shape"] = list(rt.page_pool.shape)
     return key
 
 
-def _save_checkpoint(path, meta_key, pool, best, best_round, anchors, history, config):
-    if path is None:
-        return
-    current = pool.numpy()
-    if not (np.all(np.isfinite(current)) and np.all(np.isfinite(best))):
-        raise NonFiniteError(f"refusing to write a non-finite pool to {path}")
-    meta = {"key": meta_key, "best_round": best_round, "history": history,
-            "config": config.get_config()}
-    arrays = {"pool": current, "best_pool": best,
-              "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
-    arrays.update({f"anchor/{n}": a for n, a in anchors.items()})
-    artifacts.atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
-    artifacts.write_json(os.path.join(os.path.dirname(path), HISTORY),
-                         {"config": config.get_config(), "best_round": best_round,
-                          "history": history})
+def _stale_rounds(history, best_round) -> int:
+    return history[-1]["round"] - history[best_round]["round"]
 
 
-def _load_checkpoint(path, meta_key, pool, names):
-    try:
-        with np.load(path) as archive:
-            arrays = {k: archive[k] for k in archive.files}
-        meta = json.loads(arrays["meta"].tobytes().decode())
-    except Exception as err:  # zip / JSON / key errors
-        raise ValueError(f"{path}: unreadable optimisation checkpoint: {err}") from err
-    if meta["key"] != meta_key:
-        diff = sorted(k for k in set(meta["key"]) | set(meta_key)
-                      if meta["key"].get(k) != meta_key.get(k))
-        raise ValueError(f"{path} was written with other settings or networks (differs "
-                         f"in {diff}); rerun without --resume to start over")
-    for key in ["pool", "best_pool"] + [f"anchor/{n}" for n in names]:
-        if not np.all(np.isfinite(arrays[key])):
-            raise ValueError(f"{path}: array {key!r} holds NaN/inf values")
-    pool.assign(arrays["pool"])
-    anchors = {n: arrays[f"anchor/{n}"] for n in names}
-    return meta["history"], arrays["best_pool"], meta["best_round"], anchors
+def optimize_runtime(rt: nwv_runtime.VirtualizedNetworks, config: OptimizeConfig, *,
+                     data_dir: str | None = None, tasks: dict | None = None,
+                     checkpoint_dir: str | None = None, resume: bool = False,
+                     log=print) -> dict:
+    """Trains the networks of `rt` on its shared pool; leaves the best pool in `rt`.
+
+    Args:
+      rt: the runtime; its `page_pool` variable is trained in place; round_robin
+        (λ > 0) needs every network's Fisher pages (`NetworkSpec.fisher`),
+        distillation every network's teacher (`NetworkSpec.teacher`).
+      config: OptimizeConfig.
+      data_dir: data folder (None: TFDS).
+      tasks: {name: task}; default the tasks the runtime knows.
+      checkpoint_dir: where the checkpoint and history.json go (None: nowhere).
+      resume: continue from the checkpoint in `checkpoint_dir` if there is one.
+      log: callable taking one line per round (None: silent).
+    Returns:
+      {"history": [per-round dicts], "best_round", "best_val_accuracy", "rounds",
+       "stopped_early"}.
+    Raises:
+      NonFiniteError naming the network and step; ValueError for missing tasks,
+      Fisher or teachers, or a checkpoint written with other settings.
+    """
+    log = log or (lambda line: None)
+    training.set_seed(config.seed)
+    names = rt.task_names
+    tasks = {n: (tasks or {}).get(n) or rt.task(n) for n in names}
+    if not all(tasks.values()):
+        raise ValueError(f"expected a task for every network, received {tasks}")
+    penalised = config.mode is OptimizationMode.ROUND_ROBIN and config.lambda_ > 0
+    fisher = {n: rt.spec(n).fisher for n in names if rt.spec(n).fisher is not None}
+    if penalised and set(fisher) < set(names):
+        raise ValueError("round_robin needs every network's Fisher pages (NetworkSpec."
+                         "fisher), received them for " + repr(sorted(fisher)))
+    trainer = _Trainer(rt, config, data_dir, tasks)
+    pool = rt.page_pool
+    weights = {}
+    if penalised:
+        for n in names:
+            weights[n] = np.zeros(pool.shape, np.float64)
+            np.add.at(weights[n], rt.page_table(n), np.asarray(fisher[n], np.float64))
+    checkpoint = Checkpoint(os.path.join(checkpoint_dir, CHECKPOINT) if checkpoint_dir
+                            else None, _meta_key(rt, config, names))
+
+    def save():
+        checkpoint.save(pool=pool, best=best, best_round=best_round, anchors=anchors,
+                        optimizers=trainer.optimizers, history=history, config=config)
+
+    if resume and checkpoint.exists():
+        history, best, best_round, anchors = checkpoint.load(
+            pool=pool, optimizers=trainer.optimizers, names=names)
+        log(f"resuming after round {history[-1]['round']} from {checkpoint.path}")
+    else:
+        history = [_evaluate(rt, tasks, data_dir, config, 0, {}, {}, 0.0,
+                             trainer.learning_rate())]
+        best, best_round = pool.numpy().copy(), 0
+        anchors = {n: pool.numpy().copy() for n in names} if penalised else {}
+        save()
+        log(json.dumps(history[-1]))
+    stopped = False
+    for r in range(history[-1]["round"] + 1, config.rounds + 1):
+        if config.patience and _stale_rounds(history, best_round) >= config.patience:
+            stopped = True
+            log(f"stopping early: no better mean validation accuracy for {config.patience} "
+                f"rounds")
+            break
+        start = time.time()
+        snapshot = pool.numpy().copy()
+        moments = {k: [v.numpy() for v in o.variables] for k, o in trainer.optimizers.items()}
+        try:
+            if config.mode is OptimizationMode.JOINT:
+                train_loss, penalty = trainer.joint_round(r)
+            else:
+                train_loss, penalty = trainer.turns_round(r, weights, anchors)
+        except NonFiniteError as err:
+            pool.assign(snapshot)
+            for k, optimizer in trainer.optimizers.items():
+                for variable, value in zip(optimizer.variables, moments[k]):
+                    variable.assign(value)
+            raise NonFiniteError(f"{err}: stopped; the pool was restored to the start of the "
+                                 f"round and nothing non-finite was written (lower "
+                                 f"--learning_rate or check the data)") from None
+        entry = _evaluate(rt, tasks, data_dir, config, r, train_loss, penalty,
+                          time.time() - start, trainer.learning_rate())
+        history.append(entry)
+        if entry["mean_val_accuracy"] > history[best_round]["mean_val_accuracy"]:
+            best, best_round = pool.numpy().copy(), len(history) - 1
+        save()
+        log(json.dumps(entry))
+    pool.assign(best)
+    return {"history": history, "best_round": history[best_round]["round"],
+            "best_val_accuracy": history[best_round]["mean_val_accuracy"],
+            "rounds": history[-1]["round"], "stopped_early": stopped}
 
 
 def optimize_pool(pool_dir: str, config: OptimizeConfig, *, data_dir: str | None = None,
                   resume: bool = False, log=print) -> dict:
-    """`optimize_runtime` on a pool directory: checkpoints and history.json go into it, and
-    the best pool (by mean validation accuracy) is saved into it atomically.
+    """`optimize_runtime` on a pool directory: checkpoints and history.json go into it,
+    and the best pool (by mean validation accuracy) is saved into it atomically.
 
     Args:
       pool_dir: the pool directory; config: `OptimizeConfig`.
@@ -367,13 +573,14 @@ def optimize_pool(pool_dir: str, config: OptimizeConfig, *, data_dir: str | None
     Raises:
       ValueError: an empty pool; errors of `optimize_runtime` and `nwv.state`.
     """
-    loaded = state.load_state(pool_dir, with_teachers=True)
+    loaded = state.load_state(pool_dir, with_teachers=config.distill > 0)
     if not loaded.networks:
         raise ValueError(f"{pool_dir} holds no networks to optimise")
     with tf.distribute.get_strategy().scope():
         rt = nwv_runtime.VirtualizedNetworks.from_state(loaded, pool_dir=pool_dir)
     result = optimize_runtime(rt, config, data_dir=data_dir, checkpoint_dir=pool_dir,
-                      resume=resume, log=log)
-    loaded.pool = rt.pool_array()
-    state.save_state(pool_dir, loaded)
+                              resume=resume, log=log)
+    if distribute.is_chief():
+        loaded.pool = rt.pool_array()
+        state.save_state(pool_dir, loaded)
     return result

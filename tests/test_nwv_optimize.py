@@ -71,19 +71,35 @@ def test_joint_lowers_the_summed_loss(pool_dir, tiny_data, tmp_path):
     assert saved.tobytes() == ckpt["best_pool"].tobytes()
 
 
-def test_resume_continues_identically(pool_dir, tiny_data, tmp_path):
-    config = OptimizeConfig(mode="round_robin", rounds=2, steps=3, batch_size=16,
-                            limit=32, seed=5, lambda_=10.0)
+class _Crash(Exception):
+    pass
+
+
+def _crash_after(round_index):
+    """A log callback that kills the run once `round_index` is written (a crash)."""
+    def log(line):
+        if line.startswith("{") and json.loads(line)["round"] == round_index:
+            raise _Crash()
+    return log
+
+
+@pytest.mark.parametrize("mode", ["round_robin", "joint"])
+def test_resume_after_a_crash_is_bit_identical(mode, pool_dir, tiny_data, tmp_path):
+    """Optimizer moments and the schedule persist: a run killed after round 1 and
+    resumed ends with the same pools, moments and history as an uninterrupted one."""
+    config = OptimizeConfig(mode=mode, rounds=3, steps=3, batch_size=16, limit=32, seed=5,
+                            lambda_=10.0, distill=0.5, sync_every=2, warmup=0.2)
     straight = _copy(pool_dir, tmp_path, "straight")
     optimize.optimize_pool(straight, config, data_dir=tiny_data, log=None)
     resumed = _copy(pool_dir, tmp_path, "resumed")
-    first = OptimizeConfig.from_config({**config.get_config(), "rounds": 1})
-    optimize.optimize_pool(resumed, first, data_dir=tiny_data, log=None)
+    with pytest.raises(_Crash):
+        optimize.optimize_pool(resumed, config, data_dir=tiny_data, log=_crash_after(1))
     lines = []
     optimize.optimize_pool(resumed, config, data_dir=tiny_data, resume=True, log=lines.append)
     assert lines[0].startswith("resuming after round 1")
     a = np.load(os.path.join(straight, optimize.CHECKPOINT))
     b = np.load(os.path.join(resumed, optimize.CHECKPOINT))
+    assert any(k.startswith("optimizer/") for k in a.files)
     for key in a.files:
         if key != "meta":
             assert a[key].tobytes() == b[key].tobytes(), key
@@ -91,10 +107,26 @@ def test_resume_continues_identically(pool_dir, tiny_data, tmp_path):
     hb = json.load(open(os.path.join(resumed, optimize.HISTORY)))["history"]
     strip = [{k: v for k, v in h.items() if k != "seconds"} for h in ha]
     assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in hb]
-    assert ha[1]["penalty"]["objects"] > 0 or ha[1]["penalty"]["digits"] > 0
+    assert state.load_state(straight).pool.tobytes() == state.load_state(resumed).pool.tobytes()
+    if mode == "round_robin":
+        assert ha[1]["penalty"]["objects"] > 0 or ha[1]["penalty"]["digits"] > 0
+    # One schedule over the run: warm-up, then cosine decay to 0 at the last step.
+    rates = [h["learning_rate"] for h in ha]
+    assert rates[0] == 0.0 and rates[1] > 0 and rates[-1] == pytest.approx(0.0, abs=1e-9)
     other = OptimizeConfig.from_config({**config.get_config(), "learning_rate": 0.1})
     with pytest.raises(ValueError, match="differs in \\['learning_rate'\\]"):
         optimize.optimize_pool(resumed, other, data_dir=tiny_data, resume=True, log=None)
+
+
+def test_patience_stops_early_and_keeps_the_best_pool(pool_dir, tiny_data, tmp_path):
+    folder = _copy(pool_dir, tmp_path, "patience")
+    config = OptimizeConfig(rounds=6, steps=1, batch_size=8, limit=16, learning_rate=1e-9,
+                            schedule="constant", patience=2)
+    lines = []
+    result = optimize.optimize_pool(folder, config, data_dir=tiny_data, log=lines.append)
+    # A learning rate of 1e-9 changes nothing: no round beats round 0.
+    assert result["stopped_early"] and result["rounds"] == 2 and result["best_round"] == 0
+    assert any(line.startswith("stopping early") for line in lines)
 
 
 def test_non_finite_weights_stop_naming_the_network(pool_dir, tiny_data):
