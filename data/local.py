@@ -39,13 +39,18 @@ def cache_dir() -> str:
                                                         "zipvirt"))
 
 
-def extract(tarball: str) -> str:
-    """Extracts `tarball` into the cache once and returns the extraction folder."""
+def extraction_dir(tarball: str) -> str:
+    """The cache folder `extract` uses for `tarball` (keyed by its path, size, mtime)."""
     stat = os.stat(tarball)
     key = hashlib.sha1(f"{os.path.abspath(tarball)}:{stat.st_size}:{stat.st_mtime_ns}"
                        .encode()).hexdigest()[:16]
     name = os.path.basename(tarball).split(".")[0]
-    target = os.path.join(cache_dir(), "extracted", f"{name}-{key}")
+    return os.path.join(cache_dir(), "extracted", f"{name}-{key}")
+
+
+def extract(tarball: str) -> str:
+    """Extracts `tarball` into the cache once and returns the extraction folder."""
+    target = extraction_dir(tarball)
     if os.path.isdir(target):
         return target
     os.makedirs(os.path.dirname(target), exist_ok=True)

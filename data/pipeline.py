@@ -1,8 +1,7 @@
 """`tf.data` pipelines for registered tasks, from local files or TensorFlow Datasets.
 
-    >>> import data
-    >>> ds = data.load("mnist", "train", data_dir="../shared/datasets", batch_size=128)
-    >>> x, y = next(iter(ds))       # x: [128, 28, 28, 1] float32, y: [128] int64
+    ds = data.load("mnist", "train", data_dir="../shared/datasets", batch_size=128)
+    x, y = next(iter(ds))       # x: [128, 28, 28, 1] float32, y: [128] int64
 
 Local sources stream files (paths are shuffled, images/audio decoded in the
 map), so datasets never have to fit in memory. Without `data_dir` the task's

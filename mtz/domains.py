@@ -15,8 +15,10 @@ Convolutional networks with different spatial sizes are refused: padding the
 image changes a conv net's feature maps (and its flatten size), so no zero
 rows make the padded network compute the original function.
 
-    >>> joint = joint_shape([chain_gray, chain_rgb], ["gray", "rgb"])   # (28, 28, 3)
-    >>> padded = pad_chain(chain_gray, joint)  # first conv: kernel [9, 3, cout], rows 1-2 zero
+    joint = joint_shape([chain_gray, chain_rgb], ["gray", "rgb"])   # (28, 28, 3)
+    padded = pad_chain(chain_gray, joint)  # first conv: kernel [9, 3, cout], rows 1-2 zero
+
+(`tests/test_mtz_extensions.py` zips gray with RGB and 28x28 with 32x32 networks.)
 """
 from __future__ import annotations
 

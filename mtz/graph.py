@@ -1,5 +1,6 @@
 """Read a Keras functional model into a `Chain`: steps, wiring, folded BN, slot spaces.
 
+    >>> import models
     >>> chain = parse_chain(models.build("resnet28", k=1, base=2, depth=10))
     >>> [chain.weighted[l].name for l in chain.tied(0)]
     ['g1b1_conv2']

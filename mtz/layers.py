@@ -139,8 +139,8 @@ class InputPad(keras.layers.Layer):
     """Zero-pads a task's input to the joint input (TMC: "joint input layer at the
     larger size"): spatial axes centred (the extra pixel after), channels appended.
 
-        >>> InputPad((32, 32, 3))(np.ones((1, 28, 28, 1))).shape
-        TensorShape([1, 32, 32, 3])
+        >>> tuple(InputPad((32, 32, 3))(keras.ops.ones((1, 28, 28, 1))).shape)
+        (1, 32, 32, 3)
 
     Args:
       target_shape: the joint shape without batch axis, e.g. (32, 32, 3).

@@ -5,9 +5,9 @@ same `page_pool` variable through its page table (a constant in the graph), so
 the SavedModel's variables are the pool, stored once, whatever the number of
 networks. A fresh process loads it with TensorFlow alone:
 
-    >>> served = tf.saved_model.load("export_dir")
-    >>> logits = served.mnist(x)                         # one network
-    >>> all_logits = served.all_tasks(x_mnist, x_cifar)  # every network, one call
+    served = tf.saved_model.load("export_dir")
+    logits = served.mnist(x)                         # one network
+    all_logits = served.all_tasks(x_mnist, x_cifar)  # every network, one call
 
 Endpoint names are the network names (Python identifiers); `all_tasks` takes one
 input per network, in the order of `networks.json`, and returns a dict of logits;

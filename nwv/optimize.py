@@ -318,7 +318,7 @@ class _Trainer:
         optimizer.apply_gradients([(grad, pool)])
         finite = {n: tf.math.is_finite(per[n]) & self._pages_finite(n) for n in self.names}
         finite[_GRADIENT] = tf.reduce_all(tf.math.is_finite(grad))
-        return per, {n: tf.zeros([]) for n in self.names}, finite
+        return per, {n: tf.zeros([]) for n in self.names}, _failures(finite)
 
     def _turn_step(self, name, batch, target):
         pool, optimizer = self.rt.page_pool, self.optimizers[name]
@@ -334,7 +334,7 @@ class _Trainer:
         optimizer.apply_gradients([(grad, pool)])
         finite = {name: tf.math.is_finite(total) & self._pages_finite(name),
                   _GRADIENT: tf.reduce_all(tf.math.is_finite(grad))}
-        return {name: loss}, {name: pen}, finite
+        return {name: loss}, {name: pen}, _failures(finite)
 
     # --- k steps per compiled call -------------------------------------------------
     def _block(self, key, step_fn, names):
@@ -352,11 +352,11 @@ class _Trainer:
             first_bad = -tf.ones([len(checked)], tf.int32)
             for i in tf.range(k):
                 batches = {n: next(iterators[n]) for n in names}
-                per, pen, finite = strategy.run(step_fn, args=(batches, target))
+                per, pen, failed = strategy.run(step_fn, args=(batches, target))
                 loss_sum += tf.stack([strategy.reduce("SUM", per[n], axis=None) for n in names])
                 pen_sum += tf.stack([strategy.reduce("SUM", pen[n], axis=None) for n in names])
-                bad = tf.stack([strategy.reduce("SUM", tf.cast(~finite[n], tf.int32),
-                                                axis=None) > 0 for n in checked])
+                bad = tf.stack([strategy.reduce("SUM", failed[n], axis=None) > 0
+                                for n in checked])
                 first_bad = tf.where((first_bad < 0) & bad, i, first_bad)
             return loss_sum, pen_sum, first_bad
 
@@ -424,6 +424,11 @@ class _Trainer:
         """The current learning rate of the (first) optimizer."""
         optimizer = next(iter(self.optimizers.values()))
         return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+def _failures(finite: dict) -> dict:
+    """{name: 1 where a check failed, else 0} (int32, summed over replicas)."""
+    return {n: tf.cast(tf.logical_not(ok), tf.int32) for n, ok in finite.items()}
 
 
 def _penalty_target(name, names, on_pool, anchors, pool):

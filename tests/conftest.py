@@ -5,7 +5,9 @@ is absent). Images encode their class as a bright block at a class-specific
 place, keywords as a class-specific tone, so tiny models can learn them.
 """
 import os
+import shutil
 import tarfile
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -18,9 +20,12 @@ SHARED = os.path.join(os.path.dirname(REPO), "shared")
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _isolated_cache(tmp_path_factory):
-    """Tarball extractions go to a per-session cache, never the user's."""
-    os.environ["ZIPVIRT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+def _isolated_cache():
+    """Tarball extractions go to a test cache, never the user's. It persists between
+    sessions, so ../shared's tarballs are extracted once (entries are keyed by the
+    tarball's path, size and time); the tiny generated tarballs remove theirs."""
+    os.environ["ZIPVIRT_CACHE"] = os.path.join(tempfile.gettempdir(),
+                                               f"zipvirt-test-cache-{os.getuid()}")
 
 
 def write_images(root, task, split, class_names, per_class, shape, seed=0):
@@ -65,6 +70,7 @@ def tiny_data(tmp_path_factory):
     """A data folder: mnist (train only, folder), cifar10 (as a tarball,
     train+test), tts_commands (train only, folder). Returns its path."""
     import data
+    from data import local
 
     root = str(tmp_path_factory.mktemp("data"))
     write_images(root, "mnist", "train", data.get("mnist").class_names, 20, (28, 28, 1))
@@ -72,9 +78,11 @@ def tiny_data(tmp_path_factory):
     cifar = data.get("cifar10").class_names
     write_images(staging, "cifar10", "train", cifar, 8, (32, 32, 3), seed=1)
     write_images(staging, "cifar10", "test", cifar, 3, (32, 32, 3), seed=2)
-    make_tarball(staging, "cifar10", os.path.join(root, "cifar10_train.tar.gz"))
+    tarball = os.path.join(root, "cifar10_train.tar.gz")
+    make_tarball(staging, "cifar10", tarball)
     write_tones(root, "tts_commands", "train", data.get("tts_commands").class_names, 10)
-    return root
+    yield root
+    shutil.rmtree(local.extraction_dir(tarball), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

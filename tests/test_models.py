@@ -39,13 +39,23 @@ def test_build_run_gradients(name):
     assert not missing, f"variables without gradient: {missing}"
 
 
+# Cheap variants at the DEFAULT input shape and classes (only widths shrink), so the
+# ModelInfo of every model is checked against a built model.
+AT_DEFAULT_SHAPE = {
+    "vgg16": dict(width=0.0625, fc_units=16),
+    "resnet28": dict(k=1, base=2),
+    "us8k": dict(filters=4, fc_units=8),
+}
+
+
 def test_info_matches_built_model():
     for name in models.available():
-        model = models.build(name, **SMALL.get(name, {}))
+        model = models.build(name, **AT_DEFAULT_SHAPE.get(name, {}))
         info = models.info(name)
-        if name not in SMALL:
-            assert tuple(model.input_shape[1:]) == info.input_shape
-            assert model.output_shape[-1] == info.num_classes
+        assert tuple(model.input_shape[1:]) == info.input_shape, name
+        assert model.output_shape[-1] == info.num_classes, name
+        weighted = [l for l in model.layers if getattr(l, "kernel", None) is not None]
+        assert model.get_layer(info.first_layer) is weighted[0], name
 
 
 def test_unknown_model_suggests_names():
@@ -88,11 +98,19 @@ def test_reference_loader_roundtrip_and_errors(tmp_path):
 
 
 def test_reference_weights_load(shared_dir):
+    loaded = []
     for name in models.available("nwv_*"):
         ref = models.info(name).reference_weights
-        if ref:
-            models.load_reference_weights(models.build(name),
-                                          f"{shared_dir}/reference/nwv/{ref}")
+        if not ref:
+            continue
+        path = f"{shared_dir}/reference/nwv/{ref}"
+        model = models.load_reference_weights(models.build(name), path)
+        assert [w.tobytes() for w in model.get_weights()] == \
+            [a.tobytes() for a in models.read_npz(path)], name
+        x = np.random.default_rng(0).uniform(size=(2, *model.input_shape[1:]))
+        assert np.all(np.isfinite(model(x.astype(np.float32)).numpy())), name
+        loaded.append(name)
+    assert loaded == ["nwv_cifar10", "nwv_gsc", "nwv_gtsrb", "nwv_mnist", "nwv_svhn"]
 
 
 def test_reference_mnist_parity_on_real_digits(shared_dir):

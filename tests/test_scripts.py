@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO
@@ -52,10 +53,23 @@ def test_same_seed_same_model(trained, tiny_data, tmp_path):
     assert a == b
 
 
-def test_evaluate_reference_npz(shared_dir, tiny_data):
+@pytest.fixture(scope="module")
+def reference_npz(tmp_path_factory):
+    """A file in the original NWV code's format (weight_i, bias_i) for nwv_mnist."""
+    import models
+    model = models.build("nwv_mnist")
+    weighted = [l for l in model.layers if getattr(l, "kernel", None) is not None]
+    arrays = {}
+    for i, layer in enumerate(weighted):
+        arrays[f"weight_{i}"], arrays[f"bias_{i}"] = layer.get_weights()
+    path = str(tmp_path_factory.mktemp("reference") / "mnist.npz")
+    np.savez(path, **arrays)
+    return path
+
+
+def test_evaluate_reference_npz(reference_npz, tiny_data):
     proc = run_script("evaluate.py", "--task=mnist", "--model=nwv_mnist",
-                      f"--weights={shared_dir}/reference/nwv/mnist.npz",
-                      f"--data_dir={tiny_data}")
+                      f"--weights={reference_npz}", f"--data_dir={tiny_data}")
     assert json.loads(proc.stdout.strip().splitlines()[-1])["model"] == "nwv_mnist"
 
 
@@ -63,9 +77,11 @@ def test_evaluate_reference_npz(shared_dir, tiny_data):
     (["--task=mnsit", "--weights=x"], "unknown task 'mnsit'"),
     (["--task=mnist", "--weights=/nope"], "no model artifact"),
     (["--task=cifar10", "--model=nwv_mnist", "--weights=REF"], "takes inputs"),
+    (["--task=mnist", "--weights=REF"], "holds bare weights: pass the registered model name"),
 ])
-def test_evaluate_errors_are_clear(args, message, tiny_data, shared_dir):
-    args = [a.replace("REF", f"{shared_dir}/reference/nwv/mnist.npz") for a in args]
+def test_evaluate_errors_are_clear(args, message, tiny_data, reference_npz):
+    args = [a.replace("REF", reference_npz) for a in args]
     proc = run_script("evaluate.py", *args, f"--data_dir={tiny_data}", check=False)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
