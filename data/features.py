@@ -1,8 +1,11 @@
 """Pure preprocessing functions shared by task modules (tf ops, graph-safe).
 
-Images: scale to [0, 1], optional per-image L2 normalisation (GTSRB).
-Audio: pad/crop to a fixed length, random time shift and background noise
-(Speech Commands practice), MFCC and log-mel features with `tf.signal`.
+Images: scale to [0, 1], optional per-image L2 normalisation (GTSRB), random
+flips and padded crops (CIFAR practice).
+Audio: pad/crop to a fixed length; the word placed anywhere in the window with
+white or brown background noise at a random SNR (what real keyword clips look
+like); MFCC and log-mel features with `tf.signal`. Random functions are
+stateless: a [2] int seed tensor gives the same result every run.
 """
 from __future__ import annotations
 
@@ -22,10 +25,79 @@ def l2_normalize(x):
     return tf.math.l2_normalize(x, axis=None, epsilon=1e-12)
 
 
+def flip_and_crop(image, seed, *, pad: int = 4):
+    """Random horizontal flip and a random crop of the image zero-padded by `pad`
+    pixels (the standard CIFAR augmentation); same shape and dtype out.
+
+    Args:
+      image: [H, W, C] image; seed: [2] int stateless seed; pad: padding in pixels.
+    """
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    image = tf.image.stateless_random_flip_left_right(image, seeds[0])
+    shape = tf.shape(image)
+    padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+    return tf.image.stateless_random_crop(padded, shape, seeds[1])
+
+
 def fix_length(audio, length):
     """Zero-pads or crops float32 [samples] to `length` samples (keeps the start)."""
     audio = audio[:length]
     return tf.pad(audio, [[0, length - tf.shape(audio)[0]]])
+
+
+def brown_noise(seed, length: int, *, window: int = 400):
+    """Unit-variance brown-ish noise [length]: integrated white noise with its moving
+    average over `window` samples removed (a high-pass), as real background hum is
+    mostly low-frequency. `seed` is a [2] int stateless seed."""
+    white = tf.random.stateless_normal([length + window], seed)
+    walk = tf.cumsum(white)
+    padded = tf.concat([tf.zeros([1]), tf.cumsum(walk)], 0)
+    average = (padded[window:] - padded[:-window]) / float(window)   # trailing mean
+    noise = walk[window - 1:] - average
+    noise = noise[:length]
+    return noise / (tf.math.reduce_std(noise) + 1e-9)
+
+
+def place_in_noise(audio, seed, *, length: int, noise_probability: float = 0.8,
+                   snr_db=(5.0, 30.0), gain=(0.3, 1.0), brown_probability: float = 0.5):
+    """A clip as a keyword spotter meets it: the word at a random place in a window of
+    `length` samples, scaled by a random gain, over white or brown noise at a random SNR.
+
+    The SNR is relative to the word's own power; with probability 1 −
+    `noise_probability` the window stays clean. Stateless: `seed` is a [2] int tensor.
+
+    Args:
+      audio: float32 [samples] trimmed utterance (cropped to `length`).
+      seed: [2] int seed.
+      length: window in samples (16,000: one second at 16 kHz).
+      noise_probability: share of clips with noise.
+      snr_db: (low, high) uniform range of the SNR in dB.
+      gain: (low, high) uniform range of the word's gain.
+      brown_probability: share of noisy clips with brown rather than white noise.
+    Returns:
+      float32 [length] in [-1, 1].
+    """
+    seeds = tf.random.experimental.stateless_split(seed, 6)
+    audio = audio[:length]
+    n = tf.shape(audio)[0]
+    offset = tf.random.stateless_uniform([], seeds[0], 0, length - n + 1, tf.int32)
+    word = audio * tf.random.stateless_uniform([], seeds[1], gain[0], gain[1])
+    placed = tf.pad(word, [[offset, length - n - offset]])
+    white = tf.random.stateless_normal([length], seeds[2])
+    brown = tf.random.stateless_uniform([], seeds[3]) < brown_probability
+    noise = tf.where(brown, brown_noise(seeds[2], length), white)
+    snr = tf.random.stateless_uniform([], seeds[4], snr_db[0], snr_db[1])
+    power = tf.reduce_mean(tf.square(word)) + 1e-9
+    scale = tf.sqrt(power / (tf.reduce_mean(tf.square(noise)) + 1e-12) / 10.0 ** (snr / 10.0))
+    noisy = tf.random.stateless_uniform([], seeds[5]) < noise_probability
+    return tf.clip_by_value(placed + tf.where(noisy, scale, 0.0) * noise, -1.0, 1.0)
+
+
+def content_seed(x):
+    """A [2] int seed derived from a tensor's values: the same example always gets the
+    same randomness (deterministic corrupted evaluation sets)."""
+    digest = tf.strings.to_hash_bucket_fast(tf.io.serialize_tensor(x), 2 ** 31 - 1)
+    return tf.stack([digest, tf.constant(17, tf.int64)])
 
 
 def shift_and_noise(audio, seed, *, max_shift=1600, noise_max=0.1, noise_probability=0.5):

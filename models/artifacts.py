@@ -18,8 +18,18 @@ from models import reference, registry
 MODEL_FILE = "model.keras"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str, write) -> None:
-    """Calls `write(tmp_path)`, then renames onto `path`: readers never see half a file."""
+    """Calls `write(tmp_path)`, then renames onto `path`: readers never see half a file.
+
+    The file gets the mode any file the user writes gets (0666 less the umask),
+    not the temporary file's private 0600.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
@@ -27,6 +37,7 @@ def atomic_write(path: str, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -35,6 +35,7 @@ import models
 from models import artifacts, training
 from models.choices import Choice
 from nwv import fisher as fisher_lib
+from nwv import locking
 from nwv import matching as nwv_matching
 from nwv import pages, runtime, skeletons, state
 
@@ -196,7 +197,7 @@ def add_network(pool_dir: str, model, *, name: str, task: str, model_name: str |
                 model_overrides: dict | None = None, data_dir: str | None = None,
                 fisher: list | None = None, fisher_source="auto", fisher_definition="expected",
                 fisher_samples: int = 256, page_size: int = 100, matching="optimal",
-                seed: int = 0) -> dict:
+                seed: int = 0, wait=False) -> dict:
     """Adds one trained network to the pool directory (created if missing).
 
     Args:
@@ -219,13 +220,24 @@ def add_network(pool_dir: str, model, *, name: str, task: str, model_name: str |
       page_size: P of a new pool (must equal the existing pool's).
       matching: "optimal" (default) or "greedy".
       seed: seeds TF/NumPy and the Fisher's example order.
+      wait: if another process writes the pool: False fails at once, True waits,
+        a number waits that many seconds (`nwv.locking`).
     Returns:
       {"name", "pages", "pool_pages", "shared_pages", "cost", "fisher_source"}.
     Raises:
       ValueError / FileNotFoundError / KeyError with the reason (duplicate name,
-      page-size mismatch, incompatible model/task, unsupported layer, ...).
+      page-size mismatch, incompatible model/task, unsupported layer, weights
+      whose matching cost overflows float32, ...); PoolBusyError.
     """
     state.check_name(name)
+    with locking.writer(pool_dir, wait=wait):
+        return _add_network(pool_dir, model, name, task, model_name, model_overrides,
+                            data_dir, fisher, fisher_source, fisher_definition,
+                            fisher_samples, page_size, matching, seed)
+
+
+def _add_network(pool_dir, model, name, task, model_name, model_overrides, data_dir, fisher,
+                 fisher_source, fisher_definition, fisher_samples, page_size, matching, seed):
     training.set_seed(seed)
     overrides = dict(model_overrides or {})
     current = state.load_state(pool_dir, with_teachers=True) if state.exists(pool_dir) \
@@ -252,15 +264,18 @@ def add_network(pool_dir: str, model, *, name: str, task: str, model_name: str |
     w_pages, f_pages = _paginate(model, fisher, page_size, name)
     before = current.pool_state()
     table, pool, cost = nwv_matching.match_network(before, w_pages, f_pages, matching)
-    old = table[table < before.n_pages]
+    old = np.unique(table[table < before.n_pages])
     shared = int(np.sum(before.occupancy[old] > 0))
+    changed = old[before.occupancy[old] > 0]
     record = state.NetworkRecord(
         name=name, task=task, model=registered[0] if registered else model.name,
         model_overrides=registered[1] if registered else {},
         variable_names=tuple(v.path for v in model.trainable_variables),
         variable_shapes=tuple(tuple(v.shape) for v in model.trainable_variables),
         page_table=table.astype(np.int32), fisher=f_pages, fisher_source=source,
-        teacher=skeletons.flat_weights(model))
+        teacher=skeletons.flat_weights(model),
+        undo={"pages": changed, "values": before.weights[changed],
+              "after_sha256": state.pages_digest(pool.weights[changed])})
     if registered is None:
         record.asset = f"{name}.json"
         current.assets[record.asset] = model.to_json().encode()
@@ -271,31 +286,92 @@ def add_network(pool_dir: str, model, *, name: str, task: str, model_name: str |
             "shared_pages": shared, "cost": float(cost), "fisher_source": source}
 
 
-def remove_network(pool_dir: str, name: str) -> dict:
-    """Removes a network; pool pages no other network uses are dropped and the
-    remaining pages renumbered (`PoolDirState.compact`).
+def remove_network(pool_dir: str, name: str, *, wait=False) -> dict:
+    """Removes a network and undoes what adding it did to the pages it shared.
 
-    Shared pages keep their current (merged/optimised) values: a removal does not
-    restore the others' original weights.
+    While the pages the network's add merged are unchanged since (no joint
+    optimisation or later add touched them), they get back their values from
+    before the add, bit for bit ("restored": "exact"). Otherwise every page it
+    shared is rebuilt from the remaining users' original weights, Fisher-weighted
+    like a match ("restored": "from teachers"; their joint optimisation on those
+    pages is lost: optimise the pool again). Pages no network uses any more are
+    dropped and the tables renumbered (`PoolDirState.compact`).
 
     Args:
       pool_dir: the pool directory; name: the network.
+      wait: as `add_network`.
     Returns:
-      {"removed", "pool_pages" (after), "freed_pages"}.
+      {"removed", "pool_pages" (after), "freed_pages", "restored", "restored_pages"}.
     Raises:
-      KeyError: no such network; errors of `nwv.state.load_state`.
+      KeyError: no such network; PoolBusyError; errors of `nwv.state.load_state`.
     """
-    current = state.load_state(pool_dir, with_teachers=True)
-    if name not in current.networks:
-        raise KeyError(f"no network {name!r} in {pool_dir}; it holds "
-                       f"{list(current.networks) or 'no networks'}")
-    record = current.networks.pop(name)
-    for key in (record.asset, record.teacher_asset):
-        if key and not any(key in (r.asset, r.teacher_asset) for r in current.networks.values()):
-            current.assets.pop(key, None)
-    freed = current.compact()
-    state.save_state(pool_dir, current)
-    return {"removed": name, "pool_pages": int(current.pool.shape[0]), "freed_pages": freed}
+    with locking.writer(pool_dir, wait=wait):
+        current = state.load_state(pool_dir, with_teachers=True)
+        if name not in current.networks:
+            raise KeyError(f"no network {name!r} in {pool_dir}; it holds "
+                           f"{list(current.networks) or 'no networks'}")
+        record = current.networks.pop(name)
+        how, restored = _undo_pages(current, record)
+        for key in (record.asset, record.teacher_asset):
+            if key and not any(key in (r.asset, r.teacher_asset)
+                               for r in current.networks.values()):
+                current.assets.pop(key, None)
+        freed = current.compact()
+        state.save_state(pool_dir, current)
+    return {"removed": name, "pool_pages": int(current.pool.shape[0]), "freed_pages": freed,
+            "restored": how, "restored_pages": restored}
+
+
+def _undo_pages(current: state.PoolDirState, record) -> tuple[str, int]:
+    """Restores the pages `record`'s add changed (see `remove_network`); in place."""
+    users = np.zeros(current.pool.shape[0], bool)
+    for other in current.networks.values():
+        users[other.page_table] = True
+    shared = np.unique(record.page_table[users[record.page_table]])
+    if shared.size == 0:
+        return "nothing shared", 0
+    undo = record.undo
+    if undo is not None and len(undo["pages"]) and state.pages_digest(
+            current.pool[undo["pages"]]) == undo["after_sha256"]:
+        current.pool[undo["pages"]] = undo["values"]
+        return "exact", int(len(undo["pages"]))
+    weighted = np.zeros((shared.size, current.page_size))
+    total, plain, count = np.zeros_like(weighted), np.zeros_like(weighted), np.zeros(shared.size)
+    where = {int(p): i for i, p in enumerate(shared)}
+    for other in current.networks.values():
+        if other.outputs:
+            continue
+        hits = [(slot, where[int(p)]) for slot, p in enumerate(other.page_table)
+                if int(p) in where]
+        if not hits:
+            continue
+        original = _teacher_pages(other, current.page_size)
+        for slot, i in hits:
+            value = np.asarray(original[slot] if original is not None
+                               else current.pool[shared[i]], np.float64)
+            f = np.asarray(other.fisher[slot] if other.fisher is not None
+                           else np.zeros(current.page_size), np.float64)
+            weighted[i] += f * value
+            total[i] += f
+            plain[i] += value
+            count[i] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rebuilt = np.where(total > 0, weighted / np.where(total > 0, total, 1.0),
+                           plain / np.maximum(count, 1)[:, None])
+    current.pool[shared] = rebuilt.astype(np.float32)
+    return "from teachers", int(shared.size)
+
+
+def _teacher_pages(record, page_size: int):
+    """The record's original weights in its own page layout, or None without them."""
+    if record.teacher is None or record.teacher_asset is not None:
+        return None
+    layout = record.layout(page_size)
+    arrays, offset = [], 0
+    for shape, size in zip(layout.shapes, layout.sizes):
+        arrays.append(np.asarray(record.teacher[offset:offset + size]).reshape(shape))
+        offset += size
+    return pages.paginate(arrays, page_size, aligned=record.aligned)[0]
 
 
 def list_networks(pool_dir: str) -> list:

@@ -27,7 +27,7 @@ import keras
 import numpy as np
 
 from nwv import fisher as fisher_lib
-from nwv import pages, skeletons, state
+from nwv import locking, pages, skeletons, state
 from nwv.api import network_fisher
 from nwv.runtime import VirtualizedNetworks
 
@@ -144,10 +144,16 @@ def save_zipped(pool_dir: str, zipped, **options) -> VirtualizedNetworks:
         virtualized networks afterwards with `nwv.add_network`), or as
         `zipped_pool_state`.
     """
-    if state.exists(pool_dir):
-        raise ValueError(f"{pool_dir!r} already holds a pool; store a zipped model in a "
-                         f"new pool directory, then add other networks to it")
-    state.save_state(pool_dir, zipped_pool_state(zipped, **options))
+    def refuse_existing():
+        if state.exists(pool_dir):
+            raise ValueError(f"{pool_dir!r} already holds a pool; store a zipped model in a "
+                             f"new pool directory, then add other networks to it")
+
+    refuse_existing()
+    pool_state = zipped_pool_state(zipped, **options)
+    with locking.writer(pool_dir):
+        refuse_existing()
+        state.save_state(pool_dir, pool_state)
     return VirtualizedNetworks.load(pool_dir)
 
 

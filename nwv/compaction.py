@@ -32,15 +32,17 @@ import numpy as np
 __all__ = ["compact", "merge_pages"]
 
 
-def compact(pool: np.ndarray, tables: Mapping[str, np.ndarray]):
+def compact(pool: np.ndarray, tables: Mapping[str, np.ndarray], *, others=None):
     """Drops the pool pages no table uses and renumbers the tables.
 
     Args:
       pool: [m, P] pages.
       tables: {name: [n] int page indices into the pool}.
+      others: optional {name: [k] page indices} that are renumbered too without
+        keeping their pages (-1 where a page was dropped), e.g. undo records.
     Returns:
       (pool [m', P] of the used pages in their order, {name: renumbered int32
-      table}, number of pages dropped).
+      table} (with `others` added when given), number of pages dropped).
     Raises:
       ValueError: a table index outside the pool.
     """
@@ -52,9 +54,9 @@ def compact(pool: np.ndarray, tables: Mapping[str, np.ndarray]):
             raise ValueError(f"table {name!r}: page index outside the pool of "
                              f"{pool.shape[0]} pages")
         used[table] = True
-    renumber = np.cumsum(used) - 1
+    renumber = np.where(used, np.cumsum(used) - 1, -1)
     renumbered = {n: renumber[np.asarray(t, np.int64)].astype(np.int32)
-                  for n, t in tables.items()}
+                  for n, t in {**tables, **dict(others or {})}.items()}
     return pool[used], renumbered, int(np.sum(~used))
 
 

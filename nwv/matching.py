@@ -89,7 +89,31 @@ def _check_pages(w, f, name: str, page_size: int | None = None):
     if np.any(f < 0):
         raise ValueError(f"expected non-negative {name} Fisher, received minimum "
                          f"{f.min()}")
+    _check_magnitudes(w, f, name)
     return w, f
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_magnitudes(w, f, name):
+    """Refuses pages whose Fisher-weighted squares Σ_k F_k w_k² overflow float32.
+
+    Such values (weights scaled by 1e19, say) are finite but no trained network's:
+    their matching costs overflow, and merged into shared pages they would wreck
+    every other network. Nothing is matched then.
+    """
+    if w.size == 0:
+        return
+    energy = np.einsum("ij,ij,ij->i", f, w, w)
+    worst = int(np.argmax(energy))
+    largest = float(np.max(np.abs(w)))
+    if energy[worst] > _FLOAT32_MAX / 4 or largest > np.sqrt(_FLOAT32_MAX) / 1e3:
+        raise ValueError(
+            f"{name} page {worst}: weights × Fisher overflow float32 in the matching cost "
+            f"(max |w| = {largest:.3g}, max F = {float(np.max(f)):.3g}, Σ F w² = "
+            f"{float(energy[worst]):.3g}); these are not a trained network's weights, so "
+            f"the network is refused before it can change shared pages")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -63,6 +63,7 @@ import tensorflow as tf
 import data
 from models import artifacts, distribute, losses, training
 from models.choices import Choice
+from nwv import locking
 from nwv import runtime as nwv_runtime
 from nwv import state
 
@@ -311,17 +312,20 @@ class _Trainer:
     # --- one replica step --------------------------------------------------------
     def _joint_step(self, batches):
         pool, optimizer = self.rt.page_pool, self.optimizers["joint"]
+        pages_ok = {n: self._pages_finite(n) for n in self.names}   # the weights it read
         with tf.GradientTape() as tape:
             per = {n: self._loss(n, *batches[n]) for n in self.names}
             total = tf.add_n(list(per.values()))
         grad = tf.convert_to_tensor(tape.gradient(total, pool))
-        optimizer.apply_gradients([(grad, pool)])
-        finite = {n: tf.math.is_finite(per[n]) & self._pages_finite(n) for n in self.names}
+        with tf.control_dependencies(list(pages_ok.values())):
+            optimizer.apply_gradients([(grad, pool)])
+        finite = {n: tf.math.is_finite(per[n]) & pages_ok[n] for n in self.names}
         finite[_GRADIENT] = tf.reduce_all(tf.math.is_finite(grad))
         return per, {n: tf.zeros([]) for n in self.names}, _failures(finite)
 
     def _turn_step(self, name, batch, target):
         pool, optimizer = self.rt.page_pool, self.optimizers[name]
+        pages_ok = self._pages_finite(name)
         with tf.GradientTape() as tape:
             loss = self._loss(name, *batch)
             pen = tf.zeros([])
@@ -331,8 +335,9 @@ class _Trainer:
                                              + const) / self.replicas
             total = loss + pen
         grad = tf.convert_to_tensor(tape.gradient(total, pool))
-        optimizer.apply_gradients([(grad, pool)])
-        finite = {name: tf.math.is_finite(total) & self._pages_finite(name),
+        with tf.control_dependencies([pages_ok]):
+            optimizer.apply_gradients([(grad, pool)])
+        finite = {name: tf.math.is_finite(total) & pages_ok,
                   _GRADIENT: tf.reduce_all(tf.math.is_finite(grad))}
         return {name: loss}, {name: pen}, _failures(finite)
 
@@ -566,19 +571,32 @@ def optimize_runtime(rt: nwv_runtime.VirtualizedNetworks, config: OptimizeConfig
 
 
 def optimize_pool(pool_dir: str, config: OptimizeConfig, *, data_dir: str | None = None,
-                  resume: bool = False, log=print) -> dict:
+                  resume: bool = False, log=print, wait=False) -> dict:
     """`optimize_runtime` on a pool directory: checkpoints and history.json go into it,
     and the best pool (by mean validation accuracy) is saved into it atomically.
+
+    The pool's writer lock is held for the whole run (`nwv.locking`), so a second
+    optimisation or add cannot interleave with it; readers are not blocked.
 
     Args:
       pool_dir: the pool directory; config: `OptimizeConfig`.
       data_dir: data folder (None: TFDS); resume, log: as `optimize_runtime`.
+      wait: if another process writes the pool: False fails at once, True waits,
+        a number waits that many seconds.
     Returns:
       The result of `optimize_runtime`.
     Raises:
-      ValueError: an empty pool; errors of `optimize_runtime` and `nwv.state`.
+      ValueError: an empty pool; PoolBusyError; errors of `optimize_runtime` and
+      `nwv.state`.
     """
-    loaded = state.load_state(pool_dir, with_teachers=config.distill > 0)
+    if not state.exists(pool_dir):
+        state.read_manifest(pool_dir)             # the clear "no NWV pool" error
+    with locking.writer(pool_dir, wait=wait, log=log):
+        return _optimize_pool(pool_dir, config, data_dir, resume, log)
+
+
+def _optimize_pool(pool_dir, config, data_dir, resume, log):
+    loaded = state.load_state(pool_dir, with_teachers=True)
     if not loaded.networks:
         raise ValueError(f"{pool_dir} holds no networks to optimise")
     with tf.distribute.get_strategy().scope():

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from models import layer_support
-from nwv import pages, skeletons, state
+from nwv import locking, pages, skeletons, state
 
 __all__ = ["NetworkSpec", "VirtualizedNetworks", "check_supported", "check_model"]
 
@@ -160,6 +160,7 @@ class VirtualizedNetworks:
         self._active = next(iter(self._nets))
         self._run_fns = {}
         self._run_all_fns = {}
+        self._origins = {}          # records read from disk: parts left unloaded there
 
     # --- construction from and to disk ------------------------------------------
     @classmethod
@@ -186,7 +187,9 @@ class VirtualizedNetworks:
                 teacher=skeletons.build_teacher(record, pool_state.assets, model),
                 registered=(None if record.asset else
                             (record.model, dict(record.model_overrides))))
-        return cls(pool_state.pool, nets, pool_dir=pool_dir)
+        runtime = cls(pool_state.pool, nets, pool_dir=pool_dir)
+        runtime._origins = {n: r for n, r in pool_state.networks.items() if r.source_dir}
+        return runtime
 
     @classmethod
     def load(cls, pool_dir: str, names=None, *,
@@ -232,20 +235,31 @@ class VirtualizedNetworks:
                 if not _same_architecture(spec.teacher, spec.model):
                     record.teacher_asset = f"{name}.teacher.json"
                     assets[record.teacher_asset] = spec.teacher.to_json().encode()
+            origin = self._origins.get(name)
+            if origin is not None:       # what was not loaded is read from disk on save
+                record.source_dir = origin.source_dir
+                record.unloaded = frozenset(
+                    {"undo"} | ({"fisher"} if spec.fisher is None and "fisher" in
+                                origin.unloaded else set())
+                    | ({"teacher"} if spec.teacher is None and "teacher" in origin.unloaded
+                       else set()))
             networks[name] = record
         return state.PoolDirState(self.page_size, self.pool_array(), networks, assets)
 
-    def save(self, pool_dir: str) -> dict:
+    def save(self, pool_dir: str, *, wait=False) -> dict:
         """Writes the runtime as a pool directory (atomically, `nwv.state.save_state`).
 
         Args:
           pool_dir: destination (created; an existing pool there is replaced).
+          wait: if another process writes there: False fails at once, True waits.
         Returns:
           The manifest written.
         Raises:
           ValueError: a network name unusable as a file name, non-finite values.
+          PoolBusyError: another process writes the pool.
         """
-        manifest = state.save_state(pool_dir, self.to_state())
+        with locking.writer(pool_dir, wait=wait):
+            manifest = state.save_state(pool_dir, self.to_state())
         self.pool_dir = pool_dir
         return manifest
 

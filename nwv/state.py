@@ -13,6 +13,10 @@ A pool directory holds (format version 2; version 1 is read too):
     was built from. `teacher_asset` names the teacher's architecture (Keras
     JSON) when it is not the network's own (a zipped member's teacher is the
     separate network it came from).
+  * `<name>.undo.npy` (optional) — the values the pool pages had before this
+    network was matched onto them, float32 [k, P], with their page indices and
+    the sha256 of their values right after the add in the manifest: while those
+    pages are unchanged, removing the network restores them bit for bit.
   * assets — other files named in the manifest, e.g. a network's architecture
     as Keras JSON (`asset`) for networks that are not registered models.
   * `manifest.json` — written last: `format` ("nwv-pool"), `version`,
@@ -24,6 +28,10 @@ A pool directory holds (format version 2; version 1 is read too):
     `variable_shapes` (of `model.trainable_variables`), `weights`, `pages`,
     `fisher_source`, `aligned`, and `{file, bytes, sha256}` of its table,
     Fisher and teacher.
+
+Concurrency (`nwv.locking`): a save takes the directory's writer lock (failing
+at once if another process writes it) and its commit lock; a load takes the
+commit lock shared, so it never reads files of two different saves.
 
 Atomic save (`save_state`): every changed data file is first written in full
 beside its final name as `<file>.next` (temp file + `os.replace`); then the new
@@ -51,11 +59,12 @@ import struct
 import numpy as np
 
 from models import artifacts
-from nwv import compaction, matching, pages
+from nwv import compaction, locking, matching, pages
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "POOL_FILE", "NetworkRecord",
            "PoolDirState", "save_state", "load_state", "read_manifest", "exists",
-           "encode_page_table", "decode_page_table", "check_name", "check_table"]
+           "encode_page_table", "decode_page_table", "check_name", "check_table",
+           "pages_digest"]
 
 FORMAT, FORMAT_VERSION = "nwv-pool", 2
 READABLE_VERSIONS = (1, 2)
@@ -99,6 +108,13 @@ class NetworkRecord:
       teacher: [n] float32 original weights (distillation), or None.
       teacher_asset: asset holding the teacher's architecture when it is not
         the network's own (None: the network's architecture).
+      undo: what removing the network restores, or None: {"pages": [k] int
+        pool pages the add changed, "values": [k, P] float32 their values before,
+        "after_sha256": digest of their values right after the add}.
+      unloaded: parts `load_state` did not read ("fisher", "teacher", "undo");
+        saving the record reads them from `source_dir` first, so a save never
+        drops what a partial load left out.
+      source_dir: the pool directory the record was read from.
     """
     name: str
     task: str | None
@@ -114,6 +130,9 @@ class NetworkRecord:
     aligned: bool = False
     teacher: np.ndarray | None = None
     teacher_asset: str | None = None
+    undo: dict | None = None
+    unloaded: frozenset = frozenset()
+    source_dir: str | None = None
 
     def layout(self, page_size: int) -> pages.PageLayout:
         """The network's `PageLayout` for pages of `page_size` weights."""
@@ -151,15 +170,23 @@ class PoolDirState:
         return matching.PoolState(self.pool, fisher.astype(np.float32), occupancy)
 
     def compact(self) -> int:
-        """Drops pool pages no network uses and renumbers the tables (in place).
+        """Drops pool pages no network uses and renumbers the tables and undo
+        records (in place; an undo entry of a dropped page is dropped).
 
         Returns:
           The number of pages dropped.
         """
         tables = {n: r.page_table for n, r in self.networks.items()}
-        self.pool, tables, dropped = compaction.compact(self.pool, tables)
-        for name, table in tables.items():
-            self.networks[name].page_table = table
+        undo = {n: np.asarray(r.undo["pages"]) for n, r in self.networks.items() if r.undo}
+        self.pool, renumbered, dropped = compaction.compact(self.pool, tables, others={
+            f"{n}\0undo": p for n, p in undo.items()})
+        for name in tables:
+            self.networks[name].page_table = renumbered[name]
+        for name in undo:
+            pages_, record = renumbered[f"{name}\0undo"], self.networks[name]
+            keep = pages_ >= 0
+            record.undo = {**record.undo, "pages": pages_[keep].astype(np.int64),
+                           "values": np.asarray(record.undo["values"])[keep]}
         return dropped
 
 
@@ -198,6 +225,11 @@ def _npy_array(blob: bytes, where: str) -> np.ndarray:
         raise ValueError(f"{where}: not a readable .npy array: {err}") from err
 
 
+def pages_digest(values) -> str:
+    """sha256 of pages' float32 values (the undo records' "after_sha256")."""
+    return _sha256(np.ascontiguousarray(values, np.float32).tobytes())
+
+
 def _sha256(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()
 
@@ -211,7 +243,7 @@ def _manifest_files(manifest: dict) -> list:
     for net in manifest.get("networks", {}).values():
         if isinstance(net, dict):
             entries += [net.get("page_table", {}), net.get("fisher", {}),
-                        net.get("teacher") or {}]
+                        net.get("teacher") or {}, net.get("undo") or {}]
     entries += list((manifest.get("assets") or {}).values())
     return [e for e in entries if isinstance(e, dict) and "file" in e]
 
@@ -239,32 +271,61 @@ def _finish_commit(pool_dir: str) -> None:
 def save_state(pool_dir: str, state: PoolDirState) -> dict:
     """Writes `state` into `pool_dir` atomically (see the module docstring).
 
+    Args:
+      pool_dir: the pool directory (created if missing).
+      state: the `PoolDirState` to write.
     Returns:
       the manifest written.
-
     Raises:
       ValueError: a bad name, shapes that disagree, indices outside the pool,
-        NaN/inf in the pool or the Fisher (nothing is written then).
+        NaN/inf in the pool or the Fisher, `pool_dir` a file (nothing is written then).
+      PoolBusyError: another process writes the pool (`nwv.locking`).
+      PermissionError: the directory cannot be written.
     """
+    _fill_unloaded(state)
     blobs, manifest = _encode(state)
-    os.makedirs(pool_dir, exist_ok=True)
-    _finish_commit(pool_dir)
-    old_files = {e["file"] for e in _manifest_files(_manifest_or_empty(pool_dir))}
-    staged = []
-    for file, blob in blobs.items():
-        path = os.path.join(pool_dir, file)
-        if _matches(path, _entry(file, blob)):
-            continue                                  # unchanged: keep the file as is
-        artifacts.atomic_write(path + _NEXT, lambda tmp, b=blob: _write_bytes(tmp, b))
-        staged.append(path)
-    artifacts.write_json(os.path.join(pool_dir, MANIFEST), manifest)   # commit point
-    for path in staged:
-        os.replace(path + _NEXT, path)
-    for file in old_files - set(blobs):
-        path = os.path.join(pool_dir, file)
-        if os.path.exists(path):
-            os.remove(path)
+    with locking.writer(pool_dir, wait=False, log=None), locking.committing(pool_dir):
+        _finish_commit(pool_dir)
+        old_files = {e["file"] for e in _manifest_files(_manifest_or_empty(pool_dir))}
+        staged = []
+        for file, blob in blobs.items():
+            path = os.path.join(pool_dir, file)
+            if _matches(path, _entry(file, blob)):
+                continue                                  # unchanged: keep the file as is
+            artifacts.atomic_write(path + _NEXT, lambda tmp, b=blob: _write_bytes(tmp, b))
+            staged.append(path)
+        artifacts.write_json(os.path.join(pool_dir, MANIFEST), manifest)   # commit point
+        for path in staged:
+            os.replace(path + _NEXT, path)
+        for file in old_files - set(blobs):
+            path = os.path.join(pool_dir, file)
+            if os.path.exists(path):
+                os.remove(path)
     return manifest
+
+
+def _fill_unloaded(state: PoolDirState) -> None:
+    """Reads the parts records left unloaded from their source pools (in place)."""
+    for name, record in state.networks.items():
+        if not record.unloaded:
+            continue
+        if record.source_dir is None or not exists(record.source_dir):
+            raise ValueError(f"network {name!r}: its {sorted(record.unloaded)} were not "
+                             f"loaded and its source pool is gone")
+        source = load_state(record.source_dir, [name],
+                            with_fisher="fisher" in record.unloaded,
+                            with_teachers=bool({"teacher", "undo"} & record.unloaded))
+        found = source.networks[name]
+        if found.variable_shapes != record.variable_shapes:
+            raise ValueError(f"network {name!r} changed in {record.source_dir} since it was "
+                             f"loaded; reload it before saving")
+        for part in record.unloaded:
+            setattr(record, part, getattr(found, part))
+        if "teacher" in record.unloaded:
+            record.teacher_asset = found.teacher_asset
+            if found.teacher_asset and found.teacher_asset not in state.assets:
+                state.assets[found.teacher_asset] = source.assets[found.teacher_asset]
+        record.unloaded = frozenset()
 
 
 def _write_bytes(path: str, blob: bytes) -> None:
@@ -312,6 +373,17 @@ def _encode(state: PoolDirState):
             blobs[teacher_file] = _npy_bytes(flat)
             teacher = {**_entry(teacher_file, blobs[teacher_file]),
                        "asset": record.teacher_asset}
+        undo = None
+        if record.undo is not None:
+            values = np.asarray(record.undo["values"], np.float32)
+            undo_pages = np.asarray(record.undo["pages"], np.int64)
+            if values.shape != (undo_pages.size, page_size) or not np.all(np.isfinite(values)):
+                raise ValueError(f"{where}: expected finite undo values of shape "
+                                 f"{(undo_pages.size, page_size)}, received {values.shape}")
+            undo_file = f"{name}.undo.npy"
+            blobs[undo_file] = _npy_bytes(values)
+            undo = {**_entry(undo_file, blobs[undo_file]), "pages": undo_pages.tolist(),
+                    "after_sha256": str(record.undo["after_sha256"])}
         networks[name] = {
             "task": record.task, "model": record.model,
             "model_overrides": dict(record.model_overrides or {}),
@@ -323,7 +395,7 @@ def _encode(state: PoolDirState):
             "fisher_source": record.fisher_source, "aligned": bool(record.aligned),
             "page_table": _entry(table_file, blobs[table_file]),
             "fisher": _entry(fisher_file, blobs[fisher_file]),
-            "teacher": teacher,
+            "teacher": teacher, "undo": undo,
         }
     assets = {}
     for file, blob in sorted((state.assets or {}).items()):
@@ -350,6 +422,8 @@ def read_manifest(pool_dir: str) -> dict:
       FileNotFoundError: no manifest; ValueError: unreadable, or unknown format/version.
     """
     path = os.path.join(pool_dir, MANIFEST)
+    if os.path.exists(pool_dir) and not os.path.isdir(pool_dir):
+        raise ValueError(f"{pool_dir!r} is a file, not a pool directory")
     if not os.path.exists(path):
         raise FileNotFoundError(f"no NWV pool at {pool_dir!r}: {path} is missing")
     try:
@@ -463,7 +537,8 @@ def load_state(pool_dir: str, names=None, *, with_fisher: bool = True,
       pool_dir: the folder.
       names: networks to read (default all); the others are not opened.
       with_fisher: read the Fisher files (else `record.fisher` is None).
-      with_teachers: read the teachers' weights (else `record.teacher` is None).
+      with_teachers: read the teachers' weights and undo records (else
+        `record.teacher` and `record.undo` are None).
 
     Returns:
       PoolDirState (networks in the order they were added).
@@ -472,6 +547,11 @@ def load_state(pool_dir: str, names=None, *, with_fisher: bool = True,
       FileNotFoundError / ValueError naming the file: see the module docstring;
       KeyError for a name that is not in the pool.
     """
+    with locking.reading(pool_dir):
+        return _load_state(pool_dir, names, with_fisher, with_teachers)
+
+
+def _load_state(pool_dir, names, with_fisher, with_teachers) -> PoolDirState:
     manifest = read_manifest(pool_dir)
     where = os.path.join(pool_dir, MANIFEST)
     page_size, pool_pages = manifest["page_size"], manifest["pool_pages"]
@@ -506,6 +586,9 @@ def load_state(pool_dir: str, names=None, *, with_fisher: bool = True,
         record.page_table, path = _load_file(pool_dir, net.get("page_table"),
                                              f"page table of {name!r}", decode_page_table)
         check_table(record.page_table, layout.n_pages, pool_pages, path)
+        record.source_dir = pool_dir
+        record.unloaded = frozenset(
+            ([] if with_fisher else ["fisher"]) + ([] if with_teachers else ["teacher", "undo"]))
         if with_fisher:
             record.fisher, path = _load_file(pool_dir, net.get("fisher"),
                                              f"Fisher of {name!r}", _npy_array)
@@ -516,6 +599,15 @@ def load_state(pool_dir: str, names=None, *, with_fisher: bool = True,
             if record.teacher.ndim != 1 or not np.all(np.isfinite(record.teacher)):
                 raise ValueError(f"{path}: expected finite teacher weights [n], received "
                                  f"shape {record.teacher.shape}")
+        if with_teachers and net.get("undo"):
+            values, path = _load_file(pool_dir, net["undo"], f"undo pages of {name!r}",
+                                      _npy_array)
+            undo_pages = np.asarray(net["undo"].get("pages", []), np.int64)
+            if values.shape != (undo_pages.size, page_size) or (
+                    undo_pages.size and (undo_pages.min() < 0 or undo_pages.max() >= pool_pages)):
+                raise ValueError(f"{path}: undo pages do not fit the pool")
+            record.undo = {"pages": undo_pages, "values": values,
+                           "after_sha256": net["undo"].get("after_sha256", "")}
         networks[name] = record
     assets = {file: _read_checked(pool_dir, entry, f"asset {file}")
               for file, entry in (manifest.get("assets") or {}).items()}

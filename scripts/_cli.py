@@ -6,7 +6,7 @@ import sys
 
 from absl import app
 
-EXPECTED = (ValueError, FileNotFoundError, RuntimeError, KeyError)
+EXPECTED = (ValueError, OSError, RuntimeError, KeyError)
 
 
 def run(main):

@@ -35,6 +35,8 @@ flags.DEFINE_enum("fisher_source", "auto", [s.value for s in api.FisherSource],
 flags.DEFINE_enum("fisher_definition", "expected", ["expected", "predicted"],
                   "Computed Fisher: expectation over p(y|x), or the predicted class only.")
 flags.DEFINE_string("model_overrides", "{}", "JSON keyword arguments for models.build.")
+flags.DEFINE_bool("wait", False, "If another process is writing the pool, wait for it "
+                  "instead of failing at once.")
 flags.DEFINE_integer("seed", 0, "Random seed (Fisher example order).")
 
 
@@ -52,7 +54,8 @@ def main(argv):
         FLAGS.pool, FLAGS.weights, name=FLAGS.name, task=FLAGS.task, model_name=FLAGS.model,
         model_overrides=overrides, data_dir=FLAGS.data_dir, page_size=FLAGS.page_size,
         matching=FLAGS.matching, fisher_samples=FLAGS.fisher_samples, seed=FLAGS.seed,
-        fisher_source=FLAGS.fisher_source, fisher_definition=FLAGS.fisher_definition)
+        fisher_source=FLAGS.fisher_source, fisher_definition=FLAGS.fisher_definition,
+        wait=FLAGS.wait)
     print(json.dumps(summary))
 
 

@@ -34,6 +34,8 @@ flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
 flags.DEFINE_integer("batch_size", 64, "Batch size per task.")
 flags.DEFINE_bool("augment", False, "Train-time augmentation of the tasks.")
 flags.DEFINE_integer("limit", None, "Use at most this many examples per split (quick runs).")
+flags.DEFINE_bool("wait", False, "If another process is writing the pool, wait for it "
+                  "instead of failing at once.")
 flags.DEFINE_integer("seed", 0, "Random seed (data order of round r: (seed, r)).")
 
 
@@ -44,7 +46,7 @@ def main(argv):
         learning_rate=FLAGS.learning_rate, batch_size=FLAGS.batch_size,
         lambda_=FLAGS.lambda_, seed=FLAGS.seed, augment=FLAGS.augment, limit=FLAGS.limit)
     result = optimize.optimize_pool(FLAGS.pool, config, data_dir=FLAGS.data_dir,
-                                    resume=FLAGS.resume)
+                                    resume=FLAGS.resume, wait=FLAGS.wait)
     best = result["history"][result["best_round"]]
     print(json.dumps({"pool": FLAGS.pool, "mode": config.mode.value,
                       "rounds": result["rounds"], "best_round": result["best_round"],

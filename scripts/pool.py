@@ -18,6 +18,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("pool", None, "Pool directory.", required=True)
 flags.DEFINE_enum("action", "list", ["list", "inspect", "remove"], "What to do.")
 flags.DEFINE_string("name", None, "Network to remove (--action=remove).")
+flags.DEFINE_bool("wait", False, "If another process is writing the pool, wait for it "
+                  "instead of failing at once.")
 flags.DEFINE_integer("seed", 0, "Random seed (unused: kept for uniformity).")
 
 
@@ -34,7 +36,7 @@ def main(argv):
     else:
         if not FLAGS.name:
             raise ValueError("--action=remove needs --name=NETWORK")
-        print(json.dumps(api.remove_network(FLAGS.pool, FLAGS.name)))
+        print(json.dumps(api.remove_network(FLAGS.pool, FLAGS.name, wait=FLAGS.wait)))
 
 
 if __name__ == "__main__":

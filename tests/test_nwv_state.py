@@ -50,7 +50,8 @@ def test_round_trip_and_manifest(tmp_path):
     on_disk = json.load(open(tmp_path / "manifest.json"))
     assert on_disk == manifest and on_disk["version"] == state.FORMAT_VERSION
     assert on_disk["networks"]["b"]["weights"] == 11 and on_disk["networks"]["b"]["pages"] == 3
-    assert sorted(os.listdir(tmp_path)) == ["a.fisher.npy", "a.vnn", "b.fisher.npy", "b.vnn",
+    assert sorted(os.listdir(tmp_path)) == [".commit.lock", ".writer.lock", "a.fisher.npy",
+                                            "a.vnn", "b.fisher.npy", "b.vnn",
                                             "manifest.json", "pool.npy"]
     assert np.load(tmp_path / "pool.npy").tobytes() == saved.pool.tobytes()
     only_a = state.load_state(tmp_path, ["a"], with_fisher=False)
@@ -241,4 +242,5 @@ def test_crash_at_any_replace_leaves_a_loadable_state(tmp_path, monkeypatch):
         _assert_same(state.load_state(folder), old if crash_at <= commit else new)
         state.save_state(folder, new)                     # the next save cleans up
         _assert_same(state.load_state(folder), new)
-        assert not [f for f in os.listdir(folder) if f.endswith(".next") or f.startswith(".")]
+        assert not [f for f in os.listdir(folder) if f.endswith(".next") or (
+            f.startswith(".") and not f.endswith(".lock"))]

@@ -1,7 +1,8 @@
 """Synthetic keyword speech (espeak-ng, ../shared/datasets): 10 keywords -> MFCC 61x13x1.
 
-Clips are trimmed utterances without noise; padding to 1 s, random shift and
-background noise happen at load time (`augment=True`).
+Clips are trimmed utterances without noise; placing the word anywhere in the
+second and adding background noise happen at load time (`augment=True`,
+`data.keywords`); `tts_commands_noisy` is the noisy, shifted evaluation variant.
 """
 from data.spec import AUDIO, TaskSpec, register_task
 from data import keywords
