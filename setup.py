@@ -12,6 +12,7 @@ setup(
         "tensorflow>=2.16",
         "keras>=3.0",
         "tensorflow-datasets",
+        "importlib_resources",  # imported lazily by TFDS when it downloads
         "numpy",
         "scipy",
         "absl-py",

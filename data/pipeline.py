@@ -64,10 +64,18 @@ def _tfds_examples(spec: TaskSpec, split: str):
     tfds_split = spec.tfds_splits.get(split, split)
     try:
         ds = tfds.load(spec.tfds_name, split=tfds_split, shuffle_files=False)
-    except Exception as err:  # network, missing builder, manual download
+    except ImportError as err:      # a module TFDS imports lazily is not installed
+        raise RuntimeError(f"TensorFlow Datasets cannot load {spec.tfds_name!r} for task "
+                           f"{spec.name!r}: {err} (install it with pip; "
+                           f"`pip install -e .` installs what TFDS needs)") from err
+    except OSError as err:          # requests' ConnectionError is an OSError
+        raise RuntimeError(f"could not download TFDS dataset {spec.tfds_name!r} for task "
+                           f"{spec.name!r}: {str(err)[:200]}; offline, pass --data_dir with "
+                           f"local files in the layout {spec.name}/<split>/<class>/<file>"
+                           ) from err
+    except Exception as err:        # missing builder, manual download, bad split
         raise RuntimeError(f"could not load TFDS dataset {spec.tfds_name!r} split "
-                           f"{tfds_split!r} for task {spec.name!r} ({err}); offline, "
-                           f"pass --data_dir with local files") from err
+                           f"{tfds_split!r} for task {spec.name!r}: {err}") from err
     x_key, y_key = spec.tfds_keys
 
     def unpack(ex):

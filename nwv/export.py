@@ -3,7 +3,8 @@
 Built on `keras.export.ExportArchive`: every endpoint reads its weights from the
 same `page_pool` variable through its page table (a constant in the graph), so
 the SavedModel's variables are the pool, stored once, whatever the number of
-networks. A fresh process loads it with TensorFlow alone:
+networks (int8 storage: the codes and per-page scales, dequantized after the
+gather). A fresh process loads it with TensorFlow alone:
 
     served = tf.saved_model.load("export_dir")
     logits = served.mnist(x)                         # one network
@@ -44,10 +45,12 @@ def export_savedmodel(runtime: VirtualizedNetworks, out_dir: str, *, names=None)
       out_dir: destination folder (created; must not hold another SavedModel).
       names: networks to export (default: all, in the runtime's order).
     Returns:
-      {"endpoints": [...], "networks": {name: input shape}, "pool_bytes": int}
+      {"endpoints": [...], "networks": {name: input shape}, "storage", "pool_bytes"}
     Raises:
-      ValueError: a network name that is not a Python identifier.
+      ValueError: a network name that is not a Python identifier, or `out_dir` a file.
     """
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"export target {out_dir!r} is a file, not a folder")
     groups = runtime.groups()
     names = [n for n in (names or runtime.names) if n not in groups]
     archive = keras.export.ExportArchive()
@@ -75,10 +78,12 @@ def export_savedmodel(runtime: VirtualizedNetworks, out_dir: str, *, names=None)
         archive.add_endpoint(_endpoint_name(group), fn,
                              input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
         endpoints.append(group)
-    archive.add_variable_collection("page_pool", [runtime.page_pool])
+    pool_variables = ([runtime.page_codes, runtime.page_scales] if runtime.storage == "int8"
+                      else [runtime.page_pool])
+    archive.add_variable_collection("page_pool", pool_variables)
     archive.write_out(out_dir, verbose=False)
-    info = {"endpoints": endpoints, "networks": shapes,
-            "pool_bytes": int(runtime.page_pool.shape.num_elements() * 4)}
+    info = {"endpoints": endpoints, "networks": shapes, "storage": runtime.storage,
+            "pool_bytes": runtime.stored_bytes()}
     with open(os.path.join(out_dir, "networks.json"), "w") as handle:
         json.dump(info, handle, indent=2)
     return info

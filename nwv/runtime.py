@@ -16,6 +16,12 @@ own variables are never read. In memory and on disk are one thing: a runtime
 built in memory (`nwv.virtualize`) is saved as a pool directory with `save`,
 and `load` reads one back (see `nwv.state`).
 
+Storage: `storage="float32"` keeps the pool as it is trained; `storage="int8"`
+keeps int8 codes [m, P] and one scale per page instead (`nwv.quantize`, ÷4 in
+memory) and dequantizes each network's pages after the gather.
+`fake_quant=True` runs float pools through the int8 rounding (with a
+straight-through gradient), for quantisation-aware joint optimisation.
+
     rt = VirtualizedNetworks.load("runs/pool")
     rt.switch("mnist"); logits = rt(x)                  # x: [batch, 28, 28, 1]
     both = rt.run_all({"mnist": x, "cifar10": x2})      # one tf.function call
@@ -31,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from models import layer_support
-from nwv import locking, pages, skeletons, state
+from nwv import locking, pages, quantize, skeletons, state
 
 __all__ = ["NetworkSpec", "VirtualizedNetworks", "check_supported", "check_model"]
 
@@ -114,6 +120,9 @@ class _Network:
     layout: pages.PageLayout
 
 
+STORAGES = ("float32", "int8")
+
+
 class VirtualizedNetworks:
     """Several networks executed from one shared page pool.
 
@@ -121,23 +130,37 @@ class VirtualizedNetworks:
       pool: [m, P] float32 initial pool values.
       networks: {name: NetworkSpec}, in order (the first is active).
       pool_dir: the pool directory it came from or was saved to, if any.
+      storage: "float32" (`page_pool`, trainable) or "int8" (`page_codes` and
+        `page_scales`, dequantized after the gather; not trainable).
+      fake_quant: run a float32 pool through int8 rounding (straight-through).
 
     Raises:
       ValueError: a table that does not fit the model's weights or the pool, an
-        unsupported layer, an empty set of networks, a non-finite pool.
+        unsupported layer, an empty set of networks, a non-finite pool, an
+        unknown storage.
     """
 
     def __init__(self, pool, networks: Mapping[str, NetworkSpec], *,
-                 pool_dir: str | None = None):
+                 pool_dir: str | None = None, storage: str = "float32",
+                 fake_quant: bool = False):
         pool = np.asarray(pool, np.float32)
         if pool.ndim != 2 or not np.all(np.isfinite(pool)):
             raise ValueError(f"expected a finite pool of shape [m, P], received {pool.shape}")
         if not networks:
             raise ValueError("expected at least one network, received none")
+        if storage not in STORAGES:
+            raise ValueError(f"expected storage in {list(STORAGES)}, received {storage!r}")
         self.page_size = int(pool.shape[1])
         self.pool_dir = pool_dir
+        self.storage, self.fake_quant = storage, bool(fake_quant)
         with tf.distribute.get_strategy().scope():
-            self.page_pool = tf.Variable(pool, name="page_pool")
+            if storage == "int8":
+                codes, scales = quantize.quantize_pages(pool)
+                self.page_pool = None
+                self.page_codes = tf.Variable(codes, name="page_codes", trainable=False)
+                self.page_scales = tf.Variable(scales, name="page_scales", trainable=False)
+            else:
+                self.page_pool = tf.Variable(pool, name="page_pool")
         self._nets = {}
         for name, spec in networks.items():
             if not isinstance(spec, NetworkSpec):
@@ -164,13 +187,14 @@ class VirtualizedNetworks:
 
     # --- construction from and to disk ------------------------------------------
     @classmethod
-    def from_state(cls, pool_state: state.PoolDirState, *,
-                   pool_dir: str | None = None) -> "VirtualizedNetworks":
+    def from_state(cls, pool_state: state.PoolDirState, *, pool_dir: str | None = None,
+                   storage: str = "float32") -> "VirtualizedNetworks":
         """Builds every network of a `PoolDirState` (registry models or JSON assets).
 
         Args:
           pool_state: the pool and its records (Fisher and teachers when loaded).
           pool_dir: the directory it was read from, if any.
+          storage: "float32" or "int8" (see the class).
         Returns:
           The runtime.
         Raises:
@@ -187,19 +211,20 @@ class VirtualizedNetworks:
                 teacher=skeletons.build_teacher(record, pool_state.assets, model),
                 registered=(None if record.asset else
                             (record.model, dict(record.model_overrides))))
-        runtime = cls(pool_state.pool, nets, pool_dir=pool_dir)
+        runtime = cls(pool_state.pool, nets, pool_dir=pool_dir, storage=storage)
         runtime._origins = {n: r for n, r in pool_state.networks.items() if r.source_dir}
         return runtime
 
     @classmethod
-    def load(cls, pool_dir: str, names=None, *,
-             for_training: bool = False) -> "VirtualizedNetworks":
+    def load(cls, pool_dir: str, names=None, *, for_training: bool = False,
+             storage: str = "float32") -> "VirtualizedNetworks":
         """Loads (and checks) a pool directory.
 
         Args:
           pool_dir: the pool directory (`nwv.state`).
           names: networks to build (default: all).
           for_training: also read the Fisher and the teachers (joint optimisation).
+          storage: "float32" or "int8" (quantized on load, `nwv.quantize`).
         Returns:
           The runtime, remembering `pool_dir`.
         Raises:
@@ -207,7 +232,7 @@ class VirtualizedNetworks:
         """
         loaded = state.load_state(pool_dir, names, with_fisher=for_training,
                                   with_teachers=for_training)
-        return cls.from_state(loaded, pool_dir=pool_dir)
+        return cls.from_state(loaded, pool_dir=pool_dir, storage=storage)
 
     def to_state(self) -> state.PoolDirState:
         """The runtime as a `PoolDirState` (current pool values, tables, Fisher, teachers).
@@ -306,12 +331,20 @@ class VirtualizedNetworks:
         return self._nets[name]
 
     # --- execution -------------------------------------------------------------
+    def read_pages(self, table, pool=None):
+        """Pool pages [n, P] float32 for a table [n]: gathered (then dequantized for
+        int8 storage, or fake-quantized), differentiable w.r.t. a float pool."""
+        if pool is None and self.storage == "int8":
+            codes = tf.gather(self.page_codes, table)
+            return tf.cast(codes, tf.float32) * tf.gather(self.page_scales, table)[:, None]
+        gathered = tf.gather(self.page_pool if pool is None else pool, table)
+        return quantize.fake_quantize(gathered) if self.fake_quant else gathered
+
     def weight_tensors(self, name: str, pool=None) -> list:
-        """The network's variables read from `pool` (default `page_pool`) through its
-        table: list of tensors with the variable shapes (differentiable w.r.t. pool)."""
+        """The network's variables read from `pool` (default: the runtime's storage)
+        through its table: tensors with the variable shapes (differentiable w.r.t. pool)."""
         net = self._network(name)
-        pool = self.page_pool if pool is None else pool
-        flat = tf.reshape(tf.gather(pool, net.table), [-1])
+        flat = tf.reshape(self.read_pages(net.table, pool), [-1])
         layout = net.layout
         return [tf.reshape(flat[o:o + n], s)
                 for o, n, s in zip(layout.offsets, layout.sizes, layout.shapes)]
@@ -413,7 +446,10 @@ class VirtualizedNetworks:
     def weights(self, name: str) -> list:
         """The network's current variables as numpy arrays (numpy gather of the pool)."""
         net = self._network(name)
-        return pages.gather_weights(self.page_pool.numpy(), net.table.numpy(), net.layout)
+        pool = self.pool_array()
+        if self.fake_quant:
+            pool = quantize.dequantize_pages(*quantize.quantize_pages(pool))
+        return pages.gather_weights(pool, net.table.numpy(), net.layout)
 
     def to_keras(self, name: str) -> keras.Model:
         """A fresh plain Keras model holding the network's current weights."""
@@ -423,8 +459,17 @@ class VirtualizedNetworks:
         return model
 
     def pool_array(self) -> np.ndarray:
-        """A copy of the pool [m, P]."""
+        """A copy of the pool [m, P] float32 (int8 storage: its dequantized values)."""
+        if self.storage == "int8":
+            return quantize.dequantize_pages(self.page_codes.numpy(), self.page_scales.numpy())
         return self.page_pool.numpy().copy()
+
+    def stored_bytes(self) -> int:
+        """Bytes of the pool in memory: 4 per weight (float32), or 1 per weight and 4 per
+        page (int8)."""
+        if self.storage == "int8":
+            return int(self.page_codes.shape.num_elements() + 4 * self.page_scales.shape[0])
+        return int(4 * self.page_pool.shape.num_elements())
 
 
 def _same_architecture(a: keras.Model, b: keras.Model) -> bool:

@@ -116,3 +116,17 @@ def test_limit_without_shuffle_is_a_fixed_mixed_subset(tiny_data):
     first = labels()
     assert len(first) == 30 and len(np.unique(first)) > 3
     assert np.array_equal(first, labels())
+
+
+def test_tfds_builders_of_every_task_construct_offline():
+    """The TFDS path works in a fresh install: each task's builder is found and the
+    modules TFDS imports lazily when it downloads are installed (nothing is fetched)."""
+    import importlib
+    import tensorflow_datasets as tfds
+
+    importlib.import_module("importlib_resources")
+    names = sorted({data.get(t).tfds_name for t in data.available() if data.get(t).tfds_name})
+    assert "mnist" in names and "cifar10" in names
+    for name in names:
+        builder = tfds.builder(name, try_gcs=False)
+        assert builder.info.features is not None, name

@@ -1,0 +1,54 @@
+"""int8 pages: round trip within half a step, the int8 runtime and its SavedModel."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nwv import export, quantize
+from nwv.runtime import VirtualizedNetworks
+from tests.test_nwv_runtime import _dense, _fisher
+
+
+def test_round_trip_is_within_half_a_quantization_step():
+    rng = np.random.default_rng(0)
+    pool = (rng.normal(size=(50, 37)) * rng.uniform(0.01, 3, (50, 1))).astype(np.float32)
+    pool[3] = 0.0
+    codes, scales = quantize.quantize_pages(pool)
+    assert codes.dtype == np.int8 and scales.dtype == np.float32
+    assert np.abs(codes).max() == 127
+    back = quantize.dequantize_pages(codes, scales)
+    assert np.all(np.abs(back - pool) <= scales[:, None] / 2 + 1e-7)
+    np.testing.assert_array_equal(back[3], 0.0)
+    with pytest.raises(ValueError, match="finite pages"):
+        quantize.quantize_pages(np.full((2, 3), np.nan))
+
+
+def test_fake_quantize_rounds_forward_and_passes_gradients_straight():
+    pool = tf.Variable(np.random.default_rng(1).normal(size=(4, 10)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        out = quantize.fake_quantize(pool)
+        loss = tf.reduce_sum(out * 3.0)
+    np.testing.assert_allclose(out.numpy(), quantize.dequantize_pages(
+        *quantize.quantize_pages(pool.numpy())), atol=1e-6)
+    np.testing.assert_allclose(tape.gradient(loss, pool).numpy(), 3.0)
+
+
+def test_int8_runtime_runs_the_dequantized_weights_and_exports_them(tmp_path):
+    import nwv
+    big, small = _dense(0, [16, 8, 3], name="big"), _dense(1, [6, 4], name="small")
+    rt = nwv.virtualize({"big": big, "small": small},
+                        fisher={"big": _fisher(big, 0), "small": _fisher(small, 1)},
+                        page_size=10)
+    rt.save(str(tmp_path / "pool"))
+    q = VirtualizedNetworks.load(str(tmp_path / "pool"), storage="int8")
+    assert q.stored_bytes() * 4 < rt.stored_bytes() * 1.6          # ÷4 plus the scales
+    x = np.random.default_rng(2).normal(size=(5, 5)).astype(np.float32)
+    for name in ("big", "small"):
+        plain = rt.to_keras(name)
+        for variable, value in zip(plain.trainable_variables, q.weights(name)):
+            variable.assign(value)                                    # the int8 weights
+        np.testing.assert_allclose(q.run(name, x).numpy(), plain(x).numpy(), atol=1e-5)
+    info = export.export_savedmodel(q, str(tmp_path / "sm"))
+    assert info["storage"] == "int8" and export.variable_bytes(str(tmp_path / "sm")) == \
+        q.stored_bytes()
+    served = tf.saved_model.load(str(tmp_path / "sm"))
+    np.testing.assert_allclose(served.big(x).numpy(), q.run("big", x).numpy(), atol=1e-6)
