@@ -51,6 +51,9 @@ def export_savedmodel(runtime: VirtualizedNetworks, out_dir: str, *, names=None)
     """
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"export target {out_dir!r} is a file, not a folder")
+    if runtime.resident_plan is not None:
+        raise ValueError("a runtime under a RAM budget (resident_bytes) holds part of the "
+                         "pool; export a runtime loaded without resident_bytes")
     groups = runtime.groups()
     names = [n for n in (names or runtime.names) if n not in groups]
     archive = keras.export.ExportArchive()

@@ -499,6 +499,9 @@ def optimize_runtime(rt: nwv_runtime.VirtualizedNetworks, config: OptimizeConfig
       Fisher or teachers, or a checkpoint written with other settings.
     """
     log = log or (lambda line: None)
+    if rt.resident_plan is not None or rt.storage != "float32":
+        raise ValueError("joint optimisation trains a float32 pool held in memory; load the "
+                         "pool without resident_bytes and with storage='float32'")
     training.set_seed(config.seed)
     names = rt.task_names
     tasks = {n: (tasks or {}).get(n) or rt.task(n) for n in names}

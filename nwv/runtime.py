@@ -22,6 +22,12 @@ memory) and dequantizes each network's pages after the gather.
 `fake_quant=True` runs float pools through the int8 rounding (with a
 straight-through gradient), for quantisation-aware joint optimisation.
 
+RAM budget (`load(..., resident_bytes=B)`, `nwv.resident`): only the pages that
+fit B stay in memory (shared and Fisher-dense pages first) together with a swap
+buffer; switching to a network reads its other pages from the pool file into
+the buffer, with no model rebuild. Its logits are those of the all-in-memory
+runtime. Such a runtime executes and switches; it is not trained or exported.
+
     rt = VirtualizedNetworks.load("runs/pool")
     rt.switch("mnist"); logits = rt(x)                  # x: [batch, 28, 28, 1]
     both = rt.run_all({"mnist": x, "cifar10": x2})      # one tf.function call
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Mapping
 
 import keras
@@ -37,7 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 from models import layer_support
-from nwv import locking, pages, quantize, skeletons, state
+from nwv import locking, pages, quantize, resident, skeletons, state
 
 __all__ = ["NetworkSpec", "VirtualizedNetworks", "check_supported", "check_model"]
 
@@ -133,6 +140,9 @@ class VirtualizedNetworks:
       storage: "float32" (`page_pool`, trainable) or "int8" (`page_codes` and
         `page_scales`, dequantized after the gather; not trainable).
       fake_quant: run a float32 pool through int8 rounding (straight-through).
+      paging: (ResidentPlan, PageReader) of a RAM budget: `pool` then holds the
+        resident pages and the swap buffer, and the specs' tables are slots
+        (built by `load(..., resident_bytes=B)`).
 
     Raises:
       ValueError: a table that does not fit the model's weights or the pool, an
@@ -142,7 +152,7 @@ class VirtualizedNetworks:
 
     def __init__(self, pool, networks: Mapping[str, NetworkSpec], *,
                  pool_dir: str | None = None, storage: str = "float32",
-                 fake_quant: bool = False):
+                 fake_quant: bool = False, paging=None):
         pool = np.asarray(pool, np.float32)
         if pool.ndim != 2 or not np.all(np.isfinite(pool)):
             raise ValueError(f"expected a finite pool of shape [m, P], received {pool.shape}")
@@ -184,17 +194,21 @@ class VirtualizedNetworks:
         self._run_fns = {}
         self._run_all_fns = {}
         self._origins = {}          # records read from disk: parts left unloaded there
+        self._plan, self._reader = paging if paging else (None, None)
+        self._buffer_owner = None
 
     # --- construction from and to disk ------------------------------------------
     @classmethod
     def from_state(cls, pool_state: state.PoolDirState, *, pool_dir: str | None = None,
-                   storage: str = "float32") -> "VirtualizedNetworks":
+                   storage: str = "float32",
+                   resident_bytes: int | None = None) -> "VirtualizedNetworks":
         """Builds every network of a `PoolDirState` (registry models or JSON assets).
 
         Args:
           pool_state: the pool and its records (Fisher and teachers when loaded).
           pool_dir: the directory it was read from, if any.
           storage: "float32" or "int8" (see the class).
+          resident_bytes: a RAM budget for the pool (needs `pool_dir`; see the module).
         Returns:
           The runtime.
         Raises:
@@ -211,13 +225,17 @@ class VirtualizedNetworks:
                 teacher=skeletons.build_teacher(record, pool_state.assets, model),
                 registered=(None if record.asset else
                             (record.model, dict(record.model_overrides))))
-        runtime = cls(pool_state.pool, nets, pool_dir=pool_dir, storage=storage)
+        pool, paging = pool_state.pool, None
+        if resident_bytes is not None and resident_bytes < _pool_bytes(pool, storage):
+            pool, nets, paging = _paged(pool_state, nets, pool_dir, storage, resident_bytes)
+        runtime = cls(pool, nets, pool_dir=pool_dir, storage=storage, paging=paging)
         runtime._origins = {n: r for n, r in pool_state.networks.items() if r.source_dir}
         return runtime
 
     @classmethod
     def load(cls, pool_dir: str, names=None, *, for_training: bool = False,
-             storage: str = "float32") -> "VirtualizedNetworks":
+             storage: str = "float32",
+             resident_bytes: int | None = None) -> "VirtualizedNetworks":
         """Loads (and checks) a pool directory.
 
         Args:
@@ -225,14 +243,18 @@ class VirtualizedNetworks:
           names: networks to build (default: all).
           for_training: also read the Fisher and the teachers (joint optimisation).
           storage: "float32" or "int8" (quantized on load, `nwv.quantize`).
+          resident_bytes: keep at most this many bytes of pages in memory (two-level
+            pages, `nwv.resident`); None or at least the pool: all of it.
         Returns:
           The runtime, remembering `pool_dir`.
         Raises:
           FileNotFoundError / ValueError / KeyError: see `nwv.state.load_state`.
         """
-        loaded = state.load_state(pool_dir, names, with_fisher=for_training,
+        loaded = state.load_state(pool_dir, names,
+                                  with_fisher=for_training or resident_bytes is not None,
                                   with_teachers=for_training)
-        return cls.from_state(loaded, pool_dir=pool_dir, storage=storage)
+        return cls.from_state(loaded, pool_dir=pool_dir, storage=storage,
+                              resident_bytes=resident_bytes)
 
     def to_state(self) -> state.PoolDirState:
         """The runtime as a `PoolDirState` (current pool values, tables, Fisher, teachers).
@@ -240,6 +262,7 @@ class VirtualizedNetworks:
         A skeleton that is not a registered model is stored as Keras JSON; a teacher
         whose architecture differs from its network's gets its own JSON asset.
         """
+        self._refuse_paged("saved")
         assets, networks = {}, {}
         for name, net in self._nets.items():
             spec = net.spec
@@ -376,9 +399,36 @@ class VirtualizedNetworks:
                              f"{list(shape)}")
 
     def switch(self, name: str) -> None:
-        """Makes `name` the active network: a page-table change, no weight copy."""
+        """Makes `name` the active network: a page-table change, no weight copy
+        (under a RAM budget: its non-resident pages are read into the swap buffer)."""
         self._network(name)
+        self._swap_in(name)
         self._active = name
+
+    @property
+    def resident_plan(self):
+        """The `nwv.resident.ResidentPlan` of a RAM budget, or None."""
+        return self._plan
+
+    def _swap_in(self, name: str) -> None:
+        if self._plan is None or self._buffer_owner == name:
+            return
+        pages_ = self._plan.swapped.get(name)
+        if pages_ is not None and pages_.size:
+            values = self._reader.read(pages_)
+            start = len(self._plan.resident)
+            if self.storage == "int8":
+                codes, scales = quantize.quantize_pages(values)
+                self.page_codes[start:start + len(pages_)].assign(codes)
+                self.page_scales[start:start + len(pages_)].assign(scales)
+            else:
+                self.page_pool[start:start + len(pages_)].assign(values)
+        self._buffer_owner = name
+
+    def _refuse_paged(self, what: str) -> None:
+        if self._plan is not None:
+            raise ValueError(f"a runtime under a RAM budget (resident_bytes) cannot be "
+                             f"{what}; load the pool without resident_bytes")
 
     def run(self, name: str, x):
         """Logits of network `name` (compiled `tf.function`, one trace per network).
@@ -387,6 +437,7 @@ class VirtualizedNetworks:
           KeyError: an unknown network; ValueError: x of the wrong shape.
         """
         self.check_input(name, x)
+        self._swap_in(name)
         if name not in self._run_fns:
             self._run_fns[name] = tf.function(functools.partial(self.forward, name),
                                               reduce_retracing=True, autograph=False)
@@ -400,7 +451,7 @@ class VirtualizedNetworks:
         """{group network: its output names} for multi-output (zipped) networks."""
         return {n: net.spec.outputs for n, net in self._nets.items() if net.spec.outputs}
 
-    def _plan(self, inputs: Mapping) -> dict:
+    def _execution_plan(self, inputs: Mapping) -> dict:
         """{network to run: [(output index or None, name)]}: names whose inputs are
         the same tensor and that one group computes come from one group call."""
         plan, left = {}, [n for n in inputs]
@@ -433,7 +484,9 @@ class VirtualizedNetworks:
         """
         for name, x in inputs.items():
             self.check_input(name, x)
-        plan = self._plan(inputs)
+        if self._plan is not None:          # one swap buffer: one network at a time
+            return {name: self.run(name, x) for name, x in inputs.items()}
+        plan = self._execution_plan(inputs)
         key = tuple((k, tuple(v)) for k, v in plan.items())
         if key not in self._run_all_fns:
             self._run_all_fns[key] = tf.function(
@@ -446,6 +499,7 @@ class VirtualizedNetworks:
     def weights(self, name: str) -> list:
         """The network's current variables as numpy arrays (numpy gather of the pool)."""
         net = self._network(name)
+        self._swap_in(name)
         pool = self.pool_array()
         if self.fake_quant:
             pool = quantize.dequantize_pages(*quantize.quantize_pages(pool))
@@ -466,10 +520,34 @@ class VirtualizedNetworks:
 
     def stored_bytes(self) -> int:
         """Bytes of the pool in memory: 4 per weight (float32), or 1 per weight and 4 per
-        page (int8)."""
+        page (int8); under a RAM budget, the resident pages and the swap buffer."""
         if self.storage == "int8":
             return int(self.page_codes.shape.num_elements() + 4 * self.page_scales.shape[0])
         return int(4 * self.page_pool.shape.num_elements())
+
+
+def _pool_bytes(pool, storage) -> int:
+    m, page = pool.shape
+    return int(m * (page + 4) if storage == "int8" else 4 * m * page)
+
+
+def _paged(pool_state, nets, pool_dir, storage, budget):
+    """(in-memory pool, specs with slot tables, (plan, reader)) under a RAM budget."""
+    if pool_dir is None:
+        raise ValueError("resident_bytes needs a pool directory to read pages from")
+    pool = pool_state.pool
+    density = np.zeros(pool.shape[0])
+    for record in pool_state.networks.values():
+        if record.fisher is not None and not record.outputs:
+            np.add.at(density, record.page_table, record.fisher.sum(axis=1))
+    page_bytes = _pool_bytes(pool[:1], storage)
+    plan = resident.plan_resident({n: s.page_table for n, s in nets.items()}, density,
+                                  page_bytes=page_bytes, budget=int(budget))
+    memory = np.zeros((len(plan.resident) + plan.buffer_slots, pool.shape[1]), np.float32)
+    memory[:len(plan.resident)] = pool[plan.resident]
+    specs = {n: dataclasses.replace(s, page_table=plan.tables[n]) for n, s in nets.items()}
+    reader = resident.PageReader(os.path.join(pool_dir, state.POOL_FILE))
+    return memory, specs, (plan, reader)
 
 
 def _same_architecture(a: keras.Model, b: keras.Model) -> bool:

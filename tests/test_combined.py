@@ -58,7 +58,7 @@ def test_shared_blocks_are_stored_once(zipped_pool):
 def test_run_all_equals_one_by_one_and_uses_the_group(zipped_pool):
     _, _, runtime, x = zipped_pool
     assert runtime.groups() == {combined.GROUP: ("left", "right")}
-    assert list(runtime._plan({"left": x, "right": x})) == [combined.GROUP]
+    assert list(runtime._execution_plan({"left": x, "right": x})) == [combined.GROUP]
     together = runtime.run_all({"left": x, "right": x})
     apart = runtime.run_all({"left": x, "right": x.copy()})
     for name in ("left", "right"):
