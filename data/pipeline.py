@@ -3,11 +3,16 @@
     ds = data.load("mnist", "train", data_dir="../shared/datasets", batch_size=128)
     x, y = next(iter(ds))       # x: [128, 28, 28, 1] float32, y: [128] int64
 
-Local sources stream files (paths are shuffled, images/audio decoded in the
-map), so datasets never have to fit in memory. Without `data_dir` the task's
-TFDS builder is used (downloads on first use, as on Colab).
+Local sources are decoded once per process and kept in memory when they are
+small enough (`ZIPVIRT_MEMORY_CACHE` bytes, default 1 GiB: MNIST, CIFAR-10 and
+the keyword sets are), so later epochs, rounds and evaluations skip decoding;
+larger ones stream files (paths shuffled, decoded in the map). A file that
+cannot be decoded is named in the error. Without `data_dir` the task's TFDS
+builder is used (downloads on first use, as on Colab).
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -18,17 +23,23 @@ from data.spec import AUDIO, SPLITS, TaskSpec, get
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def _files(spec: TaskSpec, split: str, data_dir: str) -> local.FileList:
+def _source_files(spec: TaskSpec, split: str, data_dir: str):
+    """(the source task's FileList, indices kept, their labels) of a task's split."""
     if spec.multilabel:
-        return local.list_multilabel_files(spec, split, data_dir)
+        files = local.list_multilabel_files(spec, split, data_dir)
+        return files, np.arange(len(files.paths)), files.labels
     source = get(spec.source_task) if spec.source_task else spec
     files = local.list_files(source, split, data_dir)
     if spec.label_map is None:
-        return files
+        return files, np.arange(len(files.paths)), files.labels
     labels = np.asarray(spec.label_map, np.int64)[files.labels]
     keep = np.flatnonzero(labels >= 0)
-    return local.FileList(tuple(files.paths[i] for i in keep), labels[keep],
-                          spec.class_names)
+    return files, keep, labels[keep]
+
+
+def _files(spec: TaskSpec, split: str, data_dir: str) -> local.FileList:
+    files, keep, labels = _source_files(spec, split, data_dir)
+    return local.FileList(tuple(files.paths[i] for i in keep), labels, spec.class_names)
 
 
 def num_examples(task: str, split: str, data_dir: str) -> int:
@@ -53,6 +64,80 @@ def _decode(spec: TaskSpec, path):
     image = tf.io.decode_image(contents, channels=spec.channels, expand_animations=False)
     image.set_shape([None, None, spec.channels])
     return image
+
+
+_DECODED: dict = {}          # (kind, channels, paths) -> (examples, lengths) or None
+
+
+def _memory_limit() -> int:
+    return int(os.environ.get("ZIPVIRT_MEMORY_CACHE", 1 << 30))
+
+
+def _decode_all(spec: TaskSpec, paths: tuple):
+    """Every file decoded, in order; a file that fails is named."""
+    ds = tf.data.Dataset.from_tensor_slices(list(paths)).map(
+        lambda p: _decode(spec, p), num_parallel_calls=AUTOTUNE, deterministic=True)
+    out = []
+    try:
+        for x in ds.as_numpy_iterator():
+            out.append(x)
+    except tf.errors.OpError as err:
+        bad = paths[len(out)]
+        raise ValueError(f"{bad}: cannot decode this {spec.kind} file "
+                         f"({err.message.splitlines()[0][:120]}); fix or remove it") from None
+    return out
+
+
+def _decoded(spec: TaskSpec, files: local.FileList):
+    """(examples [n, ...], lengths [n] or None) of every file, decoded once per process,
+    or None when they would not fit `ZIPVIRT_MEMORY_CACHE` (then files are streamed)."""
+    key = (spec.kind, spec.channels, files.paths)
+    if key in _DECODED:
+        return _DECODED[key]
+    first = _decode_all(spec, files.paths[:1])[0]
+    per_example = (first.nbytes if spec.kind != AUDIO else 4 * 2 * spec.sample_rate)
+    if per_example * len(files.paths) > _memory_limit():
+        _DECODED[key] = None
+        return None
+    examples = _decode_all(spec, files.paths)
+    if spec.kind == AUDIO:               # ragged clips: zero-padded, with their lengths
+        lengths = np.asarray([len(a) for a in examples], np.int64)
+        padded = np.zeros((len(examples), int(lengths.max())), np.float32)
+        for i, a in enumerate(examples):
+            padded[i, :len(a)] = a
+        _DECODED[key] = (padded, lengths)
+    elif len({e.shape for e in examples}) == 1:
+        _DECODED[key] = (np.stack(examples), None)
+    else:                                # images of several sizes: stream them
+        _DECODED[key] = None
+    return _DECODED[key]
+
+
+def _local_examples(spec: TaskSpec, split: str, data_dir: str, shuffle: bool, seed: int,
+                    limit: int | None):
+    """A dataset of decoded (example, label) of a local split, in memory when small."""
+    files, keep, labels = _source_files(spec, split, data_dir)
+    decoded = _decoded(spec, files) if not limit else None    # quick runs: no bulk decode
+    if decoded is None:
+        paths = [files.paths[i] for i in keep]
+        ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+        if shuffle:
+            ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        elif limit:  # files are stored class by class: a fixed random subset instead
+            ds = ds.shuffle(len(paths), seed=0, reshuffle_each_iteration=False)
+        if limit:
+            ds = ds.take(limit)
+        return ds.map(lambda p, y: (_decode(spec, p), y), num_parallel_calls=AUTOTUNE,
+                      deterministic=True)
+    examples, lengths = decoded
+    if lengths is None:
+        ds = tf.data.Dataset.from_tensor_slices((examples[keep], labels))
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((examples[keep], lengths[keep], labels)).map(
+            lambda a, n, y: (a[:n], y))
+    if shuffle:
+        ds = ds.shuffle(len(keep), seed=seed, reshuffle_each_iteration=True)
+    return ds
 
 
 def _tfds_examples(spec: TaskSpec, split: str):
@@ -133,16 +218,7 @@ def load(task: str, split: str, data_dir: str | None = None, batch_size: int = 6
         raise ValueError(f"expected split in {SPLITS}, received {split!r}")
     shuffle = (split == "train") if shuffle is None else shuffle
     if data_dir:
-        files = _files(spec, split, data_dir)
-        ds = tf.data.Dataset.from_tensor_slices((list(files.paths), files.labels))
-        if shuffle:
-            ds = ds.shuffle(len(files.paths), seed=seed, reshuffle_each_iteration=True)
-        elif limit:  # files are stored class by class: a fixed random subset instead
-            ds = ds.shuffle(len(files.paths), seed=0, reshuffle_each_iteration=False)
-        if limit:
-            ds = ds.take(limit)
-        ds = ds.map(lambda p, y: (_decode(spec, p), y), num_parallel_calls=AUTOTUNE,
-                    deterministic=True)
+        ds = _local_examples(spec, split, data_dir, shuffle, seed, limit)
     else:
         ds = _tfds_examples(spec, split)
         if shuffle:
