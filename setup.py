@@ -20,6 +20,8 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "nbclient", "nbformat", "ipykernel"],
+        "test": ["pytest", "nbclient", "nbformat", "ipykernel", "tflite-micro"],
+        # TensorFlow Lite Micro's host interpreter: runs nwv.export_tflite(target="micro")
+        "micro": ["tflite-micro"],
     },
 )

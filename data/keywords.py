@@ -2,8 +2,9 @@
 
 Real keyword clips (Speech Commands) carry background noise and the word is not
 at a fixed place in the second. Training augmentation covers that
-(`features.place_in_noise`): the word anywhere in the second, gain 0.3-1, white
-or brown noise on 80% of clips at 5-30 dB SNR. The `<task>_noisy` evaluation
+(`features.place_in_noise`): for three clips in four the word anywhere in the
+second, gain 0.3-1, white or brown noise on 80% of them at 5-30 dB SNR; the
+fourth stays clean and at the start, as clean test clips are. The `<task>_noisy` evaluation
 tasks (`data/tasks/noisy_keywords.py`) apply the same corruption once per clip,
 deterministically (seeded by the clip's content), to measure robustness.
 """
@@ -21,9 +22,20 @@ def preprocess(audio):
     return features.l2_normalize(features.mfcc(audio, SAMPLE_RATE))[..., tf.newaxis]
 
 
+# Share of training clips kept clean and at the start of the second, as clean test clips
+# are; the others are placed anywhere over noise. Measured on tts_commands (nwv_tts,
+# 60 epochs): all clips placed in noise gave 70% clean / 87% noisy test accuracy, a
+# quarter kept clean 92% / 88%.
+CLEAN_SHARE = 0.25
+
+
 def augment(audio, seed):
-    """The word anywhere in the second, over noise at 5-30 dB SNR (training only)."""
-    return features.place_in_noise(audio, seed, length=SAMPLE_RATE)
+    """A quarter of the clips clean (padded to 1 s), the others with the word anywhere in
+    the second over noise at 5-30 dB SNR (training only)."""
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    clean = features.fix_length(audio, SAMPLE_RATE)
+    placed = features.place_in_noise(audio, seeds[0], length=SAMPLE_RATE)
+    return tf.where(tf.random.stateless_uniform([], seeds[1]) < CLEAN_SHARE, clean, placed)
 
 
 def noisy_preprocess(audio):

@@ -6,7 +6,8 @@ weighted cost), optimised jointly, and executed from memory: switching network
 is a page-table change. `virtualize` (in memory) and `add_network` (a pool
 directory) build pools, `optimize_pool` / `optimize_runtime` train them, `VirtualizedNetworks` runs,
 saves and loads them, `save_zipped` stores a zipped multi-task model (MTZ) in a
-pool, `export_savedmodel` writes a SavedModel. The maths (`pages`, `matching`,
+pool, `export_savedmodel` writes a SavedModel, `export_tflite` one TFLite file (phones,
+Linux boards, or TensorFlow Lite Micro). The maths (`pages`, `matching`,
 `compaction`, `fisher`) takes arrays and returns arrays.
 """
 from nwv.api import (FisherSource, add_network, inspect, list_networks, network_fisher,
@@ -17,9 +18,10 @@ from nwv.fisher import FisherDefinition, diagonal_fisher
 from nwv.matching import MatchingMethod
 from nwv.optimize import OptimizationMode, OptimizeConfig, optimize_pool, optimize_runtime
 from nwv.runtime import NetworkSpec, VirtualizedNetworks
+from nwv.tflite import export_tflite
 
 __all__ = ["FisherDefinition", "FisherSource", "MatchingMethod", "NetworkSpec",
            "OptimizationMode", "OptimizeConfig", "VirtualizedNetworks", "add_network",
-           "diagonal_fisher", "export_savedmodel", "inspect", "list_networks",
-           "network_fisher", "optimize_pool", "optimize_runtime", "remove_network",
-           "save_zipped", "virtualize", "zipped_pool_state"]
+           "diagonal_fisher", "export_savedmodel", "export_tflite", "inspect",
+           "list_networks", "network_fisher", "optimize_pool", "optimize_runtime",
+           "remove_network", "save_zipped", "virtualize", "zipped_pool_state"]

@@ -191,15 +191,16 @@ def page_costs(w_net, f_net, w_pool, f_pool) -> np.ndarray:
     a, fa = _check_pages(w_net, f_net, "network")
     b, fb = _check_pages(w_pool, f_pool, "pool", page_size=a.shape[1])
     a2, b2 = a * a, b * b
-    t1 = np.sum(fa * a2, axis=1)[:, None]          # Σ F₁ w₁²
-    t3 = fa @ b2.T                                 # Σ F₁ w₂²
-    t4 = a2 @ fb.T                                 # Σ F₂ w₁²
-    t6 = np.sum(fb * b2, axis=1)[None, :]          # Σ F₂ w₂²
-    cross = (fa * a) @ b.T + a @ (fb * b).T        # Σ F₁ w₁ w₂ + Σ F₂ w₁ w₂
-    costs = (t1 + t3) + (t4 + t6) - 2.0 * cross
-    scale = (t1 + t3) + (t4 + t6)
+    # Σ F₁ w₂² + Σ F₂ w₁² as one product, then + Σ F₁ w₁² + Σ F₂ w₂²: the positive terms.
+    scale = np.hstack([fa, a2]) @ np.hstack([b2, fb]).T
+    scale += np.sum(fa * a2, axis=1)[:, None]
+    scale += np.sum(fb * b2, axis=1)[None, :]
+    # Σ F₁ w₁ w₂ + Σ F₂ w₁ w₂ as one product; costs = positive − 2 cross, in place.
+    costs = np.hstack([fa * a, a]) @ np.hstack([b, fb * b]).T
+    costs *= -2.0
+    costs += scale
     costs[costs <= 4.0 * (a.shape[1] + 2) * np.finfo(np.float64).eps * scale] = 0.0
-    return np.maximum(costs, 0.0)
+    return np.maximum(costs, 0.0, out=costs)
 
 
 def _pair_costs(w, f, w_pool, f_pool, table) -> np.ndarray:
@@ -248,7 +249,8 @@ def _match_greedy(costs, mass, occupancy) -> np.ndarray:
     return table
 
 
-def _match_optimal(costs, occupancy) -> np.ndarray:
+def _match_optimal_dense(costs, occupancy) -> np.ndarray:
+    """The optimal assignment under the level quotas, by one dense assignment."""
     n = costs.shape[0]
     full, partial, quota = _level_quotas(occupancy, n)
     cols = np.concatenate([full, partial])
@@ -262,6 +264,138 @@ def _match_optimal(costs, occupancy) -> np.ndarray:
     keep = rows < n
     table[rows[keep]] = cols[picked[keep]]
     return table
+
+
+# Below this many matrix entries the dense assignment is fast enough as it is.
+_DENSE_ENTRIES = 1 << 21
+
+
+def _match_optimal(costs, occupancy, *, candidates: int = 16) -> np.ndarray:
+    """The optimal assignment under the level quotas, by sparse assignments with pricing.
+
+    Same optimum as `_match_optimal_dense`, found on a few candidate pairs per page:
+
+    1. Costs are scaled to [0, 1]; quotas become costs: every page of the fully
+       taken levels gets a bonus larger than any assignment's cost, so a
+       minimum-cost assignment of all network pages takes all of them (a
+       rectangular assignment, no dummy rows).
+    2. Solve the assignment restricted to each page's `candidates` cheapest pool
+       pages and a feasible assignment
+       (`scipy.sparse.csgraph.min_weight_full_bipartite_matching`).
+    3. Certificate: potentials π of the restricted residual graph exist because
+       the restricted matching is optimal (Bellman-Ford with early exit). If every
+       pair (i, j) of the FULL matrix has a non-negative reduced cost
+       c_ij + π_i − π_j, no improving cycle exists in the full residual graph
+       either (its other edges depend only on the matching): by LP duality the
+       matching is optimal for the full problem.
+    4. Otherwise the violating pairs join the candidates and step 2 repeats; it
+       ends because candidates only grow (at worst to the full matrix).
+    """
+    n = costs.shape[0]
+    full, partial, quota = _level_quotas(occupancy, n)
+    cols = np.concatenate([full, partial])
+    if n * cols.size <= _DENSE_ENTRIES:
+        return _match_optimal_dense(costs, occupancy)
+    # `costs` belongs to the caller's scratch (match_network): rescaled in place.
+    weights = costs if np.array_equal(cols, np.arange(costs.shape[1])) else costs[:, cols]
+    scale = float(weights.max(initial=0.0))
+    if scale > 0:
+        weights /= scale
+    shift = 1.0
+    if full.size:
+        weights[:, :full.size] -= n + 1.0     # the bonus: more than any assignment costs
+        shift += n + 1.0
+    weights += shift                          # every edge > 0: explicit zeros are no edges
+    k = min(candidates, cols.size)
+    mask = np.zeros(weights.shape, bool)
+    # Candidates by reduced costs of the column and row minima (dual estimates), so pool
+    # pages that are cheap for every network page do not crowd out each page's own.
+    reduced = weights - weights.min(axis=0)[None, :]
+    reduced -= reduced.min(axis=1, keepdims=True)
+    np.put_along_axis(mask, np.argpartition(reduced, k - 1, axis=1)[:, :k], True, axis=1)
+    if full.size:                             # every fully taken page needs candidate rows
+        rows = np.argpartition(weights[:, :full.size], min(k, n) - 1, axis=0)[:min(k, n)]
+        mask[rows, np.arange(full.size)[None, :]] = True
+    mask[np.arange(n), np.arange(n)] = True   # a feasible assignment: a full matching exists
+    while True:
+        col_of_row = _sparse_assignment(weights, mask)
+        potentials = _potentials(weights, mask, col_of_row, full.size)
+        np.add(weights, potentials[:n, None], out=reduced)
+        reduced -= potentials[None, n:n + cols.size]
+        reduced[np.arange(n), col_of_row] = 0.0
+        bad = reduced < -1e-12
+        if not bad.any():
+            return cols[col_of_row]
+        # Every violating pair, and each page's k cheapest pairs under the new potentials
+        # (the support of the optimum is close to them: few rounds instead of many).
+        mask |= bad
+        np.put_along_axis(mask, np.argpartition(reduced, k - 1, axis=1)[:, :k], True, axis=1)
+
+
+def _sparse_assignment(weights, mask) -> np.ndarray:
+    """Column of each row in the minimum-cost assignment restricted to `mask`."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+
+    rows, cols = np.nonzero(mask)
+    graph = csr_matrix((weights[rows, cols], (rows, cols)), shape=weights.shape)
+    row_ind, col_ind = min_weight_full_bipartite_matching(graph)
+    out = np.empty(weights.shape[0], np.int64)
+    out[row_ind] = col_ind
+    return out
+
+
+def _potentials(weights, mask, col_of_row, n_full: int) -> np.ndarray:
+    """Shortest-path potentials [rows, columns, sink] of the restricted residual graph.
+
+    Edges: unmatched candidate i -> j (c_ij), matched j -> i (-c_ij), a free pool
+    page j -> sink (0), sink -> a taken pool page of the partly taken level (0);
+    every node starts at distance 0 (a virtual source), so π_b <= π_a + w_ab.
+    """
+    n, m = weights.shape
+    sink = n + m
+    rows, cols = np.nonzero(mask)
+    matched = col_of_row[rows] == cols
+    taken = np.zeros(m, bool)
+    taken[col_of_row] = True
+    free = np.flatnonzero(~taken)
+    swap = np.flatnonzero(taken)
+    swap = swap[swap >= n_full]              # fully taken pages must stay taken
+    src = np.concatenate([rows[~matched], n + cols[matched], n + free,
+                          np.full(swap.size, sink)])
+    dst = np.concatenate([n + cols[~matched], rows[matched], np.full(free.size, sink),
+                          n + swap])
+    w = np.concatenate([weights[rows[~matched], cols[~matched]],
+                        -weights[rows[matched], cols[matched]],
+                        np.zeros(free.size + swap.size)])
+    return bellman_ford(n + m + 1, src, dst, w)
+
+
+def bellman_ford(nodes: int, src, dst, weights) -> np.ndarray:
+    """Shortest distances from a virtual source joined to every node at cost 0.
+
+    Vectorised passes (each relaxes every edge) that stop as soon as a pass
+    changes nothing: with potentials close to final (as here) a few dozen passes,
+    not the |V| of a textbook run.
+
+    Args:
+      nodes: node count; src, dst, weights: [E] edges src -> dst.
+    Returns:
+      [nodes] float64 distances (<= 0).
+    Raises:
+      ValueError: a negative cycle (no distances exist).
+    """
+    order = np.argsort(dst, kind="stable")
+    src, dst, weights = src[order], dst[order], np.asarray(weights, np.float64)[order]
+    heads, starts = np.unique(dst, return_index=True)
+    dist = np.zeros(nodes)
+    for _ in range(nodes + 1):
+        best = np.minimum.reduceat(dist[src] + weights, starts)
+        improved = best < dist[heads]
+        if not improved.any():
+            return dist
+        dist[heads[improved]] = best[improved]
+    raise ValueError("negative cycle: the restricted assignment is not optimal")
 
 
 def match_network(pool: PoolState, w_net_pages, f_net_pages,
@@ -304,7 +438,9 @@ def match_network(pool: PoolState, w_net_pages, f_net_pages,
     if used.size:
         costs[:, used] = page_costs(w, f, pool.weights[used], pool.fisher[used])
 
-    if method is MatchingMethod.GREEDY:
+    if used.size == 0:                              # an empty pool: every page is new
+        table = np.arange(m, m + n) if grow == n else np.flatnonzero(occupancy == 0)[:n]
+    elif method is MatchingMethod.GREEDY:
         table = _match_greedy(costs, f.sum(axis=1), occupancy)
     else:
         table = _match_optimal(costs, occupancy)

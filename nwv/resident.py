@@ -29,7 +29,7 @@ import numpy as np
 __all__ = ["ResidentPlan", "plan_resident", "PageReader"]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ResidentPlan:
     """Where every page lives under a budget.
 

@@ -1,9 +1,10 @@
 """The ONE helper module of the benchmarks (`scripts/bench_*.py`, importable as `_bench`).
 
 Everything here is plumbing that benchmarks share and the library does not need:
-training a network once and caching it (`trained`), the NWV benchmarks' network
-set (`NetSpec`, `NETWORKS`), building a pool directory largest network first,
-the reload-from-storage baseline of switching benchmarks (`load_from_disk`,
+training a network once and caching it (`trained`; every benchmark keeps its own
+cache folder and training settings), the NWV benchmarks' network set (`NetSpec`,
+`NETWORKS`), building a pool directory largest network first, the
+reload-from-storage baseline of switching benchmarks (`load_from_disk`,
 `evict_from_page_cache`, `switch_latency`), peak RSS, the machine's load, JSON
 and matplotlib (Agg) output. Relative paths resolve against the repository root.
 Accuracies come from `models.training.evaluate`, pool orders from
@@ -23,7 +24,7 @@ import numpy as np
 import data
 import models
 from models import artifacts, training
-from nwv import api, pages, skeletons, state
+from nwv import api, matching, pages, runtime, skeletons, state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,6 +32,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def resolve(path: str) -> str:
     """`path` if absolute, else relative to the repository root."""
     return path if os.path.isabs(path) else os.path.normpath(os.path.join(REPO, path))
+
+
+def class_overrides(model: str, task: str) -> dict:
+    """`models.build` arguments fitting a registered model to a task's class count
+    ({} when they agree; e.g. {"num_classes": 2} for lenet_300_100 on mnist_parity)."""
+    classes = data.get(task).num_classes
+    return {} if classes == models.info(model).num_classes else {"num_classes": classes}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +60,7 @@ class NetSpec:
     def overrides(self) -> dict:
         """Builder arguments: the task's class count where it differs from the model's
         (derived tasks have 2 to 6 classes)."""
-        classes = data.get(self.task).num_classes
-        return {} if classes == models.info(self.model).num_classes else \
-            {"num_classes": classes}
+        return class_overrides(self.model, self.task)
 
     def build(self):
         return models.build(self.model, **self.overrides())
@@ -98,7 +104,20 @@ def trained(task: str, model: str, *, data_dir: str, cache_dir: str, epochs: int
     `models.training.train` artifact (validation-selected epoch); when it already
     holds a metrics.json nothing is trained. The cache key is every setting that
     changes the result: task, model, tag (e.g. builder overrides), epochs, seed
-    (learning rate and batch size when not the defaults).
+    (learning rate and batch size when not the defaults). Load the network with
+    `models.artifacts.load_model(folder)`; its training metrics are in
+    `<folder>/metrics.json`.
+
+    Args:
+      task: registered task; model: registered model, built with `overrides`
+        after seeding TF with `seed` (the initialisation).
+      data_dir: local data; cache_dir: the benchmark's cache folder (relative:
+        to the repository root).
+      epochs, seed, learning_rate, batch_size: of `models.training.train`.
+      tag: extra cache-key part for settings outside the key (e.g. overrides).
+      log: callable told when a network is trained.
+    Returns:
+      The artifact folder.
     """
     key = f"{task}-{model}" + (f"-{tag}" if tag else "") + f"-e{epochs}-s{seed}"
     if (learning_rate, batch_size) != (1e-3, 128):
@@ -149,10 +168,12 @@ def examples(task: str, split: str, data_dir: str, limit: int | None = None) -> 
     return min(count, limit) if limit else count
 
 
-def build_pool(pool_dir: str, specs, paths: dict, data_dir: str, page_size: int = 100,
-               matching: str = "optimal", fisher_source: str = "auto", seed: int = 0,
+def build_pool(pool_dir: str, specs, paths: dict, data_dir: str, *, page_size: int = 100,
+               method: str = "optimal", fisher_source: str = "auto", seed: int = 0,
                log=print) -> dict:
-    """Creates `pool_dir` afresh with the networks added largest first.
+    """Creates `pool_dir` afresh with the networks added largest first
+    (`nwv.matching.order_for_pooling` of their weight counts) by `nwv.add_network`
+    with `method` page matching.
 
     Returns:
       {"order", "add": {name: add_network summary + "seconds"}, "seconds" (all adds)}.
@@ -160,14 +181,14 @@ def build_pool(pool_dir: str, specs, paths: dict, data_dir: str, page_size: int 
     pool_dir = resolve(pool_dir)
     if os.path.exists(pool_dir):
         shutil.rmtree(pool_dir)
-    sizes = [s.build().count_params() for s in specs]
-    order = [specs[i] for i in sorted(range(len(specs)), key=lambda i: (-sizes[i], i))]
+    order = [specs[i] for i in matching.order_for_pooling(
+        [s.build().count_params() for s in specs])]
     added, total = {}, 0.0
     for spec in order:
         start = time.perf_counter()
         summary = api.add_network(pool_dir, paths[spec.name], name=spec.name, task=spec.task,
                                   model_name=spec.model, model_overrides=spec.overrides(),
-                                  data_dir=data_dir, page_size=page_size, matching=matching,
+                                  data_dir=data_dir, page_size=page_size, matching=method,
                                   seed=seed, fisher_source=fisher_source)
         summary["seconds"] = time.perf_counter() - start
         total += summary["seconds"]
@@ -201,19 +222,18 @@ def model_and_fisher(spec: NetSpec, path: str, data_dir: str, seed: int = 0):
     return model, fisher, source
 
 
-def virtualize_in_memory(specs, loaded: dict, page_size: int = 100,
-                         matching: str = "optimal"):
-    """(runtime, {name: task}, {name: Fisher pages}, matching seconds) of networks
-    `loaded` = {name: (model, fisher, source)} packed into one pool in memory
-    (`nwv.virtualize`: largest first, pool the size of the largest network)."""
+def virtualize_in_memory(specs, loaded: dict, *, page_size: int = 100,
+                         method: str = "optimal"):
+    """(runtime, matching seconds) of networks `loaded` = {name: (model, fisher,
+    source)} packed into one pool in memory (`nwv.virtualize`: largest first, pool
+    the size of the largest network). Each network's Fisher pages are its
+    `rt.spec(name).fisher`, which the joint optimisation reads."""
     start = time.perf_counter()
     rt = api.virtualize({s.name: loaded[s.name][0] for s in specs},
                         tasks={s.name: s.task for s in specs},
                         fisher={s.name: loaded[s.name][1] for s in specs},
-                        page_size=page_size, matching=matching)
-    seconds = time.perf_counter() - start
-    fisher_pages = {s.name: pages.paginate(loaded[s.name][1], page_size)[0] for s in specs}
-    return rt, {s.name: s.task for s in specs}, fisher_pages, seconds
+                        page_size=page_size, matching=method)
+    return rt, time.perf_counter() - start
 
 
 def script_flags() -> dict:
@@ -298,38 +318,39 @@ def load_from_disk(pool_dir: str, name: str):
     loaded = state.load_state(pool_dir, [name], with_fisher=False)
     record = loaded.networks[name]
     model = skeletons.build_skeleton(record, loaded.assets)
+    runtime.check_model(record, model, pool_dir)
     for variable, value in zip(model.trainable_variables, pages.gather_weights(
             loaded.pool, record.page_table, record.layout(loaded.page_size))):
         variable.assign(value)
     return model
 
 
-def switch_latency(runtime, names, inputs: dict, *, switches: int, seed: int = 0) -> dict:
+def switch_latency(rt, names, inputs: dict, *, switches: int, seed: int = 0) -> dict:
     """Median switch + one inference: in memory (a page-table change) against a reload
     from the runtime's pool directory with the page cache evicted before each read.
 
     Args:
-      runtime: a `VirtualizedNetworks` loaded from a pool directory.
+      rt: a `VirtualizedNetworks` loaded from a pool directory.
       names: networks to switch between; inputs: {name: one batch}.
       switches: random switches timed; seed: their order.
     Returns:
       {"in_memory_ms", "reload_ms", "ratio", "switches", "page_cache"}.
     """
-    if runtime.pool_dir is None:
+    if rt.pool_dir is None:
         raise ValueError("switch_latency needs a runtime loaded from a pool directory")
     rng = np.random.default_rng(seed)
     order = [names[i] for i in rng.integers(0, len(names), switches)]
     for name in names:  # compile every path once
-        runtime.run(name, inputs[name])
+        rt.run(name, inputs[name])
     in_memory, reload = [], []
     for name in order:
         start = time.perf_counter()
-        runtime.switch(name)
-        runtime(inputs[name]).numpy()
+        rt.switch(name)
+        rt(inputs[name]).numpy()
         in_memory.append(time.perf_counter() - start)
-        evict_from_page_cache(runtime.pool_dir)
+        evict_from_page_cache(rt.pool_dir)
         start = time.perf_counter()
-        load_from_disk(runtime.pool_dir, name)(inputs[name], training=False).numpy()
+        load_from_disk(rt.pool_dir, name)(inputs[name], training=False).numpy()
         reload.append(time.perf_counter() - start)
     return {"in_memory_ms": 1e3 * float(np.median(in_memory)),
             "reload_ms": 1e3 * float(np.median(reload)),

@@ -19,17 +19,18 @@ stage, peak RSS, cost totals, load averages) as JSON. Runs in about 40 s on an
 otherwise idle 2-core machine (most of it fc7) and peaks near 2.6 GB of RSS.
 Timings are wall-clock: other busy processes slow OpenBLAS (Cholesky above
 all) several-fold, so run it on a quiet machine; the JSON records the load.
+Peak RSS is `_bench.peak_rss_mb` (ru_maxrss).
 """
-import json
 import os
 import platform
-import resource
 import time
 
-from absl import app, flags
+import _cli
 import numpy as np
 import scipy
+from absl import flags
 
+import _bench as bench
 from mtz import hessian, pairing
 
 FLAGS = flags.FLAGS
@@ -41,10 +42,7 @@ flags.DEFINE_float("damping", 1e-6, "Relative Hessian damping (mtz.hessian.add_d
 
 ORIGINAL_SECONDS = {"fc7": 540.0, "conv": 180.0}
 TARGET_SECONDS = {"fc7": 30.0, "conv": 10.0}
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+STAGES = ["hessian", "costs", "pairing_greedy", "pairing_optimal", "merge"]
 
 
 class Stopwatch:
@@ -63,7 +61,7 @@ def post_relu(rng, shape):
     return np.maximum(x, 0.0, out=x)
 
 
-def zip_layer(name, w_a, w_b, hessians):
+def time_layer_zip(name, w_a, w_b, hessians):
     """Times costs, both pairings and the merge; `hessians()` times its own stage."""
     watch = Stopwatch()
     h_a, h_b = hessians(watch)
@@ -90,7 +88,7 @@ def zip_layer(name, w_a, w_b, hessians):
         "merge_cost_matches_pair_costs": bool(np.allclose(delta, costs[greedy], rtol=1e-6,
                                                           atol=1e-9 * costs.max())),
         "merged_shape": list(merged.shape),
-        "peak_rss_mb_after": round(peak_rss_mb(), 1),
+        "peak_rss_mb_after": round(bench.peak_rss_mb(), 1),
     }
 
 
@@ -102,7 +100,7 @@ def bench_dense(rng):
         return [watch("hessian", hessian.layer_hessian, post_relu(rng, (FLAGS.n_samples, d_in)),
                       damping=FLAGS.damping) for _ in range(2)]
 
-    return zip_layer("fc7", w_a, w_b, hessians)
+    return time_layer_zip("fc7", w_a, w_b, hessians)
 
 
 def bench_conv(rng):
@@ -115,7 +113,7 @@ def bench_conv(rng):
         return [watch("hessian", hessian.conv_layer_hessian, x, 3, 1, "same",
                       damping=FLAGS.damping) for x in maps]
 
-    record = zip_layer("conv", w_a, w_b, hessians)
+    record = time_layer_zip("conv", w_a, w_b, hessians)
     start = time.perf_counter()
     for x in maps:
         hessian.conv_layer_hessian(x, 3, 1, "same", damping=FLAGS.damping, per_tap=True)
@@ -124,12 +122,9 @@ def bench_conv(rng):
     return record
 
 
-def main(argv):
-    del argv
-    rng = np.random.default_rng(FLAGS.seed)
-    baseline, load_start = peak_rss_mb(), os.getloadavg()
-    layers = {"fc7": bench_dense(rng), "conv": bench_conv(rng)}
-    result = {
+def make_report(layers, baseline_rss, load_start):
+    """The result JSON: per-layer figures, machine, settings, load and peak RSS."""
+    return {
         "command": ("python scripts/bench_mtz_speed.py --seed=%d --out=%s --n_samples=%d "
                     "--conv_batch=%d" % (FLAGS.seed, FLAGS.out, FLAGS.n_samples,
                                          FLAGS.conv_batch)),
@@ -139,28 +134,37 @@ def main(argv):
         "config": {"seed": FLAGS.seed, "n_samples": FLAGS.n_samples,
                    "conv_batch": FLAGS.conv_batch, "damping": FLAGS.damping},
         # Other processes on the machine slow BLAS down (Cholesky most): check these.
-        "loadavg_1_5_15min_start": [round(v, 2) for v in load_start],
-        "loadavg_1_5_15min_end": [round(v, 2) for v in os.getloadavg()],
-        "peak_rss_mb_after_imports": round(baseline, 1),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "loadavg_1_5_15min_start": load_start,
+        "loadavg_1_5_15min_end": bench.load_average(),
+        "peak_rss_mb_after_imports": round(baseline_rss, 1),
+        "peak_rss_mb": round(bench.peak_rss_mb(), 1),
         "layers": layers,
     }
-    stages = ["hessian", "costs", "pairing_greedy", "pairing_optimal", "merge"]
-    print(f"{'layer':6} {'d':>5} {'m':>5} " + " ".join(f"{s:>16}" for s in stages)
+
+
+def print_table(result):
+    layers = result["layers"]
+    print(f"{'layer':6} {'d':>5} {'m':>5} " + " ".join(f"{s:>16}" for s in STAGES)
           + f" {'total(greedy)':>14} {'target':>7} {'original':>9}")
     for name, rec in layers.items():
         print(f"{name:6} {rec['d']:5d} {rec['m_a']:5d} "
-              + " ".join(f"{rec['seconds'][s]:15.2f}s" for s in stages)
+              + " ".join(f"{rec['seconds'][s]:15.2f}s" for s in STAGES)
               + f" {rec['total_seconds_greedy']:13.2f}s {rec['target_seconds']:6.0f}s"
               f" {rec['original_seconds_approx']:8.0f}s")
     print(f"peak RSS {result['peak_rss_mb']:.0f} MB (after imports "
           f"{result['peak_rss_mb_after_imports']:.0f} MB); conv per-tap Hessians "
           f"{layers['conv']['seconds_hessian_per_tap']:.2f}s")
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-    with open(FLAGS.out, "w") as handle:
-        json.dump(result, handle, indent=2)
-    print(f"wrote {FLAGS.out}")
+
+
+def main(argv):
+    del argv
+    rng = np.random.default_rng(FLAGS.seed)
+    baseline, load_start = bench.peak_rss_mb(), bench.load_average()
+    layers = {"fc7": bench_dense(rng), "conv": bench_conv(rng)}
+    result = make_report(layers, baseline, load_start)
+    print_table(result)
+    print(f"wrote {bench.write_result(FLAGS.out, result)}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run(main)

@@ -7,7 +7,7 @@ Networks: the reference `nwv_mnist` and `nwv_cifar10` weights (with their refere
 Fisher) and `nwv_tts` trained on `tts_commands` (cached under runs/nwv_nets; its Fisher
 is computed on 256 train examples). They are added largest first (tts_commands, 592
 pages of 100 weights) to a pool directory (`--work_dir`/pool), so the pool is the size
-of the largest network, then optimised jointly (`nwv.optimize`, mode joint: one Adam
+of the largest network, then optimised jointly (`nwv.optimize_pool`, mode joint: one Adam
 step on the summed loss per batch of every task; rounds of `--steps` steps; the pool
 with the best MEAN validation accuracy over rounds 0..R is kept, round 0 being the
 matched pool). Reports per task the test-carve accuracy of the original network, of
@@ -35,12 +35,10 @@ import _cli
 import numpy as np
 from absl import flags
 
-import _nwv_bench as bench
+import _bench as bench
+import nwv
 from models import training
-from nwv.api import inspect as inspect_pool
 from nwv import pages
-from nwv.optimize import OptimizationMode, OptimizeConfig, optimize, optimize_pool
-from nwv.runtime import VirtualizedNetworks
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", "../shared/datasets", "Folder of the task tarballs.")
@@ -49,10 +47,10 @@ flags.DEFINE_string("net_dir", "runs/nwv_nets", "Cache of trained networks.")
 flags.DEFINE_string("work_dir", "runs/bench_nwv_accuracy", "Pool directory parent.")
 flags.DEFINE_string("out", "results/nwv_accuracy.json", "Result JSON (PNG beside it).")
 flags.DEFINE_list("networks", ["mnist", "cifar10", "tts_commands"], "Networks (see "
-                  "_nwv_bench.NETWORKS).")
+                  "_bench.NETWORKS).")
 flags.DEFINE_integer("page_size", 100, "Weights per page.")
 flags.DEFINE_enum("matching", "optimal", ["optimal", "greedy"], "Page matching.")
-flags.DEFINE_enum("mode", "joint", [m.value for m in OptimizationMode],
+flags.DEFINE_enum("mode", "joint", [m.value for m in nwv.OptimizationMode],
                   "Optimisation mode.")
 flags.DEFINE_bool("control", True, "Also fine-tune each network alone (own pages, no "
                   "sharing) with the same settings: what the optimisation gives without "
@@ -66,61 +64,94 @@ flags.DEFINE_integer("limit", None, "Examples per split (quick runs only: the op
 flags.DEFINE_float("target_points", 0.5, "Allowed accuracy drop per task, points.")
 flags.DEFINE_integer("seed", 0, "Random seed (Fisher samples, data order).")
 
+SPLITS = ("validation", "test")
 
-def main(argv):
-    del argv
-    start = time.time()
-    specs = [bench.NETWORKS[n] for n in FLAGS.networks]
-    paths = {s.name: bench.weights_path(s, FLAGS.data_dir, FLAGS.reference_dir,
-                                        FLAGS.net_dir) for s in specs}
-    training.set_seed(FLAGS.seed)
-    rows = {}
-    for s in specs:
-        model = bench.load_plain(s, paths[s.name])
-        rows[s.name] = {
-            "task": s.task, "network": s.describe(), "weights": int(model.count_params()),
-            "original": {split: bench.accuracy(model, s.task, split, FLAGS.data_dir,
-                                               FLAGS.limit)
-                         for split in ("validation", "test")}}
 
-    pool_dir = os.path.join(bench.resolve(FLAGS.work_dir), "pool")
-    print(f"virtualizing {FLAGS.networks} into {pool_dir} (page size {FLAGS.page_size}, "
-          f"{FLAGS.matching} matching)")
-    built = bench.build_pool(pool_dir, specs, paths, FLAGS.data_dir, FLAGS.page_size,
-                             FLAGS.matching, seed=FLAGS.seed)
-    matched = VirtualizedNetworks.load(pool_dir)
-    for s in specs:
-        rows[s.name]["matched"] = {
-            split: bench.accuracy(lambda x, n=s.name: matched.run(n, x), s.task, split,
-                                  FLAGS.data_dir, FLAGS.limit)
-            for split in ("validation", "test")}
+def split_accuracies(run_fn, spec):
+    """{split: accuracy} of a model or callable on the network's task."""
+    return {split: bench.accuracy(run_fn, spec.task, split, FLAGS.data_dir, FLAGS.limit)
+            for split in SPLITS}
 
-    config = OptimizeConfig(
+
+def pool_accuracies(rt, spec):
+    return split_accuracies(lambda x: rt.run(spec.name, x), spec)
+
+
+def optimize_config():
+    return nwv.OptimizeConfig(
         mode=FLAGS.mode, rounds=FLAGS.rounds, steps=FLAGS.steps,
         learning_rate=FLAGS.learning_rate, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
         limit=FLAGS.limit)
-    opt_start = time.time()
-    result = optimize_pool(pool_dir, FLAGS.data_dir, config,
-                           log=lambda line: print("  round", line[:200]))
-    opt_seconds = time.time() - opt_start
-    final = VirtualizedNetworks.load(pool_dir)      # re-read: what was saved
-    for s in specs:
-        rows[s.name]["optimized"] = {
-            split: bench.accuracy(lambda x, n=s.name: final.run(n, x), s.task, split,
-                                  FLAGS.data_dir, FLAGS.limit)
-            for split in ("validation", "test")}
-        drop = rows[s.name]["original"]["test"] - rows[s.name]["optimized"]["test"]
-        rows[s.name]["test_drop_points"] = bench.points(drop)
-        rows[s.name]["met"] = bool(100 * drop <= FLAGS.target_points + 1e-9)
 
-    pool_order = [bench.NETWORKS[n] for n in built["order"]]   # the pool's network order
-    control = _control(pool_order, paths, config) if FLAGS.control else None
+
+def compute(specs, paths):
+    """Originals, matched pool, optimised pool and (--control) the unshared control:
+    (rows per network, the pool's add summary, optimisation result and seconds, control)."""
+    rows = {}
     for s in specs:
-        if control:
+        model = bench.load_plain(s, paths[s.name])
+        rows[s.name] = {"task": s.task, "network": s.describe(),
+                        "weights": int(model.count_params()),
+                        "original": split_accuracies(model, s)}
+    pool_dir = os.path.join(bench.resolve(FLAGS.work_dir), "pool")
+    print(f"virtualizing {FLAGS.networks} into {pool_dir} (page size {FLAGS.page_size}, "
+          f"{FLAGS.matching} matching)")
+    built = bench.build_pool(pool_dir, specs, paths, FLAGS.data_dir,
+                             page_size=FLAGS.page_size, method=FLAGS.matching,
+                             seed=FLAGS.seed)
+    matched = nwv.VirtualizedNetworks.load(pool_dir)
+    for s in specs:
+        rows[s.name]["matched"] = pool_accuracies(matched, s)
+    start = time.time()
+    result = nwv.optimize_pool(pool_dir, optimize_config(), data_dir=FLAGS.data_dir,
+                               log=lambda line: print("  round", line[:200]))
+    result["seconds"] = time.time() - start
+    final = nwv.VirtualizedNetworks.load(pool_dir)      # re-read: what was saved
+    for s in specs:
+        row = rows[s.name]
+        row["optimized"] = pool_accuracies(final, s)
+        drop = row["original"]["test"] - row["optimized"]["test"]
+        row["test_drop_points"] = bench.points(drop)
+        row["met"] = bool(100 * drop <= FLAGS.target_points + 1e-9)
+    pool_order = [bench.NETWORKS[n] for n in built["order"]]   # the pool's network order
+    control = run_control(pool_order, paths) if FLAGS.control else None
+    if control:
+        for s in specs:
             rows[s.name]["finetuned_alone"] = control["accuracy"][s.name]
-    summary = inspect_pool(pool_dir)
+    return rows, built, result, control, pool_dir
+
+
+def run_control(specs, paths):
+    """Each network fine-tuned on its OWN pages (an unshared pool: the pages of all
+    networks side by side), same optimiser, data order (networks in the pool's order:
+    round r's data seed is (seed, r, network index)) and selection as the pool."""
+    blocks, nets, offset = [], {}, 0
+    for s in specs:
+        model = bench.load_plain(s, paths[s.name])
+        page_array, layout = pages.paginate([v.numpy() for v in model.trainable_variables],
+                                            FLAGS.page_size)
+        blocks.append(page_array)
+        nets[s.name] = nwv.NetworkSpec(s.build(), offset + np.arange(layout.n_pages),
+                                       task=s.task)
+        offset += layout.n_pages
+    rt = nwv.VirtualizedNetworks(np.concatenate(blocks), nets)
+    folder = os.path.join(bench.resolve(FLAGS.work_dir), "control")
+    os.makedirs(folder, exist_ok=True)
+    print(f"control: the same optimisation without sharing ({offset} pages) -> {folder}")
+    start = time.time()
+    result = nwv.optimize_runtime(rt, optimize_config(), data_dir=FLAGS.data_dir,
+                                  checkpoint_dir=folder, log=None)
+    seconds = time.time() - start
+    return {"pool_pages": offset, "best_round": result["best_round"],
+            "best_mean_val_accuracy": result["best_val_accuracy"], "seconds": seconds,
+            "history": result["history"],
+            "accuracy": {s.name: pool_accuracies(rt, s) for s in specs}}
+
+
+def make_report(specs, rows, built, result, control, pool_dir, start):
+    summary = nwv.inspect(pool_dir)
     total_weights = sum(r["weights"] for r in rows.values())
-    report = {
+    return {
         "command": "scripts/bench_nwv_accuracy.py",
         "flags": bench.script_flags(),
         "networks": rows, "order": built["order"], "matching": built["add"],
@@ -128,9 +159,10 @@ def main(argv):
         "total_weights": total_weights,
         "compression": total_weights / summary["pool_weights"],
         "page_compression": summary["compression"],
-        "optimization": {"config": config.get_config(), "best_round": result["best_round"],
+        "optimization": {"config": optimize_config().get_config(),
+                         "best_round": result["best_round"],
                          "best_mean_val_accuracy": result["best_val_accuracy"],
-                         "seconds": opt_seconds,
+                         "seconds": result["seconds"],
                          "seconds_per_round": [h["seconds"] for h in result["history"][1:]],
                          "history": result["history"]},
         "control": control and {k: v for k, v in control.items() if k != "accuracy"},
@@ -143,6 +175,8 @@ def main(argv):
         "load_average": bench.load_average(),
     }
 
+
+def print_summary(rows, report, result):
     print(f"\ntest-carve accuracy (%)\n{'task':<14} {'weights':>8} {'original':>9} "
           f"{'matched':>8} {'optimised':>9} {'drop':>6} {'alone*':>7}  target (drop <= "
           f"{FLAGS.target_points})")
@@ -155,45 +189,31 @@ def main(argv):
               f"  {'met' if r['met'] else 'MISSED'}")
     print("* alone: the original network fine-tuned on its own pages (no sharing) with the "
           "same optimiser, steps, data order and validation selection")
-    print(f"{total_weights} weights in a pool of {summary['pool_pages']} x {FLAGS.page_size}"
-          f" = {summary['pool_weights']}: compression {report['compression']:.2f}x; best "
-          f"round {result['best_round']} of {result['rounds']}; optimisation "
-          f"{opt_seconds:.0f} s; total {report['seconds']:.0f} s")
+    print(f"{report['total_weights']} weights in a pool of {report['pool_pages']} x "
+          f"{FLAGS.page_size} = {report['pool_weights']}: compression "
+          f"{report['compression']:.2f}x; best round {result['best_round']} of "
+          f"{result['rounds']}; optimisation {result['seconds']:.0f} s; total "
+          f"{report['seconds']:.0f} s")
     print(f"target {'MET' if report['target_met'] else 'MISSED'}: {report['target']}")
-    _plot(rows, report)
+
+
+def main(argv):
+    del argv
+    start = time.time()
+    specs = [bench.NETWORKS[n] for n in FLAGS.networks]
+    paths = {s.name: bench.weights_path(s, FLAGS.data_dir, FLAGS.reference_dir,
+                                        FLAGS.net_dir) for s in specs}
+    training.set_seed(FLAGS.seed)
+    rows, built, result, control, pool_dir = compute(specs, paths)
+    report = make_report(specs, rows, built, result, control, pool_dir, start)
+    print_summary(rows, report, result)
+    plot(rows, report)
     print(f"-> {bench.write_result(FLAGS.out, report)}")
     print(json.dumps({n: {k: bench.points(r[k]['test']) for k in
                           ("original", "matched", "optimized")} for n, r in rows.items()}))
 
 
-def _control(specs, paths, config):
-    """Each network fine-tuned on its OWN pages (an unshared pool: the pages of all
-    networks side by side), same optimiser, data order (networks in the pool's order:
-    round r's data seed is (seed, r, network index)) and selection as the pool."""
-    blocks, nets, offset = [], {}, 0
-    for s in specs:
-        model = bench.load_plain(s, paths[s.name])
-        page_array, layout = pages.paginate([v.numpy() for v in model.trainable_variables],
-                                            FLAGS.page_size)
-        blocks.append(page_array)
-        nets[s.name] = (s.build(), offset + np.arange(layout.n_pages), s.task)
-        offset += layout.n_pages
-    rt = VirtualizedNetworks(np.concatenate(blocks), nets)
-    folder = os.path.join(bench.resolve(FLAGS.work_dir), "control")
-    os.makedirs(folder, exist_ok=True)
-    print(f"control: the same optimisation without sharing ({offset} pages) -> {folder}")
-    start = time.time()
-    result = optimize(rt, FLAGS.data_dir, config, checkpoint_dir=folder, log=None)
-    seconds = time.time() - start
-    accuracy = {s.name: {split: bench.accuracy(lambda x, n=s.name: rt.run(n, x), s.task,
-                                               split, FLAGS.data_dir, FLAGS.limit)
-                         for split in ("validation", "test")} for s in specs}
-    return {"pool_pages": offset, "best_round": result["best_round"],
-            "best_mean_val_accuracy": result["best_val_accuracy"], "seconds": seconds,
-            "history": result["history"], "accuracy": accuracy}
-
-
-def _plot(rows, report):
+def plot(rows, report):
     plt = bench.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     names = list(rows)

@@ -4,9 +4,9 @@
         --reference_dir=../shared/reference/nwv --page_size=100 \
         --out=results/bench_nwv_matching.json
 
-Reads `<net>.npz` (weights and diagonal Fisher) for mnist, cifar10, svhn, gtsrb
-and gsc, pages each network (100 weights per page, layer order), adds them
-largest first (gtsrb, gsc, mnist, cifar10, svhn) to one pool with
+Reads `<net>.npz` (weights and diagonal Fisher, `models.read_npz`) for mnist,
+cifar10, svhn, gtsrb and gsc, pages each network (100 weights per page, layer order), adds them
+largest first (`nwv.matching.order_for_pooling`: gtsrb, gsc, mnist, cifar10, svhn) to one pool with
 `nwv.matching.virtualize_pages`, once per method, and reports the total and
 per-network matching cost Σ(F₁+F₂)(w₁−w₂)² (each network against the pool as
 it stood when the network was added), the final distortion of each network
@@ -22,18 +22,17 @@ pages for both methods, compression 4.04×, optimal cost strictly below greedy
 Relative paths are resolved against the repository root. Exits with a message
 when the reference folder is missing.
 """
-import json
 import os
-import re
-import sys
 import time
 
+import _cli
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+import _bench as bench
+import models
 from nwv import matching, pages
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NETS = ("mnist", "cifar10", "svhn", "gtsrb", "gsc")
 
 FLAGS = flags.FLAGS
@@ -46,97 +45,92 @@ flags.DEFINE_string("out", "results/bench_nwv_matching.json",
                     "Output JSON (relative: to repo root).")
 
 
-def _resolve(path: str) -> str:
-    return path if os.path.isabs(path) else os.path.normpath(os.path.join(REPO, path))
-
-
-def read_reference(path: str):
-    """([weight_0, bias_0, ...], [fisher_weight_0, fisher_bias_0, ...]) in layer order."""
-    with np.load(path) as archive:
-        keys = set(archive.files)
-        layers = sorted(int(m.group(1)) for k in keys if (m := re.match(r"^weight_(\d+)$", k)))
-        if layers != list(range(len(layers))) or not layers:
-            raise ValueError(f"{path}: expected keys weight_0..weight_N-1, received "
-                             f"{sorted(keys)}")
-        names = [f"{kind}_{i}" for i in layers for kind in ("weight", "bias")]
-        missing = [k for k in names + ["fisher_" + k for k in names] if k not in keys]
-        if missing:
-            raise ValueError(f"{path}: missing arrays {missing}")
-        return ([archive[k].astype(np.float32) for k in names],
-                [archive["fisher_" + k].astype(np.float32) for k in names])
-
-
-def main(argv):
-    del argv
-    ref_dir = _resolve(FLAGS.reference_dir)
+def paged_references():
+    """{net: (weight pages, Fisher pages, layout)} of the five reference files."""
+    ref_dir = bench.resolve(FLAGS.reference_dir)
     files = {net: os.path.join(ref_dir, f"{net}.npz") for net in NETS}
     absent = [p for p in files.values() if not os.path.isfile(p)]
     if absent:
-        sys.exit(f"reference weights not found: {', '.join(absent)} (pass "
-                 f"--reference_dir=<folder holding {', '.join(n + '.npz' for n in NETS)}>)")
-    np.random.seed(FLAGS.seed)
-
+        raise FileNotFoundError(
+            f"reference weights not found: {', '.join(absent)} (pass --reference_dir="
+            f"<folder holding {', '.join(n + '.npz' for n in NETS)}>)")
     paged = {}
     for net, path in files.items():
-        weights, fisher = read_reference(path)
-        w_pages, layout = pages.paginate(weights, FLAGS.page_size)
-        f_pages, f_layout = pages.paginate(fisher, FLAGS.page_size)
+        w_pages, layout = pages.paginate(models.read_npz(path), FLAGS.page_size)
+        f_pages, f_layout = pages.paginate(models.read_npz(path, "fisher_"), FLAGS.page_size)
         if f_layout != layout:
             raise ValueError(f"{path}: Fisher shapes {f_layout.shapes} differ from weight "
                              f"shapes {layout.shapes}")
         paged[net] = (w_pages, f_pages, layout)
+    return paged
+
+
+def distortion(w, f, pool, table) -> float:
+    """Σ F (w − w_pool)² of a network against the finished pool."""
+    return float(np.sum(f * (w - pool.weights[table]) ** 2, dtype=np.float64))
+
+
+def time_method(method, networks, order, n_weights):
+    """One method's figures: costs, pool, compression, distortion, fastest wall time."""
+    times = []
+    for _ in range(max(1, FLAGS.repeats)):
+        start = time.perf_counter()
+        pool, tables, costs = matching.virtualize_pages(networks, method)
+        times.append(time.perf_counter() - start)
+    for table in tables:
+        assert np.unique(table).size == table.size, "page table is not injective"
+    per_net = {n: distortion(w, f, pool, t) for n, (w, f), t in zip(order, networks, tables)}
+    return dict(
+        total_cost=float(sum(costs)),
+        cost_per_network={n: float(c) for n, c in zip(order, costs)},
+        pool_pages=pool.n_pages,
+        pool_weights=pool.n_pages * pool.page_size,
+        compression=n_weights / (pool.n_pages * pool.page_size),
+        occupancy_histogram={int(k): int(v) for k, v in
+                             zip(*np.unique(pool.occupancy, return_counts=True))},
+        final_distortion=float(sum(per_net.values())),
+        final_distortion_per_network=per_net,
+        seconds=min(times), seconds_all=times)
+
+
+def compute(paged):
+    """The result JSON: both methods on the networks added largest first."""
     order = [NETS[i] for i in matching.order_for_pooling(
         [paged[n][2].n_weights for n in NETS])]
     n_weights = sum(paged[n][2].n_weights for n in NETS)
-
     result = dict(page_size=FLAGS.page_size, seed=FLAGS.seed, order=order,
                   networks={n: dict(n_weights=paged[n][2].n_weights,
                                     n_pages=paged[n][2].n_pages) for n in order},
                   total_weights=n_weights, methods={})
     networks = [(paged[n][0], paged[n][1]) for n in order]
     for method in matching.MatchingMethod:
-        times = []
-        for _ in range(max(1, FLAGS.repeats)):
-            start = time.perf_counter()
-            pool, tables, costs = matching.virtualize_pages(networks, method)
-            times.append(time.perf_counter() - start)
-        for table in tables:
-            assert np.unique(table).size == table.size, "page table is not injective"
-        result["methods"][method.value] = dict(
-            total_cost=float(sum(costs)),
-            cost_per_network={n: float(c) for n, c in zip(order, costs)},
-            pool_pages=pool.n_pages,
-            pool_weights=pool.n_pages * pool.page_size,
-            compression=n_weights / (pool.n_pages * pool.page_size),
-            occupancy_histogram={int(k): int(v) for k, v in
-                                 zip(*np.unique(pool.occupancy, return_counts=True))},
-            final_distortion=float(sum(
-                np.sum(f * (w - pool.weights[t]) ** 2, dtype=np.float64)
-                for (w, f), t in zip(networks, tables))),
-            final_distortion_per_network={
-                n: float(np.sum(f * (w - pool.weights[t]) ** 2, dtype=np.float64))
-                for n, (w, f), t in zip(order, networks, tables)},
-            seconds=min(times), seconds_all=times)
+        result["methods"][method.value] = time_method(method, networks, order, n_weights)
     greedy, optimal = result["methods"]["greedy"], result["methods"]["optimal"]
     result["optimal_over_greedy_cost"] = optimal["total_cost"] / greedy["total_cost"]
+    return result
 
+
+def print_table(result):
+    order, methods = result["order"], result["methods"]
     print(f"{'method':<8} {'total cost':>12} " + " ".join(f"{n:>9}" for n in order)
           + f" {'pool':>5} {'compr.':>6} {'seconds':>8}")
-    for name, r in result["methods"].items():
+    for name, r in methods.items():
         print(f"{name:<8} {r['total_cost']:>12.4f} "
               + " ".join(f"{r['cost_per_network'][n]:>9.4f}" for n in order)
               + f" {r['pool_pages']:>5} {r['compression']:>5.2f}x {r['seconds']:>8.3f}")
-    print(f"{n_weights} weights into {greedy['pool_weights']} pool weights; optimal/greedy "
-          f"cost = {result['optimal_over_greedy_cost']:.4f}; final distortion "
+    greedy, optimal = methods["greedy"], methods["optimal"]
+    print(f"{result['total_weights']} weights into {greedy['pool_weights']} pool weights; "
+          f"optimal/greedy cost = {result['optimal_over_greedy_cost']:.4f}; final distortion "
           f"greedy {greedy['final_distortion']:.4f}, optimal {optimal['final_distortion']:.4f}")
 
-    out = _resolve(FLAGS.out)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as handle:
-        json.dump(result, handle, indent=2)
-        handle.write("\n")
-    print(f"-> {out}")
+
+def main(argv):
+    del argv
+    np.random.seed(FLAGS.seed)
+    result = compute(paged_references())
+    print_table(result)
+    print(f"-> {bench.write_result(FLAGS.out, result)}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run(main)

@@ -3,7 +3,7 @@
     /work/venv/bin/python scripts/bench_nwv_scaling.py --data_dir=../shared/datasets \
         --seed=0 --out=results/nwv_scaling.json
 
-Networks, in the order they join (`_nwv_bench.NETWORKS`): mnist and cifar10 (the
+Networks, in the order they join (`_bench.NETWORKS`): mnist and cifar10 (the
 reference NWV weights and Fisher; svhn, gtsrb and gsc have no data here, so their
 reference networks cannot be evaluated and are left out), tts_commands (nwv_tts, 100
 epochs), then networks trained from the reference architectures on derived tasks of
@@ -15,11 +15,12 @@ under runs/nwv_nets.
 
 For each count N (each in its own process, started from a parent that holds no model,
 so that its peak RSS is its own): the first N networks are packed into one in-memory
-pool (optimal matching, page size 100, largest first: the pool is tts' 592 pages, so
-compression grows with N) and optimised jointly for --rounds rounds of --steps steps
-(each step: one batch of every task, one Adam step on the summed loss; validation
-selection on the full validation splits; few steps per round to bound the time, far
-fewer than bench_nwv_accuracy.py's 12 x 200). Reported per N: the training time per
+pool (`nwv.virtualize`: optimal matching, page size 100, largest first: the pool is
+tts' 592 pages, so compression grows with N) and optimised jointly
+(`nwv.optimize_runtime`) for --rounds rounds of --steps steps (each step: one batch
+of every task, one Adam step on the summed loss; validation selection on the full
+validation splits; few steps per round to bound the time, far fewer than
+bench_nwv_accuracy.py's 12 x 200). Reported per N: the training time per
 round, validation excluded (timed apart by wrapping models.training.evaluate, through
 which the optimiser validates): CPU seconds (process time, all threads) and wall
 seconds (min and median over rounds; round 1 includes tracing the joint step); the
@@ -53,10 +54,11 @@ import _cli
 import numpy as np
 from absl import flags
 
-import _nwv_bench as bench
+import _bench as bench
 import data
+import nwv
 from models import training
-from nwv.optimize import NonFiniteError, OptimizeConfig, optimize
+from nwv.optimize import HISTORY, NonFiniteError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", "../shared/datasets", "Folder of the task tarballs.")
@@ -87,23 +89,21 @@ def majority_rate(task: str) -> float:
     return max(collections.Counter(labels).values()) / len(labels)
 
 
-def run_one(n: int) -> dict:
-    """Virtualize the first n networks, optimise, evaluate (in this process)."""
-    training.set_seed(FLAGS.seed)
-    specs = [bench.NETWORKS[name] for name in FLAGS.networks[:n]]
+def loaded_networks(specs):
+    """{name: (plain model, Fisher, source)} of the networks (trained once, cached)."""
     paths = {s.name: bench.weights_path(s, FLAGS.data_dir, FLAGS.reference_dir,
                                         FLAGS.net_dir) for s in specs}
-    loaded = {s.name: bench.model_and_fisher(s, paths[s.name], FLAGS.data_dir, FLAGS.seed)
-              for s in specs}
-    rt, tasks, _, match_seconds = bench.virtualize_in_memory(specs, loaded, FLAGS.page_size)
-    config = OptimizeConfig(mode="joint", rounds=FLAGS.rounds, steps=FLAGS.steps,
-                            learning_rate=FLAGS.learning_rate, batch_size=FLAGS.batch_size,
-                            seed=FLAGS.seed)
-    folder = os.path.join(bench.resolve(FLAGS.work_dir), f"n{n}")
-    os.makedirs(folder, exist_ok=True)
-    nonfinite, start = None, time.time()
-    calls = []                  # (wall, cpu) at entry and exit of every validation
+    return {s.name: bench.model_and_fisher(s, paths[s.name], FLAGS.data_dir, FLAGS.seed)
+            for s in specs}
 
+
+def optimize_timed(rt, n, folder):
+    """`nwv.optimize_runtime` with every validation timed (wall, CPU at entry and exit):
+    (result or None, history, non-finite error or None, [(entry, exit)] per validation)."""
+    config = nwv.OptimizeConfig(mode="joint", rounds=FLAGS.rounds, steps=FLAGS.steps,
+                                learning_rate=FLAGS.learning_rate,
+                                batch_size=FLAGS.batch_size, seed=FLAGS.seed)
+    calls = []
     evaluate = training.evaluate
 
     def timed_evaluate(*args, **kwargs):
@@ -114,38 +114,58 @@ def run_one(n: int) -> dict:
 
     training.evaluate = timed_evaluate  # the optimiser validates through it: time apart
     try:
-        result = optimize(rt, FLAGS.data_dir, config, tasks=tasks, checkpoint_dir=folder,
-                          log=lambda line: print(f"  N={n} round", line[:160], flush=True))
-        history = result["history"]
+        result = nwv.optimize_runtime(
+            rt, config, data_dir=FLAGS.data_dir, checkpoint_dir=folder,
+            log=lambda line: print(f"  N={n} round", line[:160], flush=True))
+        return result, result["history"], None, calls
     except NonFiniteError as err:
-        nonfinite, result = str(err), None
-        with open(os.path.join(folder, "history.json")) as handle:
-            history = json.load(handle)["history"]
+        with open(os.path.join(folder, HISTORY)) as handle:
+            return None, json.load(handle)["history"], str(err), calls
     finally:
         training.evaluate = evaluate
-    seconds = time.time() - start
-    # Training phase of round r: from the end of round r-1's last validation to the start
-    # of round r's first validation (n validations per round).
+
+
+def training_phases(calls, n):
+    """(wall, CPU) seconds of each round's training phase and CPU seconds of each
+    round's validations: a round's training runs from the end of the previous round's
+    last validation to the start of its first one (n validations per round)."""
     ends = [calls[i][1] for i in range(n - 1, len(calls), n)]
     starts = [calls[i][0] for i in range(n, len(calls), n)]
-    train_wall = [b[0] - a[0] for a, b in zip(ends, starts)]
-    train_cpu = [b[1] - a[1] for a, b in zip(ends, starts)]
-    val_cpu = [sum(c[1][1] - c[0][1] for c in calls[i:i + n]) for i in range(0, len(calls), n)]
+    wall = [b[0] - a[0] for a, b in zip(ends, starts)]
+    cpu = [b[1] - a[1] for a, b in zip(ends, starts)]
+    validation = [sum(c[1][1] - c[0][1] for c in calls[i:i + n])
+                  for i in range(0, len(calls), n)]
+    return wall, cpu, validation
+
+
+def run_one(n: int) -> dict:
+    """Virtualize the first n networks, optimise, evaluate (in this process)."""
+    training.set_seed(FLAGS.seed)
+    specs = [bench.NETWORKS[name] for name in FLAGS.networks[:n]]
+    loaded = loaded_networks(specs)
+    rt, match_seconds = bench.virtualize_in_memory(specs, loaded, page_size=FLAGS.page_size)
+    folder = os.path.join(bench.resolve(FLAGS.work_dir), f"n{n}")
+    os.makedirs(folder, exist_ok=True)
+    start = time.time()
+    result, history, nonfinite, calls = optimize_timed(rt, n, folder)
+    seconds = time.time() - start
+    train_wall, train_cpu, val_cpu = training_phases(calls, n)
     after = {s.name: bench.accuracy(lambda x, m=s.name: rt.run(m, x), s.task, "test",
                                     FLAGS.data_dir, FLAGS.eval_limit) for s in specs}
     losses = [v for h in history for v in list(h["train_loss"].values())
               + list(h["val_loss"].values())]
     total_weights = sum(int(loaded[s.name][0].count_params()) for s in specs)
     pool_weights = int(rt.page_pool.shape[0]) * FLAGS.page_size
+    round_seconds = [h["seconds"] for h in history[1:]]
     return {
         "n": n, "networks": [s.name for s in specs],
         "fisher": {s.name: loaded[s.name][2] for s in specs},
         "pool_pages": int(rt.page_pool.shape[0]), "total_weights": total_weights,
         "compression": total_weights / pool_weights, "matching_seconds": match_seconds,
-        "seconds_per_round": [h["seconds"] for h in history[1:]],
-        "min_seconds_per_round": min([h["seconds"] for h in history[1:]], default=None),
-        "median_seconds_per_round": float(np.median([h["seconds"] for h in history[1:]]))
-        if len(history) > 1 else None,
+        "seconds_per_round": round_seconds,
+        "min_seconds_per_round": min(round_seconds, default=None),
+        "median_seconds_per_round": float(np.median(round_seconds)) if round_seconds
+        else None,
         "train_wall_per_round": train_wall, "train_cpu_per_round": train_cpu,
         "median_train_cpu_per_round": float(np.median(train_cpu)) if train_cpu else None,
         "validation_cpu_per_round": val_cpu,
@@ -164,10 +184,9 @@ def run_one(n: int) -> dict:
 def prepare() -> dict:
     """Trains (or finds) every network and its Fisher; original test accuracies."""
     training.set_seed(FLAGS.seed)
+    specs = [bench.NETWORKS[name] for name in FLAGS.networks[:FLAGS.top]]
     originals = {}
-    for s in [bench.NETWORKS[name] for name in FLAGS.networks[:FLAGS.top]]:
-        path = bench.weights_path(s, FLAGS.data_dir, FLAGS.reference_dir, FLAGS.net_dir)
-        model, _, source = bench.model_and_fisher(s, path, FLAGS.data_dir, FLAGS.seed)
+    for s, (model, _, source) in zip(specs, loaded_networks(specs).values()):
         originals[s.name] = {
             "task": s.task, "network": s.describe(), "fisher": source,
             "weights": int(model.count_params()), "majority_rate": majority_rate(s.task),
@@ -194,24 +213,8 @@ def child(n: int, top: int) -> dict:
         return json.load(handle)
 
 
-def main(argv):
-    del argv
-    if FLAGS.only_n is not None:
-        part = run_one(FLAGS.only_n) if FLAGS.only_n else prepare()
-        bench.write_result(os.path.join(FLAGS.work_dir, f"n{FLAGS.only_n}", "part.json"), part)
-        return
-    start, load_start = time.time(), bench.load_average()
-    counts = sorted(int(c) for c in FLAGS.counts)
-    if counts[-1] > len(FLAGS.networks):
-        raise ValueError(f"expected counts <= {len(FLAGS.networks)} networks, received "
-                         f"{counts}")
-    orchestrator_rss = bench.peak_rss_mb()
-    originals = child(0, counts[-1])
-    parts = {}
-    for n in counts:
-        print(f"N = {n}: {FLAGS.networks[:n]}", flush=True)
-        parts[n] = child(n, counts[-1])
-
+def per_network(originals, parts):
+    """{network: {n: after, drop in points, within 1 point, collapsed}}."""
     per_net = {}
     for n, part in parts.items():
         for name, acc in part["after_test_accuracy"].items():
@@ -220,15 +223,32 @@ def main(argv):
                 "after": acc, "drop_points": bench.points(drop),
                 "within_1_point": bool(100 * drop <= 1.0 + 1e-9),
                 "collapsed": bool(acc <= originals[name]["majority_rate"] + 0.05)}
+    return per_net
+
+
+def fit(x, y) -> dict:
+    """Least-squares line y = a + b x with its R^2."""
+    y = np.asarray(y, float)
+    slope, intercept = np.polyfit(x, y, 1)
+    r2 = 1.0 - np.sum((y - (slope * x + intercept)) ** 2) / np.sum((y - y.mean()) ** 2)
+    return {"slope_s_per_network": float(slope), "intercept_s": float(intercept),
+            "r2": float(r2), "values": y.tolist()}
+
+
+def time_fits(counts, parts):
     x = np.asarray(counts, float)
-    fits = {"training_cpu_median": fit(x, [parts[n]["median_train_cpu_per_round"]
+    return {"training_cpu_median": fit(x, [parts[n]["median_train_cpu_per_round"]
                                            for n in counts]),
             "training_wall_min": fit(x, [parts[n]["min_seconds_per_round"] for n in counts]),
             "training_wall_median": fit(x, [parts[n]["median_seconds_per_round"]
                                             for n in counts])}
-    r2 = fits["training_cpu_median"]["r2"]
+
+
+def make_report(counts, originals, parts, per_net, extra):
+    """The result JSON; `extra`: load averages, orchestrator RSS, seconds."""
+    fits = time_fits(counts, parts)
     top = counts[-1]
-    report = {
+    return {
         "command": "scripts/bench_nwv_scaling.py", "flags": bench.script_flags(),
         "originals": originals,
         "runs": {str(n): {k: v for k, v in p.items() if k != "history"}
@@ -250,13 +270,13 @@ def main(argv):
             "every_network_within_1_point": {
                 str(n): all(per_net[name][n]["within_1_point"] for name in parts[n]
                             ["networks"]) for n in counts},
-            "time_linear_r2_ge_0.95": bool(r2 >= 0.95),
+            "time_linear_r2_ge_0.95": bool(fits["training_cpu_median"]["r2"] >= 0.95),
             "any_nan": any(p["nan"] for p in parts.values())},
-        "load_average": {"start": load_start, "end": bench.load_average()},
-        "orchestrator_peak_rss_mb_before_children": orchestrator_rss,
-        "seconds": time.time() - start,
+        **extra,
     }
-    names = FLAGS.networks[:top]
+
+
+def print_summary(report, counts, names, originals, per_net, parts):
     print(f"\ntest-carve accuracy (%): original, then after optimisation with N networks "
           f"({FLAGS.rounds} rounds x {FLAGS.steps} joint steps)")
     print(f"{'network':<17} {'orig':>6} " + " ".join(f"{'N=' + str(n):>7}" for n in counts))
@@ -275,30 +295,47 @@ def main(argv):
     print(f"{'VmHWM (MiB)':<17} {'':>6} " + " ".join(
         f"{parts[n]['vm_hwm_mb']:>7.0f}" for n in counts))
     print(f"{'NaN/inf':<17} {'':>6} " + " ".join(f"{str(parts[n]['nan']):>7}" for n in counts))
-    t = report["targets"]
-    for name, f in fits.items():
+    t, top = report["targets"], counts[-1]
+    for name, f in report["time_per_round_fits"].items():
         print(f"{name}: {f['intercept_s']:.2f} s + {f['slope_s_per_network']:.2f} s x N "
               f"(R^2 {f['r2']:.3f})")
     print(f"linear target (training CPU seconds per round, R^2 >= 0.95): "
           f"{'met' if t['time_linear_r2_ge_0.95'] else 'MISSED'}; load average "
-          f"{load_start} -> {report['load_average']['end']}")
+          f"{report['load_average']['start']} -> {report['load_average']['end']}")
     print(f"no collapse at {top}: {'met' if t[f'no_collapse_at_{top}'] else 'MISSED'}; within "
           f"1 point: " + ", ".join(f"N={n} {'met' if ok else 'MISSED'}" for n, ok in
                                    t["every_network_within_1_point"].items()))
-    _plot(report, counts, names, originals, per_net, parts)
+
+
+def main(argv):
+    del argv
+    if FLAGS.only_n is not None:
+        part = run_one(FLAGS.only_n) if FLAGS.only_n else prepare()
+        bench.write_result(os.path.join(FLAGS.work_dir, f"n{FLAGS.only_n}", "part.json"), part)
+        return
+    start, load_start = time.time(), bench.load_average()
+    counts = sorted(int(c) for c in FLAGS.counts)
+    if counts[-1] > len(FLAGS.networks):
+        raise ValueError(f"expected counts <= {len(FLAGS.networks)} networks, received "
+                         f"{counts}")
+    orchestrator_rss = bench.peak_rss_mb()
+    originals = child(0, counts[-1])
+    parts = {}
+    for n in counts:
+        print(f"N = {n}: {FLAGS.networks[:n]}", flush=True)
+        parts[n] = child(n, counts[-1])
+    per_net = per_network(originals, parts)
+    report = make_report(counts, originals, parts, per_net, {
+        "load_average": {"start": load_start, "end": bench.load_average()},
+        "orchestrator_peak_rss_mb_before_children": orchestrator_rss,
+        "seconds": time.time() - start})
+    names = FLAGS.networks[:counts[-1]]
+    print_summary(report, counts, names, originals, per_net, parts)
+    plot(report, counts, names, originals, per_net, parts)
     print(f"-> {bench.write_result(FLAGS.out, report)}  ({report['seconds']:.0f} s)")
 
 
-def fit(x, y) -> dict:
-    """Least-squares line y = a + b x with its R^2."""
-    y = np.asarray(y, float)
-    slope, intercept = np.polyfit(x, y, 1)
-    r2 = 1.0 - np.sum((y - (slope * x + intercept)) ** 2) / np.sum((y - y.mean()) ** 2)
-    return {"slope_s_per_network": float(slope), "intercept_s": float(intercept),
-            "r2": float(r2), "values": y.tolist()}
-
-
-def _plot(report, counts, names, originals, per_net, parts):
+def plot(report, counts, names, originals, per_net, parts):
     plt = bench.pyplot()
     fig, (ax, cx, bx) = plt.subplots(1, 3, figsize=(16, 4.6),
                                      gridspec_kw={"width_ratios": [5, 4, 3]})

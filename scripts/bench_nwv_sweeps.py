@@ -11,10 +11,12 @@ in-memory pool the size of the largest network (optimal matching unless said).
     (`nwv.matching.virtualize_pages` on the paged weights and Fisher, largest network
     first; greedy and optimal, each the fastest of up to 3 runs while they take under
     5 s in all; optimal at P = 10 solves ~5,900 x 5,900 assignments, about 2.5
-    minutes), then a short joint optimisation from the optimally matched pool and the
-    test-carve accuracy of every network (validation-selected round).
+    minutes), then a short joint optimisation (`nwv.optimize_runtime`) from the
+    optimally matched pool and the test-carve accuracy of every network
+    (validation-selected round).
   * λ in 0.1, 1, 10, 100 for round_robin at P = 100 (the original scheme: turns, with
-    the penalty λ Σ F_other (w − w_other)²).
+    the penalty λ Σ F_other (w − w_other)², F the Fisher pages each network's
+    `nwv.NetworkSpec` carries).
   * joint vs round_robin (λ = 10, the original value: the λ sweep's run) vs sequential
     (turns, λ = 0) at P = 100, the same rounds and steps: `--steps` batches of every
     network per round in every mode (joint: one batch of each per step).
@@ -41,11 +43,11 @@ import _cli
 import numpy as np
 from absl import flags
 
-import _nwv_bench as bench
+import _bench as bench
+import nwv
 from models import training
 from nwv import matching, pages
-from nwv.optimize import HISTORY, NonFiniteError, OptimizeConfig, optimize
-from nwv.runtime import VirtualizedNetworks
+from nwv.optimize import HISTORY, NonFiniteError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", "../shared/datasets", "Folder of the task tarballs.")
@@ -68,27 +70,27 @@ flags.DEFINE_integer("eval_limit", None, "Test examples per network (fixed rando
 flags.DEFINE_integer("seed", 0, "Random seed.")
 
 
-def run(name, rt, tasks, fisher_pages, matched, mode, lambda_=0.0):
+def run(name, rt, matched, mode, lambda_=0.0):
     """One optimisation from the matched pool; test accuracies of the selected pool."""
     rt.page_pool.assign(matched)
-    config = OptimizeConfig(mode=mode, rounds=FLAGS.rounds, steps=FLAGS.steps,
-                            learning_rate=FLAGS.learning_rate, batch_size=FLAGS.batch_size,
-                            lambda_=lambda_, seed=FLAGS.seed)
+    config = nwv.OptimizeConfig(mode=mode, rounds=FLAGS.rounds, steps=FLAGS.steps,
+                                learning_rate=FLAGS.learning_rate,
+                                batch_size=FLAGS.batch_size, lambda_=lambda_, seed=FLAGS.seed)
     folder = os.path.join(bench.resolve(FLAGS.work_dir), name)
     os.makedirs(folder, exist_ok=True)
     start, error = time.time(), None
     try:
-        result = optimize(rt, FLAGS.data_dir, config, tasks=tasks, fisher=fisher_pages,
-                          checkpoint_dir=folder,
-                          log=lambda line: print(f"  {name}", line[:150], flush=True))
+        result = nwv.optimize_runtime(
+            rt, config, data_dir=FLAGS.data_dir, checkpoint_dir=folder,
+            log=lambda line: print(f"  {name}", line[:150], flush=True))
         best = result["best_round"]
     except NonFiniteError as err:          # the pool is back at the failed round's start
         error, best = str(err), None
     seconds = time.time() - start
     with open(os.path.join(folder, HISTORY)) as handle:
         history = json.load(handle)["history"]
-    test = {n: bench.accuracy(lambda x, n=n: rt.run(n, x), t, "test", FLAGS.data_dir,
-                              FLAGS.eval_limit) for n, t in tasks.items()}
+    test = {n: bench.accuracy(lambda x, n=n: rt.run(n, x), rt.task(n), "test",
+                              FLAGS.data_dir, FLAGS.eval_limit) for n in rt.task_names}
     out = {"mode": mode, "lambda": lambda_, "best_round": best, "nonfinite_error": error,
            "seconds": seconds, "test_accuracy": test,
            "mean_test_accuracy": float(np.mean(list(test.values()))),
@@ -116,80 +118,72 @@ def curves(history):
         "seconds": [h["seconds"] for h in history]}
 
 
-def main(argv):
-    del argv
-    start, load_start = time.time(), bench.load_average()
-    training.set_seed(FLAGS.seed)
-    specs = [bench.NETWORKS[n] for n in FLAGS.networks]
-    paths = {s.name: bench.weights_path(s, FLAGS.data_dir, FLAGS.reference_dir,
-                                        FLAGS.net_dir) for s in specs}
-    loaded = {s.name: bench.model_and_fisher(s, paths[s.name], FLAGS.data_dir, FLAGS.seed)
-              for s in specs}
-    originals = {s.name: bench.accuracy(loaded[s.name][0], s.task, "test", FLAGS.data_dir,
-                                        FLAGS.eval_limit) for s in specs}
-    print("original test accuracy: " + ", ".join(f"{n} {100 * a:.2f}%"
-                                                  for n, a in originals.items()))
-    runs, page_rows = {}, {}
-    base = None
+def time_matching(paged):
+    """Both matchings of the paged networks (largest first), each the fastest of up to
+    3 runs while they take under 5 s in all: (optimal pool, its tables in `paged`
+    order, {method: timing and total cost})."""
+    order = matching.order_for_pooling([w.shape[0] for w, _ in paged])
+    timing = {}
+    for method in ("greedy", "optimal"):    # optimal last: its pool is the one used
+        times = []
+        while len(times) < 3 and sum(times) < 5.0:   # repeat only the fast ones
+            t0 = time.perf_counter()
+            pool, tables, costs = matching.virtualize_pages([paged[i] for i in order], method)
+            times.append(time.perf_counter() - t0)
+        timing[method] = {"seconds": min(times), "seconds_all": times,
+                          "total_cost": float(sum(costs))}
+    in_order = [None] * len(paged)
+    for i, table in zip(order, tables):
+        in_order[i] = table
+    return pool, in_order, timing
+
+
+def matched_runtime(specs, loaded, page_size):
+    """(runtime of the optimally matched pool, its page-size row) at one page size;
+    each network's Fisher pages ride in its `nwv.NetworkSpec` (round_robin needs them)."""
+    paged = [(pages.paginate([v.numpy() for v in loaded[s.name][0].trainable_variables],
+                             page_size)[0],
+              pages.paginate(loaded[s.name][1], page_size)[0]) for s in specs]
+    pool, tables, timing = time_matching(paged)
+    rt = nwv.VirtualizedNetworks(pool.weights, {
+        s.name: nwv.NetworkSpec(s.build(), table, task=s.task, fisher=f_pages,
+                                fisher_source=loaded[s.name][2])
+        for s, table, (_, f_pages) in zip(specs, tables, paged)})
+    total = sum(int(loaded[s.name][0].count_params()) for s in specs)
+    print(f"P={page_size}: pool {pool.n_pages} pages; matching greedy "
+          f"{timing['greedy']['seconds']:.3f} s, optimal {timing['optimal']['seconds']:.3f}"
+          f" s", flush=True)
+    return rt, {"pool_pages": pool.n_pages, "pool_weights": pool.n_pages * page_size,
+                "compression": total / (pool.n_pages * page_size), "matching": timing,
+                "run": f"page{page_size}_joint"}
+
+
+def compute(specs, loaded):
+    """Every run: joint at each page size, round_robin per λ and the mode comparison at
+    P = 100. Returns (runs, page-size rows, {mode: run name})."""
+    runs, page_rows, base = {}, {}, None
     for page_size in sorted(int(p) for p in FLAGS.page_sizes):
-        paged = [(pages.paginate([v.numpy() for v in loaded[s.name][0].trainable_variables],
-                                 page_size)[0],
-                  pages.paginate(loaded[s.name][1], page_size)[0]) for s in specs]
-        order = matching.order_for_pooling([w.shape[0] for w, _ in paged])
-        timing = {}
-        for method in ("greedy", "optimal"):    # optimal last: its pool is the one used
-            times = []
-            while len(times) < 3 and sum(times) < 5.0:   # repeat only the fast ones
-                t0 = time.perf_counter()
-                pool, tables, costs = matching.virtualize_pages(
-                    [paged[i] for i in order], method)
-                times.append(time.perf_counter() - t0)
-            timing[method] = {"seconds": min(times), "seconds_all": times,
-                              "total_cost": float(sum(costs))}
-        table_of = {specs[i].name: t for i, t in zip(order, tables)}
-        rt = VirtualizedNetworks(pool.weights, {
-            s.name: (s.build(), table_of[s.name], s.task) for s in specs})
-        tasks = {s.name: s.task for s in specs}
-        fisher_pages = {s.name: f for s, (_, f) in zip(specs, paged)}
+        rt, row = matched_runtime(specs, loaded, page_size)
         matched = rt.pool_array()
-        total = sum(int(loaded[s.name][0].count_params()) for s in specs)
-        print(f"P={page_size}: pool {pool.n_pages} pages; matching greedy "
-              f"{timing['greedy']['seconds']:.3f} s, optimal {timing['optimal']['seconds']:.3f}"
-              f" s", flush=True)
-        name = f"page{page_size}_joint"
-        runs[name] = run(name, rt, tasks, fisher_pages, matched, "joint")
-        page_rows[page_size] = {"pool_pages": pool.n_pages,
-                                "pool_weights": pool.n_pages * page_size,
-                                "compression": total / (pool.n_pages * page_size),
-                                "matching": timing, "run": name}
+        runs[row["run"]] = run(row["run"], rt, matched, "joint")
+        page_rows[page_size] = row
         if page_size == 100:
-            base = (rt, tasks, fisher_pages, matched)
+            base = (rt, matched)
     if base is None:
         raise ValueError(f"expected page size 100 among --page_sizes (the λ and mode runs "
                          f"use it), received {FLAGS.page_sizes}")
-    for lam in (float(v) for v in FLAGS.lambdas):
+    lambdas = [float(v) for v in FLAGS.lambdas]
+    for lam in lambdas + ([] if FLAGS.mode_lambda in lambdas else [FLAGS.mode_lambda]):
         runs[f"round_robin_lambda{lam:g}"] = run(f"round_robin_lambda{lam:g}", *base,
                                                  "round_robin", lam)
-    if f"round_robin_lambda{FLAGS.mode_lambda:g}" not in runs:
-        runs[f"round_robin_lambda{FLAGS.mode_lambda:g}"] = run(
-            f"round_robin_lambda{FLAGS.mode_lambda:g}", *base, "round_robin",
-            FLAGS.mode_lambda)
     runs["sequential"] = run("sequential", *base, "sequential")
     modes = {"joint": "page100_joint",
              "round_robin": f"round_robin_lambda{FLAGS.mode_lambda:g}",
              "sequential": "sequential"}
+    return runs, page_rows, modes
 
-    report = {
-        "command": "scripts/bench_nwv_sweeps.py",
-        "flags": bench.script_flags(),
-        "fisher": {s.name: loaded[s.name][2] for s in specs},
-        "original_test_accuracy": originals,
-        "page_size": {str(p): r for p, r in page_rows.items()},
-        "lambda": {f"{float(v):g}": f"round_robin_lambda{float(v):g}" for v in FLAGS.lambdas},
-        "modes": modes, "runs": runs,
-        "load_average": {"start": load_start, "end": bench.load_average()},
-        "seconds": time.time() - start,
-    }
+
+def print_summary(runs, page_rows, originals):
     print(f"\n{'run':<24} {'mean test':>9} " + " ".join(f"{n:>13}" for n in originals)
           + f" {'best rd':>7} {'seconds':>8}")
     print(f"{'original':<24} {100 * np.mean(list(originals.values())):>9.2f} "
@@ -206,12 +200,40 @@ def main(argv):
               f"{r['matching']['greedy']['seconds']:>9.3f} "
               f"{r['matching']['optimal']['seconds']:>9.3f} "
               f"{100 * runs[r['run']]['mean_test_accuracy']:>9.2f}")
-    _plot_convergence(runs)
-    _plot_page_size(page_rows, runs, originals)
+
+
+def main(argv):
+    del argv
+    start, load_start = time.time(), bench.load_average()
+    training.set_seed(FLAGS.seed)
+    specs = [bench.NETWORKS[n] for n in FLAGS.networks]
+    paths = {s.name: bench.weights_path(s, FLAGS.data_dir, FLAGS.reference_dir,
+                                        FLAGS.net_dir) for s in specs}
+    loaded = {s.name: bench.model_and_fisher(s, paths[s.name], FLAGS.data_dir, FLAGS.seed)
+              for s in specs}
+    originals = {s.name: bench.accuracy(loaded[s.name][0], s.task, "test", FLAGS.data_dir,
+                                        FLAGS.eval_limit) for s in specs}
+    print("original test accuracy: " + ", ".join(f"{n} {100 * a:.2f}%"
+                                                  for n, a in originals.items()))
+    runs, page_rows, modes = compute(specs, loaded)
+    report = {
+        "command": "scripts/bench_nwv_sweeps.py",
+        "flags": bench.script_flags(),
+        "fisher": {s.name: loaded[s.name][2] for s in specs},
+        "original_test_accuracy": originals,
+        "page_size": {str(p): r for p, r in page_rows.items()},
+        "lambda": {f"{float(v):g}": f"round_robin_lambda{float(v):g}" for v in FLAGS.lambdas},
+        "modes": modes, "runs": runs,
+        "load_average": {"start": load_start, "end": bench.load_average()},
+        "seconds": time.time() - start,
+    }
+    print_summary(runs, page_rows, originals)
+    plot_convergence(runs)
+    plot_page_size(page_rows, runs, originals)
     print(f"-> {bench.write_result(FLAGS.out, report)}  ({report['seconds']:.0f} s)")
 
 
-def _plot_convergence(runs):
+def plot_convergence(runs):
     plt = bench.pyplot()
     from matplotlib.ticker import MaxNLocator
     nets = list(next(iter(runs.values()))["curves"]["val_accuracy"])
@@ -243,7 +265,7 @@ def _plot_convergence(runs):
     plt.close(fig)
 
 
-def _plot_page_size(page_rows, runs, originals):
+def plot_page_size(page_rows, runs, originals):
     plt = bench.pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
     sizes = list(page_rows)

@@ -11,12 +11,14 @@ the current one) and times every one of them:
   (a) in memory, one `VirtualizedNetworks` with every network warm: `switch(name)`
       alone, and `switch(name)` + one single-sample inference end to end (logits
       copied back to numpy);
-  (b) the baseline without virtualization, `load_from_disk(name)`: read and check the
-      pool directory's files (manifest, pool.npy, the network's .vnn table) and build a
-      live Keras model with those weights; alone, and + one single-sample inference
-      (eager call of the fresh model). Before every load the pool directory's files are
-      evicted from the OS page cache with os.posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)
-      (after one os.sync()), so each load reads the disk; `fincore` checks the eviction.
+  (b) the baseline without virtualization, `_bench.load_from_disk(pool, name)`: read
+      and check the pool directory's files (manifest, pool.npy, the network's .vnn
+      table) and build a live Keras model with those weights; alone, and + one
+      single-sample inference (eager call of the fresh model). Before every load the
+      pool directory's files are evicted from the OS page cache
+      (`_bench.evict_from_page_cache`: os.posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)
+      after an fsync of each file; one os.sync() first), so each load reads the disk;
+      `fincore` checks the eviction.
 
 Then, warm, per network: one batch of --batch_size real test examples through the pool
 (`run`, compiled) and through the plain Keras model with the same weights
@@ -44,11 +46,11 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-import _nwv_bench as bench
+import _bench as bench
 import data
-from models import artifacts, training
+import nwv
+from models import training
 from nwv import state
-from nwv.runtime import VirtualizedNetworks
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("pool", "runs/bench_nwv_accuracy/pool", "Saved pool directory.")
@@ -64,6 +66,7 @@ flags.DEFINE_integer("repeats", 300, "Timed batches per network and path (median
 flags.DEFINE_integer("seed", 0, "Random seed (switch sequence).")
 
 ORIGINAL = {"in_memory_ms": 3.919, "reload_ms": 1801.72, "speedup": 459.0}
+DEFAULT_POOL, FALLBACK_POOL = "runs/bench_nwv_accuracy/pool", "runs/bench_nwv_switch/pool"
 
 
 def resident_bytes(pool_dir: str):
@@ -91,6 +94,8 @@ def summary(values_ms):
 
 
 def ensure_pool(pool_dir: str) -> dict | None:
+    """Builds a matched pool of mnist, cifar10, tts_commands when `pool_dir` has none;
+    returns `_bench.build_pool`'s summary (None: the pool existed)."""
     if state.exists(pool_dir):
         return None
     print(f"{pool_dir} missing: building a matched pool of mnist, cifar10, tts_commands")
@@ -100,31 +105,32 @@ def ensure_pool(pool_dir: str) -> dict | None:
     return bench.build_pool(pool_dir, specs, paths, FLAGS.data_dir, seed=FLAGS.seed)
 
 
-def main(argv):
-    del argv
-    start = time.time()
-    training.set_seed(FLAGS.seed)
-    pool_dir = bench.resolve(FLAGS.pool)
-    if not state.exists(pool_dir) and FLAGS.pool == "runs/bench_nwv_accuracy/pool":
-        pool_dir = bench.resolve("runs/bench_nwv_switch/pool")
-    built = ensure_pool(pool_dir)
-    rt = VirtualizedNetworks.load(pool_dir)
-    names = rt.names
-    if len(names) < 2:
-        raise ValueError(f"{pool_dir} holds {names}: expected at least two networks")
+def example_batches(rt):
+    """({name: one batch of --batch_size test examples}, {name: its first example}),
+    every compiled path warmed."""
     batches = {n: next(iter(data.load(rt.task(n), "test", FLAGS.data_dir, FLAGS.batch_size,
-                                      seed=FLAGS.seed, shuffle=True)))[0] for n in names}
-    singles = {n: batches[n][:1] for n in names}
-    for n in names:                                   # warm every compiled path
+                                      seed=FLAGS.seed, shuffle=True)))[0] for n in rt.names}
+    singles = {n: batches[n][:1] for n in rt.names}
+    for n in rt.names:
         for _ in range(3):
             rt.run(n, singles[n]).numpy()
             rt.run(n, batches[n]).numpy()
+    return batches, singles
+
+
+def switch_sequence(rt):
+    """--switches random networks, each other than the one before."""
     rng = np.random.default_rng(FLAGS.seed)
     sequence, current = [], rt.active
     for _ in range(FLAGS.switches):
-        current = str(rng.choice([n for n in names if n != current]))
+        current = str(rng.choice([n for n in rt.names if n != current]))
         sequence.append(current)
+    return sequence
 
+
+def time_in_memory(rt, sequence, singles):
+    """(a): switch alone, and switch + one single-sample inference (ms per switch)."""
+    names = rt.names
     switch_only, switch_infer = [], []
     for name in sequence:
         t0 = time.perf_counter()
@@ -136,38 +142,50 @@ def main(argv):
         rt.switch(name)
         rt(singles[name]).numpy()
         switch_infer.append(ms(time.perf_counter() - t0))
+    return switch_only, switch_infer
 
+
+def time_from_disk(rt, pool_dir, sequence, singles):
+    """(b): load_from_disk alone and + one inference, page cache evicted before each
+    load; also warm-cache loads and the page-cache residency. Returns a dict of lists."""
     os.sync()
     cached = resident_bytes(pool_dir)
-    artifacts.evict_from_page_cache(pool_dir)
+    bench.evict_from_page_cache(pool_dir)
     after_evict = resident_bytes(pool_dir)
     print(f"page cache: pool directory files resident {cached} bytes before eviction, "
           f"{after_evict} after posix_fadvise(POSIX_FADV_DONTNEED)")
-    rt.load_from_disk(names[0])                       # import/trace costs out of the way
+    bench.load_from_disk(pool_dir, rt.names[0])     # import/trace costs out of the way
     load_only, load_infer, resident_at_load = [], [], []
     for name in sequence:
-        artifacts.evict_from_page_cache(pool_dir)
+        bench.evict_from_page_cache(pool_dir)
         t0 = time.perf_counter()
-        rt.load_from_disk(name)
+        bench.load_from_disk(pool_dir, name)
         load_only.append(ms(time.perf_counter() - t0))
     for name in sequence:
-        artifacts.evict_from_page_cache(pool_dir)
+        bench.evict_from_page_cache(pool_dir)
         resident_at_load.append(resident_bytes(pool_dir))
         t0 = time.perf_counter()
-        model = rt.load_from_disk(name)
+        model = bench.load_from_disk(pool_dir, name)
         model(singles[name], training=False).numpy()
         load_infer.append(ms(time.perf_counter() - t0))
-    for name in names:                                # the baseline computes the same
-        np.testing.assert_allclose(rt.load_from_disk(name)(singles[name]).numpy(),
+    for name in rt.names:                             # the baseline computes the same
+        np.testing.assert_allclose(bench.load_from_disk(pool_dir, name)(singles[name]).numpy(),
                                    rt.run(name, singles[name]).numpy(), rtol=1e-4, atol=1e-4)
     cached_load = []
     for name in sequence[:10]:                        # for reference: page cache warm
         t0 = time.perf_counter()
-        rt.load_from_disk(name)
+        bench.load_from_disk(pool_dir, name)
         cached_load.append(ms(time.perf_counter() - t0))
+    return {"load_only": load_only, "load_infer": load_infer, "cached_load": cached_load,
+            "page_cache_bytes": {"before_eviction": cached, "after_eviction": after_evict,
+                                 "before_each_load": resident_at_load}}
 
+
+def time_execution(rt, batches):
+    """Per network: one batch through the pool vs the plain Keras model with the same
+    weights (both compiled), interleaved --repeats times; medians and their ratio."""
     execution = {}
-    for name in names:
+    for name in rt.names:
         plain_model = rt.to_keras(name)
         plain = tf.function(lambda x, m=plain_model: m(x, training=False),
                             reduce_retracing=True)
@@ -193,25 +211,27 @@ def main(argv):
                                                sorted(pool_t)[9 * len(pool_t) // 10]],
                            "plain_p10_p90_ms": [sorted(plain_t)[len(plain_t) // 10],
                                                 sorted(plain_t)[9 * len(plain_t) // 10]]}
+    return execution
 
-    a0, a1 = summary(switch_only), summary(switch_infer)
-    b0, b1 = summary(load_only), summary(load_infer)
+
+def make_report(rt, pool_dir, built, sequence, in_memory, disk, execution, start):
+    a0, a1 = summary(in_memory[0]), summary(in_memory[1])
+    b0, b1 = summary(disk["load_only"]), summary(disk["load_infer"])
     speed_switch = b0["median_ms"] / a0["median_ms"]
     speed_e2e = b1["median_ms"] / a1["median_ms"]
     worst_ratio = max(e["ratio"] for e in execution.values())
-    report = {
+    return {
         "command": "scripts/bench_nwv_switch.py", "flags": bench.script_flags(),
-        "pool_dir": pool_dir, "built_pool": built, "networks": names,
+        "pool_dir": pool_dir, "built_pool": built, "networks": rt.names,
         "pool_pages": int(rt.page_pool.shape[0]), "page_size": rt.page_size,
         "sequence": sequence,
         "eviction": "before every load_from_disk: os.posix_fadvise(fd, 0, 0, "
                     "os.POSIX_FADV_DONTNEED) on every file of the pool directory "
                     "(after one os.sync())",
-        "page_cache_bytes": {"before_eviction": cached, "after_eviction": after_evict,
-                             "before_each_load": resident_at_load},
+        "page_cache_bytes": disk["page_cache_bytes"],
         "in_memory_switch": a0, "in_memory_switch_and_inference": a1,
         "load_from_disk": b0, "load_from_disk_and_inference": b1,
-        "load_from_disk_page_cache_warm": summary(cached_load),
+        "load_from_disk_page_cache_warm": summary(disk["cached_load"]),
         "speedup_switch_only": speed_switch, "speedup_end_to_end": speed_e2e,
         "execution": execution, "execution_ratio_worst": worst_ratio,
         "original_nwv": ORIGINAL,
@@ -220,14 +240,21 @@ def main(argv):
                     "execution_overhead_le_1.1": worst_ratio <= 1.1},
         "load_average": bench.load_average(), "seconds": time.time() - start,
     }
-    print(f"\n{FLAGS.switches} random switches among {names} (pool {pool_dir})")
+
+
+def print_summary(report):
+    speed_switch, speed_e2e = report["speedup_switch_only"], report["speedup_end_to_end"]
+    print(f"\n{FLAGS.switches} random switches among {report['networks']} "
+          f"(pool {report['pool_dir']})")
     print(f"{'':<40} {'median ms':>10} {'p10':>9} {'p90':>9}")
-    for label, r in (("(a) switch (page table only)", a0),
-                     ("(a) switch + 1-sample inference", a1),
-                     ("(b) load_from_disk (cache evicted)", b0),
-                     ("(b) load_from_disk + 1-sample inference", b1),
-                     ("    load_from_disk, page cache warm", report[
-                         "load_from_disk_page_cache_warm"])):
+    for label, key in (("(a) switch (page table only)", "in_memory_switch"),
+                       ("(a) switch + 1-sample inference", "in_memory_switch_and_inference"),
+                       ("(b) load_from_disk (cache evicted)", "load_from_disk"),
+                       ("(b) load_from_disk + 1-sample inference",
+                        "load_from_disk_and_inference"),
+                       ("    load_from_disk, page cache warm",
+                        "load_from_disk_page_cache_warm")):
+        r = report[key]
         print(f"{label:<40} {r['median_ms']:>10.4f} {r['p10_ms']:>9.4f} {r['p90_ms']:>9.4f}")
     print("files evicted from the page cache before every load with os.posix_fadvise(fd, 0, "
           "0, os.POSIX_FADV_DONTNEED)")
@@ -237,16 +264,37 @@ def main(argv):
           f"{'met' if speed_e2e > 459 else 'MISSED'})")
     print(f"\nexecution of one batch of {FLAGS.batch_size}, warm, median of {FLAGS.repeats} "
           f"interleaved runs:")
-    for name, e in execution.items():
+    for name, e in report["execution"].items():
         print(f"  {name:<14} pool {e['pool_median_ms']:.3f} ms, plain Keras "
               f"{e['plain_median_ms']:.3f} ms, ratio {e['ratio']:.3f}")
-    print(f"worst ratio {worst_ratio:.3f} (target <= 1.1: "
-          f"{'met' if worst_ratio <= 1.1 else 'MISSED'}); {report['seconds']:.0f} s")
-    _plot(report)
+    worst = report["execution_ratio_worst"]
+    print(f"worst ratio {worst:.3f} (target <= 1.1: {'met' if worst <= 1.1 else 'MISSED'}); "
+          f"{report['seconds']:.0f} s")
+
+
+def main(argv):
+    del argv
+    start = time.time()
+    training.set_seed(FLAGS.seed)
+    pool_dir = bench.resolve(FLAGS.pool)
+    if not state.exists(pool_dir) and FLAGS.pool == DEFAULT_POOL:
+        pool_dir = bench.resolve(FALLBACK_POOL)
+    built = ensure_pool(pool_dir)
+    rt = nwv.VirtualizedNetworks.load(pool_dir)
+    if len(rt.names) < 2:
+        raise ValueError(f"{pool_dir} holds {rt.names}: expected at least two networks")
+    batches, singles = example_batches(rt)
+    sequence = switch_sequence(rt)
+    in_memory = time_in_memory(rt, sequence, singles)
+    disk = time_from_disk(rt, pool_dir, sequence, singles)
+    execution = time_execution(rt, batches)
+    report = make_report(rt, pool_dir, built, sequence, in_memory, disk, execution, start)
+    print_summary(report)
+    plot(report)
     print(f"-> {bench.write_result(FLAGS.out, report)}")
 
 
-def _plot(report):
+def plot(report):
     plt = bench.pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     keys = [("in_memory_switch", "switch\n(page table)"),

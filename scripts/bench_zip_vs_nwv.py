@@ -8,19 +8,20 @@ Two post-activation Wide-ResNet-28-1 with batch norm (`models.resnet28`, k=1, ba
 channels 4/8/16, 24,450 parameters with BN, 23,442 after folding) are trained on two
 tasks of one input domain, `cifar10` (10 classes) and `cifar10_animals` (6 classes),
 from the shared CIFAR-10 tarball (`--epochs` epochs each, Adam with cosine decay, the
-epoch with the best validation accuracy kept; cached in `--work_dir`). Then the same
+epoch with the best validation accuracy kept; cached in `--work_dir` by
+`_bench.trained`). Then the same
 two networks are made to live together three ways, every way with the SAME joint
 training budget (`--budget` iterations; one iteration = one Adam step on the summed
 loss of one batch of each task; same learning rate, batch size and augmentation):
 
   (a) NWV alone: batch norms folded exactly into their convolutions
-      (`mtz.graph.parse_chain` + `mtz.keras_build.task_model` of a one-task zip
-      state: a plain Conv2D/Dense model, outputs equal to the BN network's), diagonal
-      Fisher of each (expected, `--fisher_samples` train examples), Fisher page
-      matching (`nwv.api.virtualize`, optimal) into one pool the size of the larger
-      network (every page of the smaller one shared), joint optimisation
-      (`nwv.optimize`, mode joint, `--rounds` rounds of budget/rounds steps; the pool
-      with the best mean VALIDATION accuracy over rounds 0..R kept).
+      (`mtz.fold_batch_norms`: a plain Conv2D/Dense model, outputs equal to the BN
+      network's), diagonal Fisher of each (`nwv.network_fisher`, expected,
+      `--fisher_samples` train examples), Fisher page matching (`nwv.virtualize`,
+      optimal) into one pool the size of the larger network (every page of the
+      smaller one shared), joint optimisation (`nwv.optimize_runtime`, mode joint,
+      `--rounds` rounds of budget/rounds steps; the pool with the best mean
+      VALIDATION accuracy over rounds 0..R kept).
   (b) MTZ alone: `mtz.zip_models` with share "1.0" (every neuron shared except the
       classifiers), light joint retraining after each zipped layer
       (`mtz.Retrainer`, budget/15 steps per layer for the 15 layers that are paired;
@@ -29,18 +30,20 @@ loss of one batch of each task; same learning rate, batch size and augmentation)
   (c) Both, two variants with the same total budget:
       (c1) the same MTZ zip (share "1.0") WITHOUT per-layer retraining;
       (c2) the same MTZ zip with per-layer retraining using half the budget;
-      each stored in a page pool with `nwv.combined.zipped_pool_state` (page-aligned
-      blocks, one table per task and one for the whole multi-task group); then NWV
-      page matching of the remaining task-specific pages onto each other: the pages
+      each stored in a page pool with `nwv.zipped_pool_state` (page-aligned blocks,
+      one table per task and one for the whole multi-task group; each member's
+      diagonal Fisher computed on its task's train split, `--fisher_samples`
+      examples); then NWV page matching of the remaining task-specific pages (the
+      blocks `ZippedModel.block_owners` gives one owner) onto each other: the pages
       of the cifar10_animals classifier blocks are matched (Fisher cost, optimal
       assignment, `nwv.matching.match_network`) onto the pages of the cifar10
       classifier blocks and merged Fisher-weighted, the freed pages are removed from
-      the pool and every table is remapped; the pool directory is saved and reloaded
-      (`nwv.state`, all checks) and optimised jointly as in (a) with the rest of the
-      budget. The variant with the better mean VALIDATION accuracy is the one held
-      against the targets (both are reported). `nwv.api.add_network` cannot be used:
-      it adds registered models, and the registered resnet28 has batch norms, which
-      NWV refuses.
+      the pool and every table is remapped (`nwv.compaction.merge_pages`); the pool
+      directory is saved and reloaded (`nwv.state`, all checks) and optimised jointly
+      as in (a) with the rest of the budget. The variant with the better mean
+      VALIDATION accuracy is the one held against the targets (both are reported).
+      `nwv.add_network` is not used: the page matching here is between the
+      task-specific pages of one zipped pool, not a new network against the pool.
 
 Reported per method: test-carve accuracy per task (selection on validation only),
 stored weights and bytes (float32 weights incl. page padding + int32 page tables;
@@ -67,23 +70,16 @@ import shutil
 import time
 
 import _cli
-import keras
 import numpy as np
 from absl import flags
 
+import _bench as bench
 import data
-import models
+import mtz
+import nwv
 from models import artifacts, training
-from mtz import keras_build
-from mtz.api import zip_models
 from mtz.graph import parse_chain
-from mtz.layers import ZippedLayer
-from mtz.pipeline import hessian_inputs
-from mtz.retrain import Retrainer
-from mtz.zipper import new_state
-from nwv import api, combined, fisher as fisher_lib, matching, pages, skeletons, state
-from nwv.optimize import OptimizeConfig, optimize
-from nwv.runtime import VirtualizedNetworks
+from nwv import combined, compaction, matching, state
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", "../shared/datasets", "Folder of the task tarballs.")
@@ -106,37 +102,29 @@ flags.DEFINE_integer("hessian_samples", 300, "Train examples per MTZ layer Hessi
 flags.DEFINE_string("share", "1.0", "MTZ share schedule of (b) and (c).")
 flags.DEFINE_integer("seed", 0, "Random seed (training, data order, Fisher samples).")
 
+TRAIN_BATCH = 128
+
 
 def log(message):
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def trained(task):
+def trained_network(task):
     """(BN network, its training metrics), trained once and cached in --work_dir."""
-    folder = os.path.join(FLAGS.work_dir, f"{task}-wrn{FLAGS.depth}-{FLAGS.k}-b{FLAGS.base}"
-                          f"-e{FLAGS.epochs}-lr{FLAGS.train_lr}-s{FLAGS.seed}")
-    if not os.path.exists(os.path.join(folder, "metrics.json")):
-        log(f"training resnet28 on {task} ({FLAGS.epochs} epochs) -> {folder}")
-        training.set_seed(FLAGS.seed)
-        net = models.build("resnet28", k=FLAGS.k, base=FLAGS.base, depth=FLAGS.depth,
-                           num_classes=data.get(task).num_classes)
-        training.train(net, task, folder, FLAGS.data_dir, FLAGS.epochs, 128, FLAGS.train_lr,
-                       FLAGS.seed, verbose=0)
+    folder = bench.trained(
+        task, "resnet28", data_dir=FLAGS.data_dir, cache_dir=FLAGS.work_dir,
+        epochs=FLAGS.epochs, seed=FLAGS.seed, learning_rate=FLAGS.train_lr,
+        batch_size=TRAIN_BATCH, tag=f"wrn{FLAGS.depth}-{FLAGS.k}-b{FLAGS.base}", log=log,
+        overrides=dict(k=FLAGS.k, base=FLAGS.base, depth=FLAGS.depth,
+                       num_classes=data.get(task).num_classes))
     with open(os.path.join(folder, "metrics.json")) as handle:
         metrics = json.load(handle)
     return artifacts.load_model(folder), metrics
 
 
-def fold_bn(net, name):
-    """The network with every batch norm folded into its conv: a plain model of
-    Conv2D/Dense/ReLU/Add/pooling layers (a one-task MTZ state, nothing zipped)."""
-    chain = parse_chain(net)
-    plain = keras_build.task_model(new_state([chain], [name], [chain.input_shape]), 0)
-    return keras.Model(plain.inputs, plain.outputs, name=f"{name}_folded")
-
-
 def accuracy(model, task, split):
-    return training.evaluate(model, task, split, FLAGS.data_dir)["accuracy"]
+    """`models.training.evaluate` accuracy on the whole split (no limit)."""
+    return bench.accuracy(model, task, split, FLAGS.data_dir)
 
 
 def on_runtime(rt, name):
@@ -146,9 +134,14 @@ def on_runtime(rt, name):
 def joint_config(iterations):
     """Joint NWV optimisation of `iterations` steps in rounds of budget/--rounds steps."""
     rounds = max(1, round(iterations / (FLAGS.budget / FLAGS.rounds)))
-    return OptimizeConfig(mode="joint", rounds=rounds, steps=max(1, iterations // rounds),
-                          learning_rate=FLAGS.learning_rate, batch_size=FLAGS.batch_size,
-                          seed=FLAGS.seed, augment=FLAGS.augment)
+    return nwv.OptimizeConfig(mode="joint", rounds=rounds, steps=max(1, iterations // rounds),
+                              learning_rate=FLAGS.learning_rate, batch_size=FLAGS.batch_size,
+                              seed=FLAGS.seed, augment=FLAGS.augment)
+
+
+def zip_config():
+    return mtz.ZipConfig(share=FLAGS.share, hessian_samples=FLAGS.hessian_samples,
+                         seed=FLAGS.seed)
 
 
 def runtime_memory(rt, names):
@@ -178,12 +171,12 @@ def optimisation_summary(result):
 def method_a(plain, tasks):
     """NWV alone: Fisher, page matching into one pool, joint optimisation."""
     start = time.time()
-    fishers = {t: api.network_fisher(plain[t], t, None, FLAGS.data_dir, "computed",
-                                     FLAGS.fisher_samples, "expected", FLAGS.seed)[0]
-               for t in tasks}
+    fishers = {t: nwv.network_fisher(plain[t], t, data_dir=FLAGS.data_dir, source="computed",
+                                     num_samples=FLAGS.fisher_samples, definition="expected",
+                                     seed=FLAGS.seed)[0] for t in tasks}
     fisher_s = time.time() - start
-    rt = api.virtualize({t: (plain[t], fishers[t]) for t in tasks}, FLAGS.page_size,
-                        "optimal")
+    rt = nwv.virtualize({t: plain[t] for t in tasks}, tasks={t: t for t in tasks},
+                        fisher=fishers, page_size=FLAGS.page_size, matching="optimal")
     match_s = time.time() - start - fisher_s
     pool_pages = rt.page_pool.shape[0]
     pages_per_net = {t: int(rt.page_table(t).size) for t in tasks}
@@ -193,8 +186,8 @@ def method_a(plain, tasks):
     log(f"(a) NWV: pool {pool_pages} pages of {FLAGS.page_size}; pages {pages_per_net}, "
         f"shared {shared}; optimising")
     opt_start = time.time()
-    result = optimize(rt, FLAGS.data_dir, joint_config(FLAGS.budget),
-                      tasks={t: t for t in tasks}, log=lambda line: log("  " + line))
+    result = nwv.optimize_runtime(rt, joint_config(FLAGS.budget), data_dir=FLAGS.data_dir,
+                                  log=lambda line: log("  " + line))
     opt_s = time.time() - opt_start
     seconds = time.time() - start
     test = {t: accuracy(on_runtime(rt, t), t, "test") for t in tasks}
@@ -210,7 +203,8 @@ def method_a(plain, tasks):
 
 
 def zip_inputs(tasks):
-    return [hessian_inputs(t, FLAGS.data_dir, FLAGS.hessian_samples, FLAGS.seed) for t in tasks]
+    return [mtz.hessian_inputs(t, FLAGS.data_dir, samples=FLAGS.hessian_samples,
+                               seed=FLAGS.seed) for t in tasks]
 
 
 def paired_layers(net):
@@ -221,9 +215,13 @@ def paired_layers(net):
                if chain.ties[l] == l and l != chain.output_layer)
 
 
-def retrain_datasets(tasks):
-    return [data.load(t, "train", FLAGS.data_dir, FLAGS.batch_size, seed=FLAGS.seed + i,
-                      augment=FLAGS.augment) for i, t in enumerate(tasks)]
+def retrainer_for(tasks, per_layer):
+    """`mtz.Retrainer` of `per_layer` joint steps per zipped layer (None for 0)."""
+    if per_layer <= 0:
+        return None
+    datasets = [data.load(t, "train", FLAGS.data_dir, FLAGS.batch_size, seed=FLAGS.seed + i,
+                          augment=FLAGS.augment) for i, t in enumerate(tasks)]
+    return mtz.Retrainer(datasets, steps=per_layer, learning_rate=FLAGS.learning_rate)
 
 
 def method_b(nets, tasks, inputs):
@@ -231,16 +229,15 @@ def method_b(nets, tasks, inputs):
     start = time.time()
     paired = paired_layers(nets[0])
     per_layer = max(1, FLAGS.budget // paired)
-    retrainer = Retrainer(retrain_datasets(tasks), per_layer, FLAGS.learning_rate)
+    retrainer = retrainer_for(tasks, per_layer)
     log(f"(b) MTZ: zipping with {per_layer} retraining steps after each of {paired} "
         f"paired layers")
-    zipped = zip_models(nets, inputs, names=tasks, share=FLAGS.share, seed=FLAGS.seed,
-                        hessian_samples=FLAGS.hessian_samples, retrain=retrainer)
+    zipped = mtz.zip_models(nets, inputs, names=tasks, config=zip_config(), retrain=retrainer)
     seconds = time.time() - start
     members = {t: zipped.member(i) for i, t in enumerate(tasks)}
     counts = zipped.parameter_counts()
     records = [r for r in zipped.records if "tied_to" not in r]
-    return zipped, {
+    return {
         "method": "MTZ alone", "share": FLAGS.share,
         "test_accuracy": {t: accuracy(members[t], t, "test") for t in tasks},
         "val_accuracy": {t: accuracy(members[t], t, "validation") for t in tasks},
@@ -254,70 +251,60 @@ def method_b(nets, tasks, inputs):
         "load_average_after": os.getloadavg()}
 
 
-def variable_owners(model):
-    """{variable path: task ids using it} for the ZippedLayer blocks of a zipped model."""
-    owners = {}
-    for layer in model.layers:
-        if not isinstance(layer, ZippedLayer):
-            continue
-        for (g, h), var in layer.blocks.items():
-            owners[var.path] = frozenset(layer.in_groups[g][0]) & frozenset(
-                layer.out_groups[h][0])
-        for h, var in layer.block_biases.items():
-            owners[var.path] = frozenset(layer.out_groups[h][0])
-    return owners
+def task_specific_pages(pool_state, zipped):
+    """{member: pool pages of the blocks only that member uses} of a zipped pool
+    (`ZippedModel.block_owners`; a member's variables are named as in its model)."""
+    owners, page_size = zipped.block_owners(), pool_state.page_size
+    own = {}
+    for name in zipped.tasks:
+        record = pool_state.networks[name]
+        layout = record.layout(page_size)
+        own[name] = np.concatenate([np.zeros(0, np.int64)] + [
+            record.page_table[o // page_size:o // page_size + -(-s // page_size)]
+            for v, o, s in zip(record.variable_names, layout.offsets, layout.sizes)
+            if owners.get(v) == (name,)]).astype(np.int64)
+    return own
 
 
-def variable_pages(record, page_size):
-    """{variable path: pool pages} of a page-aligned pool record."""
-    layout = record.layout(page_size)
-    return {name: record.page_table[o // page_size:o // page_size + -(-s // page_size)]
-            for name, o, s in zip(record.variable_names, layout.offsets, layout.sizes)}
-
-
-def match_specific_pages(pool_state, tasks, fisher_pool):
-    """Matches the pages only tasks[1] uses onto the pages only tasks[0] uses
-    (Fisher cost, optimal assignment), merges them, drops the freed pages and
-    remaps every table in place. Returns a report dict."""
-    page_size = pool_state.page_size
-    group = pool_state.networks[combined.GROUP]
-    skeleton = skeletons.build_skeleton(group, pool_state.assets)
-    owners = variable_owners(skeleton)
-    where = variable_pages(group, page_size)
-    own = {i: np.concatenate([where[v] for v in group.variable_names
-                              if owners.get(v) == frozenset({i})] or [np.zeros(0, int)])
-           for i in range(len(tasks))}
-    a_pages, b_pages = own[0].astype(np.int64), own[1].astype(np.int64)
-    report = {"task_specific_pages": {tasks[0]: int(a_pages.size), tasks[1]: int(b_pages.size)}}
+def match_specific_pages(pool_state, zipped):
+    """Matches the pages only the second member uses onto the pages only the first
+    uses (Fisher cost, optimal assignment: `nwv.matching.match_network`), merges them
+    Fisher-weighted and drops the freed pages, renumbering every table
+    (`nwv.compaction.merge_pages`); `pool_state` is updated in place. Returns a report."""
+    first, second = zipped.tasks[:2]
+    own = task_specific_pages(pool_state, zipped)
+    a_pages, b_pages = own[first], own[second]
+    report = {"task_specific_pages": {first: int(a_pages.size), second: int(b_pages.size)}}
     if a_pages.size == 0 or b_pages.size == 0:
         return {**report, "matched_pages": 0, "freed_pages": 0, "cost": 0.0}
-    pool = pool_state.pool
-    base = matching.PoolState(pool[a_pages], fisher_pool[tasks[0]][a_pages],
-                              np.ones(a_pages.size, np.int64))
-    table, merged, cost = matching.match_network(base, pool[b_pages],
-                                                 fisher_pool[tasks[1]][b_pages], "optimal")
+    pool, fisher = pool_state.pool, pool_state.pool_state().fisher   # Σ members' Fisher
+    onto_a = matching.PoolState(pool[a_pages], fisher[a_pages],
+                                np.ones(a_pages.size, np.int64))
+    table, _, cost = matching.match_network(onto_a, pool[b_pages], fisher[b_pages],
+                                            "optimal")
     onto = table < a_pages.size                      # B pages now stored in A's pages
-    new_pool = pool.copy()
-    new_pool[a_pages] = merged.weights[:a_pages.size]
-    target = np.arange(pool.shape[0])
-    target[b_pages[onto]] = a_pages[table[onto]]
-    keep = np.ones(pool.shape[0], bool)
-    keep[b_pages[onto]] = False
-    renumber = np.cumsum(keep) - 1
-    for record in pool_state.networks.values():
-        record.page_table = renumber[target[record.page_table]].astype(np.int32)
-    pool_state.pool = new_pool[keep]
-    return {**report, "matched_pages": int(onto.sum()), "freed_pages": int((~keep).sum()),
+    pool_state.pool, _, tables, freed = compaction.merge_pages(
+        pool, fisher, {n: r.page_table for n, r in pool_state.networks.items()},
+        sources=b_pages[onto], targets=a_pages[table[onto]])
+    for name, new_table in tables.items():
+        pool_state.networks[name].page_table = new_table
+    return {**report, "matched_pages": int(onto.sum()), "freed_pages": int(freed),
             "cost": float(cost)}
 
 
-def member_fisher_pages(rt, name, task, page_size):
-    """A pool member's diagonal Fisher in its (aligned) page layout [n_pages, P]."""
-    model = rt.to_keras(name)
-    ds = data.load(task, "train", FLAGS.data_dir, batch_size=64, seed=FLAGS.seed,
-                   shuffle=True)
-    values = fisher_lib.diagonal_fisher(model, ds, FLAGS.fisher_samples, "expected")
-    return pages.paginate(values, page_size, aligned=True)[0]
+def matched_pool(zipped, tasks, pool_dir):
+    """The zipped model in a page pool (`nwv.zipped_pool_state`, each member's Fisher on
+    its task's train split), task-specific pages matched onto each other, saved afresh
+    as `pool_dir`: (pool state, its size before matching, the matching report)."""
+    pool_state = nwv.zipped_pool_state(
+        zipped, page_size=FLAGS.page_size, tasks=tasks, data_dir=FLAGS.data_dir,
+        fisher_samples=FLAGS.fisher_samples, fisher_definition="expected", seed=FLAGS.seed)
+    before = {"pool_pages": int(pool_state.pool.shape[0]),
+              "pool_weights": int(pool_state.pool.size)}
+    matched = match_specific_pages(pool_state, zipped)
+    shutil.rmtree(pool_dir, ignore_errors=True)
+    state.save_state(pool_dir, pool_state)
+    return pool_state, before, matched
 
 
 def method_c(nets, tasks, inputs, retrain_fraction, key):
@@ -327,40 +314,24 @@ def method_c(nets, tasks, inputs, retrain_fraction, key):
     start = time.time()
     paired = paired_layers(nets[0])
     per_layer = int(FLAGS.budget * retrain_fraction) // paired
-    retrainer = None
-    if per_layer > 0:
-        retrainer = Retrainer(retrain_datasets(tasks), per_layer, FLAGS.learning_rate)
+    retrainer = retrainer_for(tasks, per_layer)
     log(f"(c{key}) both: zipping (share {FLAGS.share}, {per_layer} retraining steps after "
         f"each of {paired} paired layers)")
-    zipped = zip_models(nets, inputs, names=tasks, share=FLAGS.share, seed=FLAGS.seed,
-                        hessian_samples=FLAGS.hessian_samples, retrain=retrainer)
+    zipped = mtz.zip_models(nets, inputs, names=tasks, config=zip_config(), retrain=retrainer)
     zip_s = time.time() - start
     val_zipped = {t: accuracy(zipped.member(i), t, "validation") for i, t in enumerate(tasks)}
     eval_s = time.time() - start - zip_s
-    pool_state = combined.zipped_pool_state(zipped, FLAGS.page_size, tasks)
-    before = {"pool_pages": int(pool_state.pool.shape[0]),
-              "pool_weights": int(pool_state.pool.size)}
-    rt0 = VirtualizedNetworks.from_state(pool_state)
-    fisher_pool = {}
-    for t in tasks:
-        record = pool_state.networks[t]
-        record.fisher = member_fisher_pages(rt0, t, t, FLAGS.page_size)
-        record.fisher_source = f"computed:expected:{FLAGS.fisher_samples}"
-        fisher_pool[t] = np.zeros(pool_state.pool.shape, np.float32)
-        np.add.at(fisher_pool[t], record.page_table, record.fisher)
-    matched = match_specific_pages(pool_state, tasks, fisher_pool)
-    pool_dir = os.path.join(FLAGS.work_dir, f"pool_c{key}")
-    shutil.rmtree(pool_dir, ignore_errors=True)
-    state.save_state(pool_dir, pool_state)
-    rt = VirtualizedNetworks.load(pool_dir)
+    pool_dir = os.path.join(bench.resolve(FLAGS.work_dir), f"pool_c{key}")
+    pool_state, before, matched = matched_pool(zipped, tasks, pool_dir)
+    rt = nwv.VirtualizedNetworks.load(pool_dir)
     names = list(pool_state.networks)
     mtz_steps = retrainer.total_steps if retrainer else 0
     nwv_steps = FLAGS.budget - mtz_steps
     log(f"(c{key}) pool {before['pool_pages']} -> {rt.page_pool.shape[0]} pages after "
         f"matching {matched}; optimising {nwv_steps} iterations")
     opt_start = time.time()
-    result = optimize(rt, FLAGS.data_dir, joint_config(nwv_steps),
-                      log=lambda line: log("  " + line))
+    result = nwv.optimize_runtime(rt, joint_config(nwv_steps), data_dir=FLAGS.data_dir,
+                                  log=lambda line: log("  " + line))
     opt_s = time.time() - opt_start
     seconds = time.time() - start - eval_s
     pool_state.pool = rt.pool_array()
@@ -370,7 +341,8 @@ def method_c(nets, tasks, inputs, retrain_fraction, key):
     group_entries = int(rt.page_table(combined.GROUP).size)
     memory["bytes_without_group_table"] = memory["bytes"] - 4 * group_entries
     memory["pool_dir_bytes"] = int(sum(os.path.getsize(os.path.join(pool_dir, f))
-                                       for f in os.listdir(pool_dir)))
+                                       for f in os.listdir(pool_dir)
+                                       if not f.startswith(".")))     # not the lock files
     return {"method": f"MTZ + NWV (c{key})", "share": FLAGS.share, "test_accuracy": test,
             "val_accuracy_after_zip": val_zipped, "memory": memory,
             "mtz_retrain_steps_per_layer": per_layer, "mtz_iterations": mtz_steps,
@@ -384,83 +356,60 @@ def method_c(nets, tasks, inputs, retrain_fraction, key):
             "load_average_after": os.getloadavg()}
 
 
-def figure(result, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, colour in (("a_nwv", "#37c"), ("b_mtz", "#c44"), ("c1_both", "#3a7"),
-                        ("c2_both", "#8c4")):
-        m = result["methods"][key]
-        ax.scatter(m["memory"]["bytes"] / 1024, 100 * m["mean_test_accuracy"], s=60,
-                   color=colour, label=m["method"])
-    sep = result["separate"]
-    ax.scatter(sep["bytes_folded"] / 1024, 100 * sep["mean_test_accuracy"], s=60,
-               color="#888", marker="s", label="separate (BN folded)")
-    ax.set_xlabel("stored bytes (KiB; weights + page tables)")
-    ax.set_ylabel("mean test accuracy (%)")
-    ax.set_title(" + ".join(result["tasks"]) + f", WRN-{FLAGS.depth}-{FLAGS.k}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def main(argv):
-    del argv
-    run_start = time.time()
-    tasks = list(FLAGS.tasks)
-    if len(tasks) != 2:
-        raise ValueError(f"expected two tasks, received {tasks}")
-    shapes = {data.get(t).input_shape for t in tasks}
-    if len(shapes) != 1:
-        raise ValueError(f"expected tasks of one input domain, received shapes {shapes}")
-    training.set_seed(FLAGS.seed)
-    trained_nets = {t: trained(t) for t in tasks}
-    train_s = time.time() - run_start
-    nets = [trained_nets[t][0] for t in tasks]
+def separate_networks(trained, tasks):
+    """The trained BN networks ({task: (network, metrics)}) evaluated and with their
+    batch norms folded (`mtz.fold_batch_norms`): ({task: BN network}, {task: folded
+    plain network}, per-task figures, max |logit diff| of the folding)."""
+    nets = {t: trained[t][0] for t in tasks}
     log("evaluating the separate networks")
-    separate = {t: {"val": accuracy(trained_nets[t][0], t, "validation"),
-                    "test": accuracy(trained_nets[t][0], t, "test"),
-                    "epochs": trained_nets[t][1]["epochs"],
-                    "best_epoch": trained_nets[t][1]["best_epoch"],
-                    "parameters_with_bn": int(trained_nets[t][0].count_params())}
+    separate = {t: {"val": accuracy(nets[t], t, "validation"),
+                    "test": accuracy(nets[t], t, "test"),
+                    "epochs": trained[t][1]["epochs"],
+                    "best_epoch": trained[t][1]["best_epoch"],
+                    "parameters_with_bn": int(nets[t].count_params())}
                 for t in tasks}
-    plain = {t: fold_bn(trained_nets[t][0], t) for t in tasks}
-    x = hessian_inputs(tasks[0], FLAGS.data_dir, 64, FLAGS.seed)
-    fold_error = max(float(np.max(np.abs(trained_nets[t][0](x, training=False).numpy()
+    plain = {t: mtz.fold_batch_norms(nets[t], name=f"{t}_folded") for t in tasks}
+    x = mtz.hessian_inputs(tasks[0], FLAGS.data_dir, samples=64, seed=FLAGS.seed)
+    fold_error = max(float(np.max(np.abs(nets[t](x, training=False).numpy()
                                          - plain[t](x).numpy()))) for t in tasks)
     for t in tasks:
         separate[t]["parameters_folded"] = int(plain[t].count_params())
     log(f"separate: {json.dumps(separate)}; BN folding max |logit diff| {fold_error:.2e}")
+    return nets, plain, separate, fold_error
 
+
+def run_methods(nets, plain, tasks):
+    """(a), (b), (c1), (c2), each from the same seed; {key: method result}."""
     training.set_seed(FLAGS.seed)
     a = method_a(plain, tasks)
     log(f"(a) done: {a['test_accuracy']} in {a['seconds']['total']} s")
     inputs = zip_inputs(tasks)
     training.set_seed(FLAGS.seed)
-    _, b = method_b(nets, tasks, inputs)
+    b = method_b([nets[t] for t in tasks], tasks, inputs)
     log(f"(b) done: {b['test_accuracy']} in {b['seconds']['total']} s")
-    variants = {}
+    methods = {"a_nwv": a, "b_mtz": b}
     for key, fraction in (("1", 0.0), ("2", 0.5)):
         training.set_seed(FLAGS.seed)
-        variants[key] = method_c(nets, tasks, inputs, fraction, key)
-        log(f"(c{key}) done: {variants[key]['test_accuracy']} in "
-            f"{variants[key]['seconds']['total']} s")
-    # The combination reported against the targets: the variant of the best mean
-    # VALIDATION accuracy (its selected pool), never chosen on test.
-    chosen = max(variants, key=lambda k: variants[k]["optimisation"]["best_mean_val_accuracy"])
-    c = variants[chosen]
-
-    methods = {"a_nwv": a, "b_mtz": b, "c1_both": variants["1"], "c2_both": variants["2"]}
+        c = methods[f"c{key}_both"] = method_c([nets[t] for t in tasks], tasks, inputs,
+                                               fraction, key)
+        log(f"(c{key}) done: {c['test_accuracy']} in {c['seconds']['total']} s")
     test_n = {t: data.num_examples(t, "test", FLAGS.data_dir) for t in tasks}
     for m in methods.values():
-        m["mean_test_accuracy"] = float(np.mean([m["test_accuracy"][t] for t in tasks]))
+        acc = m["test_accuracy"]
+        m["mean_test_accuracy"] = float(np.mean([acc[t] for t in tasks]))
         m["test_standard_error_points"] = {
-            t: round(100 * float(np.sqrt(m["test_accuracy"][t] * (1 - m["test_accuracy"][t])
-                                         / test_n[t])), 2) for t in tasks}
-        m["test_error_percent"] = {t: round(100 * (1 - m["test_accuracy"][t]), 2)
-                                   for t in tasks}
+            t: round(100 * float(np.sqrt(acc[t] * (1 - acc[t]) / test_n[t])), 2) for t in tasks}
+        m["test_error_percent"] = {t: round(100 * (1 - acc[t]), 2) for t in tasks}
+    return methods
+
+
+def targets_and_memory(methods, separate, tasks):
+    """(chosen combination key, targets, memory analysis). The combination held
+    against the targets is the variant of the best mean VALIDATION accuracy (its
+    selected pool), never chosen on test."""
+    variants = {"1": methods["c1_both"], "2": methods["c2_both"]}
+    chosen = max(variants, key=lambda k: variants[k]["optimisation"]["best_mean_val_accuracy"])
+    a, b, c = methods["a_nwv"], methods["b_mtz"], variants[chosen]
     best_ab = max(a["mean_test_accuracy"], b["mean_test_accuracy"])
     targets = {
         "combination": f"c{chosen} (chosen on validation)",
@@ -482,7 +431,6 @@ def main(argv):
                            "met": c["memory"]["stored_weights"] < min(
                                a["memory"]["stored_weights"], b["memory"]["stored_weights"])},
     }
-    folded_weights = sum(separate[t]["parameters_folded"] for t in tasks)
     largest = max(separate[t]["parameters_folded"] for t in tasks)
     floor_pages = -(-largest // FLAGS.page_size)
     memory_analysis = {
@@ -501,7 +449,13 @@ def main(argv):
                 "padding; MTZ alone needs no page tables, and its only extra weights over "
                 "one network are the second classifier",
     }
-    result = {
+    return chosen, targets, memory_analysis
+
+
+def make_report(tasks, separate, fold_error, methods, chosen, targets, memory_analysis,
+                seconds):
+    folded_weights = sum(separate[t]["parameters_folded"] for t in tasks)
+    return {
         "tasks": tasks, "seed": FLAGS.seed,
         "combination_variants": {
             "c1": "MTZ zip share 1.0 without per-layer retraining -> nwv.combined pool -> "
@@ -517,7 +471,7 @@ def main(argv):
                     "depth_note": "full depth 28 (3 groups of 4 blocks), narrow: base 4, "
                                   "k=1 (channels 4/8/16) to fit the CPU budget"},
         "training": {"epochs": FLAGS.epochs, "learning_rate": FLAGS.train_lr,
-                     "batch_size": 128, "selection": "best validation epoch"},
+                     "batch_size": TRAIN_BATCH, "selection": "best validation epoch"},
         "joint_training": {"iterations_per_method": FLAGS.budget,
                            "learning_rate": FLAGS.learning_rate,
                            "batch_size_per_task": FLAGS.batch_size,
@@ -538,33 +492,76 @@ def main(argv):
         "methods": methods, "targets": targets, "memory_analysis": memory_analysis,
         "paper_table_2_4_error_percent": {"NWV": {"GTSRB": 7.04, "SVHN": 7.65},
                                           "MTZ": {"GTSRB": 1.05, "SVHN": 6.86}},
-        "seconds": {"training_this_run": round(train_s, 1),
-                    "total_run": round(time.time() - run_start, 1)},
+        "seconds": seconds,
         "load_average": os.getloadavg(),
     }
-    artifacts.write_json(FLAGS.out, result)
-    figure(result, os.path.splitext(FLAGS.out)[0] + ".png")
 
+
+def figure(result, path):
+    plt = bench.pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, colour in (("a_nwv", "#37c"), ("b_mtz", "#c44"), ("c1_both", "#3a7"),
+                        ("c2_both", "#8c4")):
+        m = result["methods"][key]
+        ax.scatter(m["memory"]["bytes"] / 1024, 100 * m["mean_test_accuracy"], s=60,
+                   color=colour, label=m["method"])
+    sep = result["separate"]
+    ax.scatter(sep["bytes_folded"] / 1024, 100 * sep["mean_test_accuracy"], s=60,
+               color="#888", marker="s", label="separate (BN folded)")
+    ax.set_xlabel("stored bytes (KiB; weights + page tables)")
+    ax.set_ylabel("mean test accuracy (%)")
+    ax.set_title(" + ".join(result["tasks"]) + f", WRN-{FLAGS.depth}-{FLAGS.k}")
+    ax.legend(fontsize=8)
+    bench.save_figure(fig, path)
+    plt.close(fig)
+
+
+def print_table(result):
+    tasks, separate, targets = result["tasks"], result["separate"], result["targets"]
+    folded_weights = separate["weights_folded"]
     print()
     head = " | ".join(f"{t} test" for t in tasks)
     print(f"| method | {head} | mean | stored weights | bytes | joint iterations | wall s |")
     print("|---|" + "---|" * (len(tasks) + 5))
     print(f"| separate (2 nets, BN folded) | "
           + " | ".join(f"{100 * separate[t]['test']:.2f}" for t in tasks)
-          + f" | {100 * result['separate']['mean_test_accuracy']:.2f} | {folded_weights} | "
+          + f" | {100 * separate['mean_test_accuracy']:.2f} | {folded_weights} | "
             f"{4 * folded_weights} | - | - |")
-    for m in methods.values():
+    for m in result["methods"].values():
         print(f"| {m['method']} | " + " | ".join(f"{100 * m['test_accuracy'][t]:.2f}"
                                                  for t in tasks)
               + f" | {100 * m['mean_test_accuracy']:.2f} | {m['memory']['stored_weights']} | "
                 f"{m['memory']['bytes']} | {m['joint_iterations']} | "
                 f"{m['seconds']['total']} |")
     word = {True: "met", False: "missed"}
-    print(f"targets for c{chosen} (chosen on validation): accuracy (mean) "
+    print(f"targets for {targets['combination']}: accuracy (mean) "
           f"{word[targets['accuracy_mean']['met']]}, memory (bytes) "
           f"{word[targets['memory_bytes']['met']]}, memory (weights) "
           f"{word[targets['memory_weights']['met']]}; total "
           f"{result['seconds']['total_run']:.0f} s")
+
+
+def main(argv):
+    del argv
+    run_start = time.time()
+    tasks = list(FLAGS.tasks)
+    if len(tasks) != 2:
+        raise ValueError(f"expected two tasks, received {tasks}")
+    shapes = {data.get(t).input_shape for t in tasks}
+    if len(shapes) != 1:
+        raise ValueError(f"expected tasks of one input domain, received shapes {shapes}")
+    training.set_seed(FLAGS.seed)
+    trained = {t: trained_network(t) for t in tasks}
+    train_s = time.time() - run_start
+    nets, plain, separate, fold_error = separate_networks(trained, tasks)
+    methods = run_methods(nets, plain, tasks)
+    chosen, targets, memory_analysis = targets_and_memory(methods, separate, tasks)
+    result = make_report(tasks, separate, fold_error, methods, chosen, targets,
+                         memory_analysis, {"training_this_run": round(train_s, 1),
+                                           "total_run": round(time.time() - run_start, 1)})
+    out = bench.write_result(FLAGS.out, result)
+    figure(result, os.path.splitext(out)[0] + ".png")
+    print_table(result)
 
 
 if __name__ == "__main__":

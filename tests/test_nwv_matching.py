@@ -187,3 +187,32 @@ def test_reference_networks_optimal_beats_greedy(shared_dir):
     assert greedy[0].n_pages == optimal[0].n_pages == 665
     assert greedy[2][0] == optimal[2][0] == 0.0
     assert sum(optimal[2]) < sum(greedy[2])
+
+
+def test_sparse_optimal_with_certificate_equals_the_dense_assignment(monkeypatch):
+    """Large problems are solved on candidate pairs with an LP-duality certificate
+    (`_match_optimal`); on 120 random problems with occupancy levels, ties and
+    few candidates (so the pricing loop runs), it finds the dense optimum."""
+    monkeypatch.setattr(matching, "_DENSE_ENTRIES", 0)
+    rng = np.random.default_rng(11)
+    for trial in range(120):
+        n = int(rng.integers(5, 50))
+        m = int(rng.integers(n, 70))
+        costs = rng.random((n, m)) ** 3
+        if trial % 3 == 0:
+            costs[:, : m // 3] = 0.0                     # ties
+        occupancy = rng.integers(0, 3, m)
+        dense = matching._match_optimal_dense(costs, occupancy)
+        sparse = matching._match_optimal(costs.copy(), occupancy, candidates=2)
+        assert len(set(sparse.tolist())) == n
+        assert sorted(occupancy[sparse]) == sorted(occupancy[dense])   # same level quotas
+        np.testing.assert_allclose(costs[np.arange(n), sparse].sum(),
+                                   costs[np.arange(n), dense].sum(), rtol=1e-12, atol=1e-12)
+
+
+def test_bellman_ford_stops_early_and_detects_negative_cycles():
+    dist = matching.bellman_ford(4, np.array([0, 1, 2]), np.array([1, 2, 3]),
+                                 np.array([-1.0, 2.0, -5.0]))
+    np.testing.assert_allclose(dist, [0.0, -1.0, 0.0, -5.0])
+    with pytest.raises(ValueError, match="negative cycle"):
+        matching.bellman_ford(2, np.array([0, 1]), np.array([1, 0]), np.array([-1.0, 0.5]))

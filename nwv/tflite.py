@@ -1,0 +1,804 @@
+"""TFLite export of a page pool: ONE flatbuffer holding every network, the pool stored once.
+
+`export_tflite(runtime, path, target="tflite")` (phones, Linux boards) writes one
+`.tflite` file with a signature per network, run with the stock interpreter and
+TensorFlow alone:
+
+    interpreter = tf.lite.Interpreter(model_path="pool.tflite")
+    logits = interpreter.get_signature_runner("mnist")(x=x)["logits"]
+    both = interpreter.get_signature_runner("zipped_all")(x=x)     # {member: logits}
+
+  * `<network>(x) -> {"logits"}`: one per network (x: float32 [batch, *input]).
+  * `<group>(x) -> {member: logits}`: a zipped group (`nwv.combined`) whose
+    members share one input: every member in one call, shared layers once.
+  * `all_tasks(<network>=x, ...) -> {network: logits}` with `all_tasks=True`.
+  * `set_pool(pool) -> {"pages"}` replaces the whole pool; `set_pages(pages,
+    values) -> {"pages"}` replaces the given (distinct) pages only, for
+    over-the-air updates that ship the changed pages: pages int32 [k], values
+    float32 [k, P]. With int8 pages: `set_pool(codes, scales)`, `set_pages(pages,
+    codes, scales)` (codes int8, scales float32 one per page).
+
+The pool is ONE resource variable read by every signature through its page
+tables (int32 constants): the converter cannot constant-fold a gather from a
+variable that `set_pool` assigns, so the file holds the pool once (as the
+initial value of the variable, assigned by a CALL_ONCE initializer) plus the
+tables and the graphs, whatever the number of networks. Switching network is
+calling another signature runner: no reload; the pool (and its updates) is
+shared by all runners of one interpreter. TFLite's READ_VARIABLE copies the
+variable into a dynamic tensor at each call (one pool-sized buffer per
+signature that has run; the C++ option
+`InterpreterOptions::SetEnsureDynamicTensorsAreReleased()` frees it after each
+call).
+
+`quantize="int8"` stores the pool as int8 codes [m, P] and one float32 scale per
+page (`nwv.quantize`, exactly what a runtime with `storage="int8"` holds); the
+graphs gather codes and scales through the table and dequantize after the
+gather. TFLite resource variables hold int8, so the codes stay a variable.
+
+`target="micro"` writes a file for TensorFlow Lite Micro, which runs subgraph 0
+only and has no signatures: ONE entry point
+
+    run(task: int32 [1], x: float32 [1, max_input]) -> logits: float32 [1, max_classes]
+
+where `task` indexes `info["tasks"]` (networks, then groups with a shared input),
+x holds the network's input flattened (C order) in its first prod(input_shape)
+entries (the rest is ignored) and the logits are padded with `PAD_LOGIT` (the
+lowest float32, so argmax and softmax over the whole row are those of the
+network); a group's row is its members' logits concatenated; a task index
+outside [0, tasks) returns NaN logits. The graph selects
+the task's page table (`tables[task]`, one int32 constant [tasks, max_pages])
+and runs the task's branch (one IF op per task in sequence, each branch a
+subgraph; TFLM plans each branch in its own scope, so their buffers share the
+arena, and `micro_arena_bytes` is about the largest network's need). The pool
+is a CONSTANT (flash, never copied into RAM): each branch gathers from it
+through the SELECTED table, which depends on the `task` input, so the
+converter cannot constant-fold per-network copies of the weights, and the one
+constant buffer is shared by all branches. Batch 1, no variables: the pool
+bytes sit at `info["pool_offset"]` in the file (page j at pool_offset + j * P *
+bytes per weight), so an update can patch them in flash.
+
+Both targets gather pool pages per Keras layer (`gather="layer"`, default): one
+GATHER of the layer's pages, one SPLIT_V into its variables. After conversion
+the operators are reordered so each layer's gather runs right before the layer
+(the converter puts every gather first) and the tensors renumbered so TFLM's
+greedy planner alternates the copies of a layer's weights between two slots:
+only one layer's weights are in RAM at a time, about twice (the gathered copy
+and the transposed copy the CONV_2D / FULLY_CONNECTED kernel reads). "network"
+(one gather for all) needs ~1.5-2x the arena of "layer" on the NWV reference
+networks; "variable" the same arena as "layer" with more operators. Dense layers
+run as TRANSPOSE + FULLY_CONNECTED (TFLM's BATCH_MATMUL would keep a persistent
+transposed copy of every kernel). For the micro target, plain Dense layers
+whose kernel exceeds `dense_tile_bytes` (16 kB) run as a sum over blocks of
+kernel rows, each block gathered right before its FULLY_CONNECTED: RAM holds one
+block, not the kernel (the NWV reference networks: 281-291 kB of arena -> 68-72
+kB). Tensor names other than inputs and outputs are dropped (a third of the
+graph bytes). `micro_arena_bytes(blob)` finds the smallest TFLM arena that runs
+a micro file.
+"""
+from __future__ import annotations
+
+import contextlib
+import keyword
+import os
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from nwv import quantize as quantize_lib
+from nwv.runtime import VirtualizedNetworks
+
+__all__ = ["TARGETS", "GATHERS", "RESERVED", "MICRO_ENTRY", "PAD_LOGIT", "export_tflite",
+           "micro_arena_bytes", "largest_buffers"]
+
+TARGETS = ("tflite", "micro")
+GATHERS = ("layer", "variable", "network")
+ALL_TASKS, SET_POOL, SET_PAGES = "all_tasks", "set_pool", "set_pages"
+RESERVED = (ALL_TASKS, SET_POOL, SET_PAGES)
+MICRO_ENTRY = "run"
+PAD_LOGIT = float(np.finfo(np.float32).min)
+MICRO_TILE_BYTES = 16 * 1024
+
+
+# --- reading pages --------------------------------------------------------------
+class _Pages:
+    """Rows of the pool [k, P] float32 for a table slice: float pages or int8 codes
+    and [m, 1] scales, dequantized after the gather."""
+
+    def __init__(self, pool=None, codes=None, scales=None):
+        self.pool, self.codes, self.scales = pool, codes, scales
+
+    def rows(self, table):
+        if self.pool is not None:
+            return tf.gather(self.pool, table)
+        return tf.cast(tf.gather(self.codes, table), tf.float32) * tf.gather(self.scales, table)
+
+
+def _groups(model, granularity):
+    """Lists of consecutive variable indices gathered together."""
+    variables = model.trainable_variables
+    if granularity == "network":
+        return [list(range(len(variables)))]
+    if granularity == "variable":
+        return [[i] for i in range(len(variables))]
+    groups, owner = [], None
+    for i, v in enumerate(variables):
+        here = v.path.rsplit("/", 1)[0]
+        if groups and here == owner:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+        owner = here
+    return groups
+
+
+def _read(pages, table, spans, size):
+    """Tensors for spans [(offset, count, shape)] of a network's flat weight vector
+    (consecutive, in order): ONE gather of the pages they cover, then ONE split (or
+    slice) into them, so the gathered rows die before a layer runs."""
+    first = spans[0][0] // size
+    last = (spans[-1][0] + spans[-1][1] - 1) // size
+    rows = pages.rows(table[first:last + 1] if isinstance(table, tf.Tensor)
+                      else tf.constant(table[first:last + 1], tf.int32))
+    flat = tf.reshape(rows, [-1])
+    sizes, owners, at = [], [], 0
+    for k, (offset, count, _) in enumerate(spans):
+        begin = offset - first * size
+        if begin > at:
+            sizes.append(begin - at)
+            owners.append(None)
+        sizes.append(count)
+        owners.append(k)
+        at = begin + count
+    if (last + 1 - first) * size > at:
+        sizes.append((last + 1 - first) * size - at)
+        owners.append(None)
+    if len(sizes) == 1:
+        pieces = [flat]
+    elif len(spans) == 1:
+        owners = [0]
+        pieces = [tf.slice(flat, [spans[0][0] - first * size], [spans[0][1]])]
+    else:
+        pieces = tf.split(flat, sizes)
+    out = [None] * len(spans)
+    for k, piece in zip(owners, pieces):
+        if k is not None:
+            shape = tuple(spans[k][2])
+            out[k] = piece if shape == (spans[k][1],) else tf.reshape(piece, shape)
+    return out
+
+
+class _TiledDense(keras.layers.Dense):
+    """A Dense layer whose kernel is read from the pool in blocks of rows,
+    y = sum_b x[:, rows_b] @ W[rows_b] (+ bias), so only one block of the kernel
+    is in RAM at a time (TFLM: one gather, transpose and FULLY_CONNECTED per block)."""
+
+    def __init__(self, *, tile_rows, blocks, **config):
+        super().__init__(**config)
+        self.tile_rows = int(tile_rows)
+        self._blocks = blocks            # {"read": (layer, r0, r1) -> [r1 - r0, units]}
+
+    def call(self, inputs, training=None):
+        depth = int(inputs.shape[-1])
+        y = None
+        for r0 in range(0, depth, self.tile_rows):
+            r1 = min(depth, r0 + self.tile_rows)
+            part = tf.matmul(inputs[:, r0:r1], self._blocks["read"](self, r0, r1))
+            y = part if y is None else y + part
+        if self.bias is not None:
+            y = y + self.bias
+        return self.activation(y) if self.activation is not None else y
+
+
+def _tiled_skeleton(model, tile_bytes, blocks):
+    """A clone of the skeleton whose plain Dense layers with a kernel above
+    `tile_bytes` are `_TiledDense` (None when there is none, or the clone's
+    variables differ)."""
+    def flat_input(layer):
+        try:
+            return len(layer.input.shape) == 2
+        except (AttributeError, ValueError):  # no single input known
+            return False
+
+    def big(layer):
+        return (type(layer) is keras.layers.Dense and len(layer.kernel.shape) == 2
+                and flat_input(layer) and not getattr(layer, "lora_enabled", False)
+                and getattr(layer, "quantization_mode", None) is None
+                and 4 * int(np.prod(layer.kernel.shape)) > tile_bytes)
+
+    if not any(big(layer) for layer in model.layers):
+        return None
+
+    def clone(layer):
+        if big(layer):
+            rows = max(1, tile_bytes // (4 * int(layer.kernel.shape[1])))
+            return _TiledDense(tile_rows=rows, blocks=blocks, **layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    try:
+        copy = keras.models.clone_model(model, clone_function=clone)
+    except (TypeError, ValueError):  # a layer that does not clone: keep whole kernels
+        return None
+    if [tuple(v.shape) for v in copy.trainable_variables] != \
+            [tuple(v.shape) for v in model.trainable_variables]:
+        return None
+    return copy
+
+
+def _forward(runtime, name, x, pages, table, granularity, *, tile_bytes=0, skeletons=None):
+    """The network's outputs on x, its weights gathered from `pages` through `table`
+    (numpy: constant slices of it; a tensor: slices of that tensor): one gather and
+    one split per group of variables (`_groups`); with `tile_bytes`, plain Dense
+    kernels above it are read and multiplied in blocks of rows (`_TiledDense`)."""
+    model, layout = runtime.model(name), runtime.layout(name)
+    size = layout.page_size
+    blocks = {}
+    skeleton = None
+    if tile_bytes:
+        cache = skeletons if skeletons is not None else {}
+        if name not in cache:
+            cache[name] = _tiled_skeleton(model, tile_bytes, blocks)
+        skeleton = cache[name]
+    tiled = {}
+    if skeleton is not None:
+        model = skeleton
+        index = {id(v): i for i, v in enumerate(model.trainable_variables)}
+        tiled = {index[id(layer.kernel)]: layer for layer in model.layers
+                 if isinstance(layer, _TiledDense)}
+    values = [None] * len(layout.shapes)
+    for group in _groups(model, granularity):
+        spans = []
+        for i in group:
+            if i in tiled:
+                values[i] = tf.zeros(layout.shapes[i], tf.float32)   # unused: pruned
+            elif layout.sizes[i] == 0:
+                values[i] = tf.zeros(layout.shapes[i], tf.float32)
+            else:
+                spans.append(i)
+        if spans:
+            read = _read(pages, table, [(layout.offsets[i], layout.sizes[i], layout.shapes[i])
+                                        for i in spans], size)
+            for i, value in zip(spans, read):
+                values[i] = value
+    if tiled:
+        kernel_of = {id(layer): i for i, layer in tiled.items()}
+
+        def read_rows(layer, r0, r1):
+            i = kernel_of[id(layer)]
+            units = int(layout.shapes[i][1])
+            return _read(pages, table, [(layout.offsets[i] + r0 * units, (r1 - r0) * units,
+                                         (r1 - r0, units))], size)[0]
+        for layer in tiled.values():
+            layer._blocks["read"] = read_rows
+    if len(model.inputs) > 1:
+        x = [x] * len(model.inputs)
+    outputs, _ = model.stateless_call(values, [], x, training=False)
+    return outputs
+
+
+# --- what to export -------------------------------------------------------------
+def _check_name(name, signature):
+    if signature and (not (name.isidentifier() and not keyword.iskeyword(name))
+                      or name in RESERVED):
+        raise ValueError(f"network name {name!r} cannot name a TFLite signature: expected a "
+                         f"Python identifier other than {list(RESERVED)}; rename the network "
+                         f"in the pool or leave it out with names= (or export target='micro',"
+                         f" which has no signatures)")
+    return name
+
+
+def _entries(runtime, names, signatures):
+    """[(name, members or None, input shape)]: networks, then groups with one input shape."""
+    groups = runtime.groups()
+    chosen = list(dict.fromkeys(names)) if names else runtime.names
+    for name in chosen:
+        runtime.model(name)  # KeyError for an unknown network
+    entries = []
+    for name in chosen:
+        if name in groups:
+            continue
+        entries.append((_check_name(name, signatures), None,
+                        tuple(runtime.model(name).inputs[0].shape[1:])))
+    for name in chosen:
+        if name not in groups:
+            continue
+        shapes = {tuple(i.shape[1:]) for i in runtime.model(name).inputs}
+        if len(shapes) == 1:  # tasks of different input domains: no shared input
+            entries.append((_check_name(name, signatures), tuple(groups[name]), shapes.pop()))
+    if not entries:
+        raise ValueError(f"nothing to export among {chosen}")
+    for name, _, shape in entries:
+        if any(d is None for d in shape):
+            raise ValueError(f"network {name!r} has an unknown input dimension {shape}; "
+                             f"TFLite needs fixed input shapes")
+    return entries
+
+
+def _pool_arrays(runtime, quantize):
+    """{"pool": [m, P]} or {"codes": [m, P] int8, "scales": [m] float32}."""
+    if quantize not in (None, "int8"):
+        raise ValueError(f"expected quantize=None (the runtime's storage) or 'int8', "
+                         f"received {quantize!r}")
+    if runtime.storage == "int8":
+        return {"codes": runtime.page_codes.numpy(), "scales": runtime.page_scales.numpy()}
+    pool = runtime.page_pool.numpy()
+    if quantize == "int8" or runtime.fake_quant:
+        codes, scales = quantize_lib.quantize_pages(pool)
+        return {"codes": codes, "scales": scales}
+    return {"pool": pool}
+
+
+def _pool_bytes(arrays):
+    return int(sum(a.nbytes for a in arrays.values()))
+
+
+def _classes(runtime, name, members):
+    if members:
+        return [int(runtime.model(m).outputs[0].shape[-1]) for m in members]
+    return [int(runtime.model(name).outputs[0].shape[-1])]
+
+
+# --- conversion -----------------------------------------------------------------
+def _convert(module, signatures, *, resource_variables):
+    with tempfile.TemporaryDirectory(prefix="nwv-tflite-") as folder:
+        tf.saved_model.save(module, folder, signatures=signatures)
+        converter = tf.lite.TFLiteConverter.from_saved_model(folder,
+                                                             signature_keys=list(signatures))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        converter.experimental_enable_resource_variables = resource_variables
+        # a matmul by a gathered (non-constant) kernel: TRANSPOSE + FULLY_CONNECTED, not
+        # BATCH_MATMUL, which in TFLM keeps a persistent transposed copy of the kernel
+        converter.unfold_batchmatmul = True
+        return converter.convert()
+
+
+def _tflite_module(runtime, entries, arrays, granularity, all_tasks, tile_bytes):
+    module = tf.Module()
+    skeletons = {}
+    int8 = "codes" in arrays
+    m, size = int(next(iter(arrays.values())).shape[0]), runtime.page_size
+    if int8:
+        module.page_codes = tf.Variable(arrays["codes"], name="page_codes")
+        module.page_scales = tf.Variable(arrays["scales"][:, None], name="page_scales")
+    else:
+        module.page_pool = tf.Variable(arrays["pool"], name="page_pool")
+
+    def pages():  # one read of the variables per signature
+        if int8:
+            return _Pages(codes=tf.convert_to_tensor(module.page_codes),
+                          scales=tf.convert_to_tensor(module.page_scales))
+        return _Pages(pool=tf.convert_to_tensor(module.page_pool))
+
+    def network_fn(name, members):
+        table = runtime.page_table(name)
+
+        def fn(x):
+            out = _forward(runtime, name, x, pages(), table, granularity,
+                           tile_bytes=tile_bytes, skeletons=skeletons)
+            return dict(zip(members, out)) if members else {"logits": out}
+        return fn
+
+    signatures = {}
+    for name, members, shape in entries:
+        spec = tf.TensorSpec((None, *shape), tf.float32, name="x")
+        signatures[name] = tf.function(network_fn(name, members), input_signature=[spec],
+                                       autograph=False).get_concrete_function()
+    tasks = [(n, s) for n, members, s in entries if not members]
+    if all_tasks and tasks:
+        def run_all(*xs):
+            read = pages()
+            return {n: _forward(runtime, n, x, read, runtime.page_table(n), granularity,
+                                tile_bytes=tile_bytes, skeletons=skeletons)
+                    for (n, _), x in zip(tasks, xs)}
+        specs = [tf.TensorSpec((None, *s), tf.float32, name=n) for n, s in tasks]
+        signatures[ALL_TASKS] = tf.function(run_all, input_signature=specs,
+                                            autograph=False).get_concrete_function()
+
+    def replace(rows, pages_, new):
+        """rows [m, ...] with rows `pages_` replaced by `new` (builtin ops only)."""
+        index = tf.reshape(pages_, [-1, 1])
+        hit = tf.scatter_nd(index, tf.ones_like(pages_), [m]) > 0
+        placed = tf.scatter_nd(index, new, tf.shape(rows))
+        return tf.where(tf.reshape(hit, [m] + [1] * (rows.shape.rank - 1)), placed, rows)
+
+    count = lambda p: {"pages": tf.shape(p)[0]}  # noqa: E731
+    if int8:
+        def set_pool(codes, scales):
+            module.page_codes.assign(codes)
+            module.page_scales.assign(tf.reshape(scales, [-1, 1]))
+            return count(scales)
+
+        def set_pages(pages_, codes, scales):
+            module.page_codes.assign(replace(tf.convert_to_tensor(module.page_codes), pages_,
+                                             codes))
+            module.page_scales.assign(replace(tf.convert_to_tensor(module.page_scales),
+                                              pages_, tf.reshape(scales, [-1, 1])))
+            return count(pages_)
+        pool_specs = [tf.TensorSpec((m, size), tf.int8, name="codes"),
+                      tf.TensorSpec((m,), tf.float32, name="scales")]
+        page_specs = [tf.TensorSpec((None,), tf.int32, name="pages"),
+                      tf.TensorSpec((None, size), tf.int8, name="codes"),
+                      tf.TensorSpec((None,), tf.float32, name="scales")]
+    else:
+        def set_pool(pool):
+            module.page_pool.assign(pool)
+            return count(pool)
+
+        def set_pages(pages_, values):
+            module.page_pool.assign(replace(tf.convert_to_tensor(module.page_pool), pages_,
+                                            values))
+            return count(pages_)
+        pool_specs = [tf.TensorSpec((m, size), tf.float32, name="pool")]
+        page_specs = [tf.TensorSpec((None,), tf.int32, name="pages"),
+                      tf.TensorSpec((None, size), tf.float32, name="values")]
+    signatures[SET_POOL] = tf.function(set_pool, input_signature=pool_specs,
+                                       autograph=False).get_concrete_function()
+    signatures[SET_PAGES] = tf.function(set_pages, input_signature=page_specs,
+                                        autograph=False).get_concrete_function()
+    return module, signatures
+
+
+def _micro_module(runtime, entries, arrays, granularity, tile_bytes):
+    """One entry point `run(task, x)`; see the module docstring."""
+    shapes = [s for _, _, s in entries]
+    inputs = [int(np.prod(s)) for s in shapes]
+    widths = [sum(_classes(runtime, n, members)) for n, members, _ in entries]
+    max_in, max_out = max(inputs), max(widths)
+    tables = [runtime.page_table(n) for n, _, _ in entries]
+    max_pages = max(t.size for t in tables)
+    padded = np.zeros((len(tables), max_pages), np.int32)
+    for i, t in enumerate(tables):
+        padded[i, :t.size] = t
+    skeletons = {}
+
+    def branch(i):
+        name, members, shape = entries[i]
+
+        def fn(x, row):
+            # constants made here belong to this branch (never an IF operand, which
+            # TFLM would copy into the arena); the converter shares their buffer.
+            pages = _Pages(**{k: tf.constant(v[:, None] if k == "scales" else v)
+                              for k, v in arrays.items()})
+            xi = tf.reshape(tf.slice(x, [0, 0], [1, inputs[i]]), (1, *shape))
+            out = _forward(runtime, name, xi, pages, row, granularity,
+                           tile_bytes=tile_bytes, skeletons=skeletons)
+            out = tf.concat(list(out), axis=-1) if members else out
+            if widths[i] < max_out:
+                out = tf.concat([out, tf.fill([1, max_out - widths[i]], PAD_LOGIT)], axis=-1)
+            return out
+        return fn
+
+    def run(task, x):
+        index = tf.reshape(task, [])
+        # the task's page table: a SLICE of the tables (TFLM's GATHER reads no int32);
+        # the row index is clamped, a task outside [0, tasks) leaves NaN logits
+        start = tf.clip_by_value(task, 0, len(entries) - 1)
+        row = tf.reshape(tf.slice(tf.constant(padded), tf.concat([start, [0]], 0),
+                                  [1, max_pages]), [max_pages])
+        # one IF per task in sequence, each passing the logits on when not its task:
+        # TFLM plans each branch in its own scope, so their buffers share memory
+        logits = tf.fill([1, max_out], float("nan"))
+        for i in range(len(entries)):
+            logits = tf.cond(tf.equal(index, i),
+                             (lambda i: lambda: branch(i)(x, row))(i),
+                             (lambda held: lambda: tf.identity(held))(logits))
+        return {"logits": logits}
+
+    specs = [tf.TensorSpec((1,), tf.int32, name="task"),
+             tf.TensorSpec((1, max_in), tf.float32, name="x")]
+    signatures = {MICRO_ENTRY: tf.function(run, input_signature=specs,
+                                           autograph=False).get_concrete_function()}
+    return tf.Module(), signatures, {"input_size": max_in, "output_size": max_out,
+                                     "table_bytes": int(padded.nbytes)}
+
+
+def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | None = None,
+                  target: str = "tflite", names=None, all_tasks: bool = False,
+                  gather: str = "layer", dense_tile_bytes: int | None = None) -> dict:
+    """Writes ONE TFLite flatbuffer holding the runtime's networks, the pool stored once.
+
+    Args:
+      runtime: the pool and page tables (`VirtualizedNetworks`).
+      path: the `.tflite` file to write (its folder is created).
+      quantize: None: pages as the runtime stores them (int8 for `storage="int8"`
+        or `fake_quant`, else float32); "int8": int8 codes and one float32 scale
+        per page (`nwv.quantize`), dequantized after the gather.
+      target: "tflite" (one signature per network and zipped group, `set_pool`,
+        `set_pages`; the pool a resource variable) or "micro" (TensorFlow Lite
+        Micro: one entry point `run(task, x)`, the pool a constant in flash).
+      names: networks (or groups) to export (default: all, in the runtime's order).
+      all_tasks: also write an `all_tasks` signature (tflite target): every
+        network in one call, one input per network.
+      gather: "layer" (default), "variable" or "network": how many pool pages a
+        gather reads at once (peak memory vs number of ops).
+      dense_tile_bytes: plain Dense layers whose kernel is larger run as a sum
+        of products by blocks of kernel rows of about this many bytes, each
+        block read from the pool just before it is used (RAM: one block instead
+        of the whole kernel, twice). None: 16 kB for target "micro", off (0)
+        for "tflite".
+    Returns:
+      {"path", "target", "storage" ("float32"|"int8"), "signatures" (tflite: the
+      signature keys; micro: [MICRO_ENTRY]), "networks" {name: {"input_shape",
+      "classes" (a list: one per output), "members" (groups)}}, "file_bytes",
+      "pool_bytes", "table_bytes", "page_size", "pool_pages"}; micro adds "tasks"
+      (the networks in the order of the `task` index), "inputs" (the entry
+      point's input names in input-index order), "input_size", "output_size",
+      "pool_offset" (byte offset of the pool constant in the file).
+    Raises:
+      ValueError: (tflite target) a network name that is not a Python identifier
+        or is reserved, an unknown target / quantize / gather, an input shape
+        with unknown dimensions, nothing to export, `path` a folder, a runtime
+        under a RAM budget (`resident_bytes`); KeyError: an unknown network;
+        RuntimeError: the converter failed.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"expected target in {list(TARGETS)}, received {target!r}")
+    if gather not in GATHERS:
+        raise ValueError(f"expected gather in {list(GATHERS)}, received {gather!r}")
+    if os.path.isdir(path):
+        raise ValueError(f"export target {path!r} is a folder, not a file")
+    if getattr(runtime, "resident_plan", None) is not None:
+        raise ValueError("a runtime under a RAM budget (resident_bytes) holds part of the "
+                         "pool; export a runtime loaded without resident_bytes")
+    arrays = _pool_arrays(runtime, quantize)
+    entries = _entries(runtime, names, signatures=target == "tflite")
+    extra = {}
+    if target == "tflite":
+        module, signatures = _tflite_module(runtime, entries, arrays, gather, all_tasks,
+                                            int(dense_tile_bytes or 0))
+        table_bytes = int(sum(4 * runtime.page_table(n).size for n, _, _ in entries))
+    else:
+        tile = MICRO_TILE_BYTES if dense_tile_bytes is None else int(dense_tile_bytes)
+        module, signatures, extra = _micro_module(runtime, entries, arrays, gather, tile)
+        table_bytes = extra.pop("table_bytes")
+    try:
+        blob = _convert(module, signatures, resource_variables=target == "tflite")
+        blob = _finish(blob, reorder=True)
+    except Exception as err:  # the converter raises ConverterError and others
+        raise RuntimeError(f"TFLite conversion failed: {err}") from err
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(blob)
+    info = {
+        "path": path, "target": target, "storage": "int8" if "codes" in arrays else "float32",
+        "signatures": sorted(signatures),
+        "networks": {n: {"input_shape": list(s), "classes": _classes(runtime, n, members),
+                         **({"members": list(members)} if members else {})}
+                     for n, members, s in entries},
+        "file_bytes": len(blob), "pool_bytes": _pool_bytes(arrays),
+        "table_bytes": table_bytes, "page_size": runtime.page_size,
+        "pool_pages": int(next(iter(arrays.values())).shape[0])}
+    if target == "micro":
+        main = arrays.get("pool", arrays.get("codes"))
+        info.update(tasks=[n for n, _, _ in entries], inputs=_input_order(blob, MICRO_ENTRY),
+                    pool_offset=_buffer_offset(blob, main.tobytes()), **extra)
+    return info
+
+
+# --- the flatbuffer after conversion -----------------------------------------------
+_KEEP_ORDER = ("ASSIGN_VARIABLE",)   # subgraphs that write state keep the converter's order
+_ALIGN = 16                           # TFLite/TFLM buffer alignment (schema force_align)
+
+
+def _opcode_names(model, schema):
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    return [names.get(max(c.builtinCode, c.deprecatedBuiltinCode), "CUSTOM")
+            for c in model.operatorCodes]
+
+
+def _ints(values):
+    """A flatbuffer int vector (None, list or numpy array) as a list of ints."""
+    return [] if values is None else [int(v) for v in values]
+
+
+def _memory_order(subgraph):
+    """Operator order for a low peak memory: depth first from the outputs, each
+    operator right after what its inputs need, inputs in operand order. A layer's
+    weights are then gathered right before the layer (after its input activation)
+    instead of all at the start, where the converter's topological order puts them;
+    the interpreters' arena planners free a tensor after its last use."""
+    ops = subgraph.operators or []
+    producer = {t: i for i, op in enumerate(ops) for t in _ints(op.outputs)}
+    order, done = [], set()
+    pinned = [i for i, op in enumerate(ops) if not _ints(op.outputs)]  # CALL_ONCE
+    for i in pinned:
+        done.add(i)
+        order.append(i)
+
+    def visit(root):
+        stack = [(root, 0)]
+        while stack:
+            i, k = stack.pop()
+            if i in done:
+                continue
+            inputs = _ints(ops[i].inputs)
+            if k < len(inputs):
+                stack.append((i, k + 1))
+                p = producer.get(inputs[k])
+                if p is not None and p not in done:
+                    stack.append((p, 0))
+            else:
+                done.add(i)
+                order.append(i)
+
+    for t in _ints(subgraph.outputs):
+        if t in producer:
+            visit(producer[t])
+    for i in range(len(ops)):  # operators no output needs, in their order
+        if i not in done:
+            visit(i)
+    return [ops[i] for i in order]
+
+
+def _renumber(subgraph, index, signatures):
+    """Renumbers the tensors of a subgraph, the last produced first. TFLM's greedy
+    planner places larger buffers first and, among equal sizes, higher tensor numbers
+    first: so a chain of equal-sized copies (gathered pages, their reshape, the
+    reshaped variable, its transpose) is placed in execution order, alternating
+    between two slots, instead of fragmenting the arena."""
+    produced = [t for op in subgraph.operators or [] for t in _ints(op.outputs)]
+    seen = set(produced)
+    order = produced[::-1] + [t for t in range(len(subgraph.tensors or [])) if t not in seen]
+    new = {old: i for i, old in enumerate(order)}
+    subgraph.tensors = [subgraph.tensors[t] for t in order]
+    remap = lambda values: None if values is None else [  # noqa: E731
+        new[v] if v >= 0 else v for v in _ints(values)]
+    for op in subgraph.operators or []:
+        op.inputs, op.outputs = remap(op.inputs), remap(op.outputs)
+        if op.intermediates is not None:
+            op.intermediates = remap(op.intermediates)
+    subgraph.inputs, subgraph.outputs = remap(subgraph.inputs), remap(subgraph.outputs)
+    for signature in signatures or []:
+        if signature.subgraphIndex == index:
+            for tensor_map in list(signature.inputs or []) + list(signature.outputs or []):
+                tensor_map.tensorIndex = new[int(tensor_map.tensorIndex)]
+
+
+def _finish(blob: bytes, *, reorder: bool) -> bytes:
+    """The converter's flatbuffer with (1) operators in a low-memory order (`reorder`),
+    (2) the names of tensors other than the subgraphs' inputs and outputs removed
+    (about a third of the graph bytes; signatures name their tensors themselves),
+    (3) every buffer 16-byte aligned, as the converter writes them."""
+    from tensorflow.lite.tools import flatbuffer_utils
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(blob))
+    schema = flatbuffer_utils.schema_fb
+    opnames = _opcode_names(model, schema)
+    meta = {(m.name or b"").decode() for m in (model.metadata or [])}
+    for index, subgraph in enumerate(model.subgraphs):
+        ops = subgraph.operators or []
+        if reorder and "model_control_dependencies" not in meta and not any(
+                opnames[op.opcodeIndex] in _KEEP_ORDER for op in ops):
+            subgraph.operators = _memory_order(subgraph)
+            _renumber(subgraph, index, model.signatureDefs)
+        kept = set(_ints(subgraph.inputs) + _ints(subgraph.outputs))
+        for i, tensor in enumerate(subgraph.tensors or []):
+            if i not in kept:
+                tensor.name = None
+
+    base = type(model.buffers[0])
+
+    class Aligned(base):
+        def Pack(self, builder):
+            if self.data is not None and len(self.data):
+                builder.Prep(_ALIGN, len(self.data))
+            return super().Pack(builder)
+
+    for buffer in model.buffers:
+        if buffer.data is not None and not isinstance(buffer.data, np.ndarray):
+            buffer.data = np.asarray(buffer.data, np.uint8)
+        buffer.__class__ = Aligned
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _input_order(blob: bytes, key: str) -> list:
+    """The names of a signature's inputs in the order of its subgraph's input tensors
+    (the index `set_input(value, index)` of TFLM takes)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(blob))
+    for signature in model.signatureDefs or []:
+        if signature.signatureKey.decode() == key:
+            inputs = _ints(model.subgraphs[signature.subgraphIndex].inputs)
+            return [m.name.decode() for m in sorted(
+                signature.inputs, key=lambda m: inputs.index(int(m.tensorIndex)))]
+    raise ValueError(f"no signature {key!r} in the flatbuffer")
+
+
+def _buffer_offset(blob: bytes, data: bytes) -> int:
+    """The byte offset in the file of the constant buffer holding exactly `data`."""
+    from tensorflow.lite.tools import flatbuffer_utils
+    blob = bytes(blob)
+    model = flatbuffer_utils.schema_fb.Model.GetRootAsModel(blob, 0)
+    base = np.frombuffer(blob, np.uint8).__array_interface__["data"][0]
+    for i in range(model.BuffersLength()):
+        values = model.Buffers(i).DataAsNumpy()
+        if isinstance(values, np.ndarray) and values.nbytes == len(data) \
+                and values.tobytes() == data:
+            return int(values.__array_interface__["data"][0] - base)
+    raise ValueError("no buffer of the flatbuffer holds the pool")
+
+
+# --- inspection -----------------------------------------------------------------
+def largest_buffers(blob: bytes, count: int = 5) -> list:
+    """The largest constant buffers of a TFLite flatbuffer, largest first.
+
+    Args:
+      blob: the file's bytes.
+      count: how many.
+    Returns:
+      [(bytes, [(subgraph, tensor name, dtype code, shape) of the tensors using it])].
+    Raises:
+      ValueError: not a TFLite flatbuffer.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+    try:
+        model = flatbuffer_utils.convert_bytearray_to_object(bytearray(blob))
+    except Exception as err:  # flatbuffers raises plain errors on garbage
+        raise ValueError(f"not a TFLite flatbuffer: {err}") from err
+    users = {}
+    for s, subgraph in enumerate(model.subgraphs):
+        for tensor in subgraph.tensors:
+            users.setdefault(tensor.buffer, []).append(
+                (s, (tensor.name or b"").decode(), int(tensor.type),
+                 [int(d) for d in (tensor.shape if tensor.shape is not None else [])]))
+    sizes = sorted(((len(b.data) if b.data is not None else 0, i)
+                    for i, b in enumerate(model.buffers)), reverse=True)
+    return [(n, users.get(i, [])) for n, i in sizes[:count] if n]
+
+
+def micro_arena_bytes(blob: bytes, *, task_inputs=None, upper: int = 1 << 24,
+                      step: int = 64) -> int:
+    """The smallest TensorFlow Lite Micro arena (bytes, to `step`) that loads a micro
+    file and runs it (doubling from 64 kB, then bisection over `arena_size`).
+
+    Args:
+      blob: a micro file's bytes (`export_tflite(..., target="micro")`).
+      task_inputs: [(task int32 [1], x float32 [1, input_size])] to invoke with at
+        each try (default: none, loading only: TFLM plans the whole arena when it
+        loads).
+      upper: the largest arena tried.
+      step: the resolution.
+    Returns:
+      Arena bytes.
+    Raises:
+      ImportError: `tflite-micro` is not installed (`pip install zipvirt[micro]`).
+      RuntimeError: the file does not run even with `upper` bytes.
+    """
+    from tflite_micro.python.tflite_micro import runtime as micro
+
+    def works(size):
+        try:
+            with _quiet_stderr():
+                interpreter = micro.Interpreter.from_bytes(bytes(blob), arena_size=size)
+                for task, x in task_inputs or ():
+                    interpreter.set_input(task, 0)
+                    interpreter.set_input(x, 1)
+                    interpreter.invoke()
+            return True
+        except RuntimeError:
+            return False
+
+    high = 1 << 16
+    while not works(high):
+        if high >= upper:
+            raise RuntimeError(f"the micro file does not run in an arena of {upper} bytes")
+        high = min(2 * high, upper)
+    low = high // 2 if high > 1 << 16 else 0
+    while high - low > step:
+        mid = (low + high) // 2
+        low, high = (low, mid) if works(mid) else (mid, high)
+    return high
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silences what C++ writes to stderr (TFLM's failed allocations) meanwhile."""
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)

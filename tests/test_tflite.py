@@ -1,0 +1,319 @@
+"""One TFLite file for every network of a pool (pool stored once), int8 pages,
+set_pages, the TensorFlow Lite Micro entry point, and scripts/export_tflite.py."""
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import mtz
+import nwv
+from nwv import combined, quantize, tflite
+from nwv.runtime import VirtualizedNetworks
+from tests.conftest import REPO
+from tests.test_mtz_zip import inputs_for, permuted_copy, small_cnn
+
+SLACK = 64 * 1024   # graphs, signatures and metadata on top of the pool and tables
+pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
+
+
+def _digits(seed=3):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((28, 28, 1))
+    h = keras.layers.Conv2D(4, 3, strides=2, activation="relu", name="conv")(inp)
+    h = keras.layers.Flatten(name="flatten")(h)
+    return keras.Model(inp, keras.layers.Dense(10, name="logits")(h), name="digits")
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    """A zipped pair (left, right and their group zipped_all, 12x12x2 inputs, 4
+    classes) plus a virtualized network of another input shape (digits, 28x28x1)."""
+    a = small_cnn(0)
+    b, _ = permuted_copy(small_cnn(1), 2)
+    x = inputs_for(a, n=6)
+    zipped = mtz.zip_models([a, b], [x, x], share="0.75", names=["left", "right"])
+    pool_dir = str(tmp_path_factory.mktemp("pool"))
+    combined.save_zipped(pool_dir, zipped, page_size=16,
+                         fisher_inputs={"left": x, "right": x}, fisher_samples=8)
+    digits = _digits()
+    fisher = [np.ones(v.shape, np.float32) for v in digits.trainable_variables]
+    nwv.add_network(pool_dir, digits, name="digits", task="mnist", fisher=fisher,
+                    page_size=16)
+    runtime = VirtualizedNetworks.load(pool_dir)
+    x_digits = np.random.default_rng(1).random((3, 28, 28, 1), np.float32)
+    inputs = {"left": x, "right": x, combined.GROUP: x, "digits": x_digits}
+    return pool_dir, runtime, inputs
+
+
+def _expected(runtime, name, x):
+    group = runtime.groups().get(name)
+    if group:
+        return {member: runtime.run(member, x).numpy() for member in group}
+    return {"logits": runtime.run(name, x).numpy()}
+
+
+def _model(blob):
+    from tensorflow.lite.tools import flatbuffer_utils
+    return flatbuffer_utils.convert_bytearray_to_object(bytearray(blob))
+
+
+def _run_fresh(tmp_path, path, calls):
+    """{signature: {output: array}} from a fresh `python -I` that imports TensorFlow
+    only; calls: {signature: {input: array}}."""
+    arrays = {f"{s}__{k}": v for s, inputs in calls.items() for k, v in inputs.items()}
+    np.savez(tmp_path / "inputs.npz", **arrays)
+    script = (
+        "import sys, json, numpy as np, tensorflow as tf\n"
+        "assert 'mtz' not in sys.modules and 'nwv' not in sys.modules\n"
+        f"it = tf.lite.Interpreter(model_path={str(path)!r})\n"
+        f"data = np.load({str(tmp_path / 'inputs.npz')!r})\n"
+        f"calls = {json.dumps({s: list(i) for s, i in calls.items()})}\n"
+        "out = {s: {k: v.tolist() for k, v in it.get_signature_runner(s)(\n"
+        "    **{n: data[s + '__' + n] for n in names}).items()} for s, names in calls.items()}\n"
+        "print(json.dumps(out))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True,
+                          text=True, env=env, cwd=str(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_one_file_holds_every_network_with_the_pool_once(pool, tmp_path):
+    _, runtime, inputs = pool
+    path = tmp_path / "pool.tflite"
+    info = nwv.export_tflite(runtime, str(path), all_tasks=True)
+    names = ["left", "right", "digits", combined.GROUP]
+    assert info["signatures"] == sorted(names + ["all_tasks", "set_pool", "set_pages"])
+    pool_bytes = runtime.page_pool.numpy().nbytes
+    assert info["pool_bytes"] == pool_bytes
+    assert info["file_bytes"] == path.stat().st_size
+    assert info["file_bytes"] <= pool_bytes + info["table_bytes"] + SLACK
+    # the pool is ONE buffer (the variable's initial value); no per-network copy of it
+    blob = path.read_bytes()
+    (largest, users), (second, _) = tflite.largest_buffers(blob, 2)
+    assert largest == pool_bytes and len(users) == 1 and users[0][3] == [
+        *runtime.page_pool.shape]
+    assert second <= max(4 * runtime.page_table(n).size for n in runtime.names)
+    assert blob.count(runtime.page_pool.numpy().tobytes()) == 1
+    model = _model(blob)
+    assert sum(buffer.data is not None and len(buffer.data) >= pool_bytes // 4
+               for buffer in model.buffers) == 1
+    ops = {op for sub in model.subgraphs for op in tflite_ops(model, sub)}
+    assert {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE", "GATHER"} <= ops
+    assert "BATCH_MATMUL" not in ops and not any(op.startswith("CUSTOM") for op in ops)
+    # every signature in a fresh process without the project equals the pool runtime
+    calls = {n: {"x": inputs[n]} for n in names}
+    calls["all_tasks"] = {n: inputs[n] for n in ["left", "right", "digits"]}
+    result = _run_fresh(tmp_path, path, calls)
+    for name in names:
+        for key, value in _expected(runtime, name, inputs[name]).items():
+            np.testing.assert_allclose(result[name][key], value, atol=1e-4)
+    for name in ["left", "right", "digits"]:
+        np.testing.assert_allclose(result["all_tasks"][name],
+                                   runtime.run(name, inputs[name]), atol=1e-4)
+
+
+def tflite_ops(model, subgraph):
+    from tensorflow.lite.tools import flatbuffer_utils
+    names = {v: k for k, v in vars(flatbuffer_utils.schema_fb.BuiltinOperator).items()
+             if not k.startswith("_")}
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    return [names.get(codes[op.opcodeIndex], "CUSTOM") for op in subgraph.operators or []]
+
+
+def test_int8_pages_match_the_int8_runtime(pool, tmp_path):
+    pool_dir, runtime, inputs = pool
+    path = tmp_path / "int8.tflite"
+    info = nwv.export_tflite(runtime, str(path), quantize="int8")
+    int8 = VirtualizedNetworks.load(pool_dir, storage="int8")
+    assert info["storage"] == "int8" and info["pool_bytes"] == int8.stored_bytes()
+    assert info["file_bytes"] <= int8.stored_bytes() + info["table_bytes"] + SLACK
+    blob = path.read_bytes()
+    (largest, users), = tflite.largest_buffers(blob, 1)
+    assert largest == int8.page_codes.numpy().nbytes and users[0][2] == 9  # INT8 variable
+    assert blob.count(int8.page_codes.numpy().tobytes()) == 1
+    interpreter = tf.lite.Interpreter(model_content=blob)
+    for name in ["left", "digits", combined.GROUP]:
+        out = interpreter.get_signature_runner(name)(x=inputs[name])
+        for key, value in _expected(int8, name, inputs[name]).items():
+            np.testing.assert_allclose(out[key], value, atol=1e-4)
+    # the same file from an int8 runtime, quantize=None
+    again = nwv.export_tflite(int8, str(tmp_path / "again.tflite"))
+    assert again["storage"] == "int8" and again["pool_bytes"] == info["pool_bytes"]
+
+
+def _touched_pages(runtime):
+    """Pages of left only, of digits only, and shared by both."""
+    left, digits = set(runtime.page_table("left")), set(runtime.page_table("digits"))
+    return sorted(left - digits)[:2] + sorted(left & digits)[:1] + sorted(digits - left)[:1]
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_set_pages_changes_exactly_those_pages(pool, tmp_path, int8):
+    pool_dir, runtime, inputs = pool
+    path = str(tmp_path / "pool.tflite")
+    nwv.export_tflite(runtime, path, quantize="int8" if int8 else None)
+    interpreter = tf.lite.Interpreter(model_path=path)
+    pages = np.array(_touched_pages(runtime), np.int32)
+    changed = runtime.pool_array()
+    changed[pages] = np.random.default_rng(7).normal(size=(pages.size, runtime.page_size))
+    reference = VirtualizedNetworks.load(pool_dir, storage="int8" if int8 else "float32")
+    if int8:
+        codes, scales = quantize.quantize_pages(changed)
+        reference.page_codes.assign(codes)
+        reference.page_scales.assign(scales)
+        result = interpreter.get_signature_runner("set_pages")(
+            pages=pages, codes=codes[pages], scales=scales[pages])
+    else:
+        reference.page_pool.assign(changed)
+        result = interpreter.get_signature_runner("set_pages")(pages=pages,
+                                                               values=changed[pages])
+    assert int(result["pages"]) == pages.size
+    for name in ["left", "right", "digits", combined.GROUP]:
+        out = interpreter.get_signature_runner(name)(x=inputs[name])
+        for key, value in _expected(reference, name, inputs[name]).items():
+            np.testing.assert_allclose(out[key], value, atol=1e-4)
+    # right uses none of the changed pages unless it shares them with left
+    if not set(pages.tolist()) & set(runtime.page_table("right")):
+        np.testing.assert_allclose(
+            interpreter.get_signature_runner("right")(x=inputs["right"])["logits"],
+            runtime.run("right", inputs["right"]), atol=1e-4)
+    # set_pool puts the whole pool back
+    if int8:
+        codes, scales = quantize.quantize_pages(runtime.pool_array())
+        interpreter.get_signature_runner("set_pool")(codes=codes, scales=scales)
+    else:
+        interpreter.get_signature_runner("set_pool")(pool=runtime.pool_array())
+    back = interpreter.get_signature_runner("left")(x=inputs["left"])["logits"]
+    expected = VirtualizedNetworks.load(pool_dir, storage="int8" if int8 else "float32")
+    np.testing.assert_allclose(back, expected.run("left", inputs["left"]), atol=1e-4)
+    with pytest.raises(RuntimeError, match="out of bounds"):   # a page outside the pool
+        bad = np.array([runtime.pool_array().shape[0]], np.int32)
+        if int8:
+            interpreter.get_signature_runner("set_pages")(
+                pages=bad, codes=codes[:1], scales=scales[:1])
+        else:
+            interpreter.get_signature_runner("set_pages")(pages=bad,
+                                                          values=changed[:1])
+
+
+def test_names_that_cannot_be_signatures_are_refused(tmp_path):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((5,))
+    model = keras.Model(inp, keras.layers.Dense(3, name="logits")(inp))
+    fisher = {"bad-name": [np.ones(v.shape, np.float32) for v in model.trainable_variables]}
+    runtime = nwv.virtualize({"bad-name": model}, fisher=fisher, page_size=4)
+    with pytest.raises(ValueError, match="cannot name a TFLite signature"):
+        nwv.export_tflite(runtime, str(tmp_path / "x.tflite"))
+    with pytest.raises(ValueError, match="expected target"):
+        nwv.export_tflite(runtime, str(tmp_path / "x.tflite"), target="gpu")
+    with pytest.raises(ValueError, match="expected quantize"):
+        nwv.export_tflite(runtime, str(tmp_path / "x.tflite"), quantize="int4")
+
+
+def _micro_run(interpreter, info, task, x):
+    order = info["inputs"]
+    flat = np.zeros((1, info["input_size"]), np.float32)
+    flat[0, :x[0].size] = x[0].ravel()
+    interpreter.set_input(np.array([task], np.int32), order.index("task"))
+    interpreter.set_input(flat, order.index("x"))
+    interpreter.invoke()
+    return interpreter.get_output(0)
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_micro_entry_point_runs_every_network(pool, tmp_path, int8):
+    micro = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
+    pool_dir, runtime, inputs = pool
+    reference = VirtualizedNetworks.load(pool_dir, storage="int8") if int8 else runtime
+    path = tmp_path / "micro.tflite"
+    info = nwv.export_tflite(runtime, str(path), target="micro",
+                             quantize="int8" if int8 else None)
+    assert info["tasks"] == ["left", "right", "digits", combined.GROUP]
+    assert sorted(info["inputs"]) == ["task", "x"] and info["signatures"] == ["run"]
+    blob = path.read_bytes()
+    main = reference.page_codes.numpy() if int8 else runtime.page_pool.numpy()
+    # the pool is one constant buffer (flash) shared by every branch, at pool_offset
+    (largest, users), = tflite.largest_buffers(blob, 1)
+    assert largest == main.nbytes and len({u[0] for u in users}) == len(info["tasks"])
+    assert blob.count(main.tobytes()) == 1 and info["pool_offset"] % 16 == 0
+    assert blob[info["pool_offset"]:info["pool_offset"] + main.nbytes] == main.tobytes()
+    model = _model(blob)
+    for subgraph in model.subgraphs:   # no IF operand (copied into the arena) holds it
+        names = tflite_ops(model, subgraph)
+        assert "VAR_HANDLE" not in names
+        for op, name in zip(subgraph.operators or [], names):
+            if name == "IF":
+                assert all(np.prod(subgraph.tensors[t].shape) < main.size // 4
+                           for t in op.inputs)
+    interpreter = micro.Interpreter.from_bytes(blob, arena_size=1 << 20)
+    widths = {n: sum(c) for n, c in ((n, info["networks"][n]["classes"])
+                                     for n in info["tasks"])}
+    for task, name in enumerate(info["tasks"]):
+        x = inputs[name][:1]
+        out = _micro_run(interpreter, info, task, x)
+        assert out.shape == (1, info["output_size"])
+        expected = np.concatenate(list(_expected(reference, name, x).values()), axis=-1)
+        np.testing.assert_allclose(out[:, :widths[name]], expected, atol=1e-4)
+        assert np.all(out[:, widths[name]:] == tflite.PAD_LOGIT)
+    assert np.all(np.isnan(_micro_run(interpreter, info, len(info["tasks"]), x)))
+    arena = tflite.micro_arena_bytes(blob)
+    assert 0 < arena < 1 << 20
+    micro.Interpreter.from_bytes(blob, arena_size=arena)     # the measured arena works
+    with pytest.raises(RuntimeError):
+        micro.Interpreter.from_bytes(blob, arena_size=arena - 1024)
+
+
+def test_micro_dense_blocks_lower_the_arena(pool, tmp_path):
+    pytest.importorskip("tflite_micro")
+    _, runtime, _ = pool      # digits: a 676 x 10 kernel (27 kB), above 16 kB
+    arenas = {}
+    for tile in (0, None):
+        path = tmp_path / f"digits{tile}.tflite"
+        nwv.export_tflite(runtime, str(path), target="micro", names=["digits"],
+                          dense_tile_bytes=tile)
+        arenas[tile] = tflite.micro_arena_bytes(path.read_bytes())
+    assert arenas[None] < arenas[0] - 10_000
+
+
+def _script(*args):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, os.path.join(REPO, "scripts", "export_tflite.py"),
+                           *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_script_end_to_end(pool, tmp_path):
+    pool_dir, runtime, inputs = pool
+    out = tmp_path / "pool.tflite"
+    proc = _script(f"--weights={pool_dir}", f"--out={out}", "--quantize=int8",
+                   "--networks=left,digits", "--seed=0")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["signatures"] == ["digits", "left", "set_pages", "set_pool"]
+    assert info["file_bytes"] == out.stat().st_size and info["storage"] == "int8"
+    int8 = VirtualizedNetworks.load(pool_dir, storage="int8")
+    logits = tf.lite.Interpreter(model_path=str(out)).get_signature_runner("digits")(
+        x=inputs["digits"])["logits"]
+    np.testing.assert_allclose(logits, int8.run("digits", inputs["digits"]), atol=1e-4)
+    proc = _script(f"--weights={pool_dir}", f"--out={out}", "--networks=nope")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
+        "error: no network 'nope'")
+
+
+def test_script_micro_reports_arena_bytes(pool, tmp_path):
+    pytest.importorskip("tflite_micro")
+    pool_dir, _, _ = pool
+    out = tmp_path / "micro.tflite"
+    proc = _script(f"--weights={pool_dir}", f"--out={out}", "--target=micro",
+                   "--networks=digits", "--quantize=int8")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["tasks"] == ["digits"] and info["file_bytes"] == out.stat().st_size
+    arenas = info["arena_bytes"]
+    assert set(arenas) == {"all", "digits"} and 0 < arenas["digits"] <= arenas["all"]
+    assert "TFLM arena:" in proc.stdout
