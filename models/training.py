@@ -110,7 +110,7 @@ def train(model: keras.Model, task: str, out_dir: str, *, data_dir: str | None =
     test = evaluate(best, task, "test", data_dir=data_dir, batch_size=batch_size, limit=limit)
     metrics = {
         "task": task, "model": model.name, "seed": seed, "epochs": epochs,
-        "batch_size": batch_size, "learning_rate": learning_rate,
+        "batch_size": batch_size, "learning_rate": learning_rate, "limit": limit,
         "best_epoch": best_epoch + 1,
         "val_accuracy": float(history.history["val_accuracy"][best_epoch]),
         "test_accuracy": test["accuracy"], "test_loss": test["loss"],

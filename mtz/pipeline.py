@@ -62,6 +62,7 @@ def accuracies(members, tasks, *, data_dir=None, limit=None) -> dict:
 
 def zip_trained(models, tasks, *, data_dir=None, config: ZipConfig | None = None,
                 retrain_steps: int = 100, batch_size: int = 64, learning_rate: float = 3e-4,
+                distill: float = 0.0, temperature: float = 2.0,
                 eval_limit: int | None = None, no_retrain_baseline: bool = True,
                 progress=print) -> tuple[ZippedModel, dict]:
     """Zips trained networks (one per task) and reports accuracy at every stage.
@@ -74,6 +75,8 @@ def zip_trained(models, tasks, *, data_dir=None, config: ZipConfig | None = None
         training examples per task feed the Hessians.
       retrain_steps: joint retraining steps after each zipped layer (0: none).
       batch_size, learning_rate: of the joint retraining (Adam).
+      distill, temperature: distillation of each task from its network before
+        zipping during retraining (β = 0: labels only; `mtz.Retrainer`).
       eval_limit: evaluate on at most this many examples per split.
       no_retrain_baseline: also zip once without retraining and report it.
       progress: callable told about every zipped layer (None: silent).
@@ -91,7 +94,8 @@ def zip_trained(models, tasks, *, data_dir=None, config: ZipConfig | None = None
     report = {"tasks": list(tasks), "members": names, "share": str(config.share),
               "method": config.method.value, "seed": config.seed,
               "retrain_steps_per_layer": retrain_steps, "batch_size": batch_size,
-              "learning_rate": learning_rate, "hessian_samples": config.hessian_samples}
+              "learning_rate": learning_rate, "distill": distill,
+              "temperature": temperature, "hessian_samples": config.hessian_samples}
     report["before"] = accuracies(models, tasks, data_dir=data_dir, limit=eval_limit)
     inputs = [hessian_inputs(t, data_dir, samples=config.hessian_samples, seed=config.seed)
               for t in tasks]
@@ -105,7 +109,9 @@ def zip_trained(models, tasks, *, data_dir=None, config: ZipConfig | None = None
         datasets = [data.load(t, "train", data_dir, batch_size, seed=config.seed + i,
                               augment=True) for i, t in enumerate(tasks)]
         retrainer = Retrainer(datasets, steps=retrain_steps, learning_rate=learning_rate,
-                              multilabel=[data.get(t).multilabel for t in tasks])
+                              multilabel=[data.get(t).multilabel for t in tasks],
+                              teachers=list(models) if distill > 0 else None,
+                              distill=distill, temperature=temperature)
     zipped = zip_models(models, inputs, names=names, config=config, retrain=retrainer,
                         progress=progress)
     report["after_retrain"] = accuracies([zipped.member(i) for i in range(len(tasks))],

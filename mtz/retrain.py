@@ -2,7 +2,16 @@
 
 All tasks train together: each step draws one batch per task and minimises the
 weighted sum of the per-task losses, so shared blocks receive every task's
-gradient. Batches come from `tf.data` datasets of (x, y), repeated as needed.
+gradient. Each task's loss is its labels' cross-entropy, or with `distill` = β > 0
+the distillation loss (1 − β) CE + β T² KL(teacher ‖ task) of `models.losses`,
+the teacher being the task's network before zipping: the zipped network learns
+to keep computing what the separate ones computed. Batches come from `tf.data`
+datasets of (x, y), repeated as needed.
+
+Under a `tf.distribute.Strategy` in scope (variables of the zipped model created
+in its scope), every step runs on every replica with its share of each global
+batch, losses scaled for the global batch and gradients all-reduced by the
+optimizer.
 """
 from __future__ import annotations
 
@@ -12,17 +21,24 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from models import losses
+
 
 @dataclasses.dataclass
 class Retrainer:
     """Callable for `zip_state(retrain=...)`: `steps` joint Adam steps per call.
 
     Attributes:
-      datasets: one (x, y) dataset per task (batched); repeated indefinitely.
+      datasets: one (x, y) dataset per task (batched: the global batch); repeated.
       steps: optimisation steps per zipped layer (0: none).
       learning_rate: Adam step size.
       task_weights: loss weight per task (default 1 each).
       multilabel: per task, sigmoid cross-entropy instead of softmax.
+      teachers: per task, the network before zipping (Keras model or callable
+        x -> logits) for distillation; required when `distill` > 0.
+      distill: β in [0, 1], weight of the distillation term.
+      temperature: T > 0 of the distillation.
+      total_steps: steps run so far (over all calls).
     """
 
     datasets: list
@@ -31,35 +47,70 @@ class Retrainer:
     learning_rate: float = 1e-4
     task_weights: list | None = None
     multilabel: list | None = None
+    teachers: list | None = None
+    distill: float = 0.0
+    temperature: float = 2.0
     total_steps: int = 0
 
     def __post_init__(self):
-        self._iterators = [iter(ds.repeat()) for ds in self.datasets]
+        if self.distill > 0 and (self.teachers is None
+                                 or len(self.teachers) != len(self.datasets)):
+            raise ValueError(f"distill={self.distill} needs one teacher per task "
+                             f"({len(self.datasets)}), received "
+                             f"{None if self.teachers is None else len(self.teachers)}")
+        losses.distillation_loss(np.zeros(1, np.int64), np.zeros((1, 2), np.float32),
+                                 np.zeros((1, 2), np.float32) if self.distill else None,
+                                 beta=self.distill, temperature=self.temperature)  # checks
+        strategy = tf.distribute.get_strategy()
+        repeated = [ds.repeat() for ds in self.datasets]
+        if strategy.num_replicas_in_sync > 1:
+            repeated = [strategy.experimental_distribute_dataset(ds) for ds in repeated]
+        self._iterators = [iter(ds) for ds in repeated]
 
-    def _losses(self):
-        multilabel = self.multilabel or [False] * len(self.datasets)
-        return [keras.losses.BinaryCrossentropy(from_logits=True) if m else
-                keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-                for m in multilabel]
+    def _task_loss(self, t, x, y, output):
+        multilabel = (self.multilabel or [False] * len(self.datasets))[t]
+        teacher = None
+        if self.distill > 0:
+            teacher = tf.stop_gradient(_call(self.teachers[t], x))
+        per_example = losses.distillation_loss(y, output, teacher, beta=self.distill,
+                                               temperature=self.temperature,
+                                               multilabel=multilabel)
+        return tf.nn.compute_average_loss(per_example)   # / global batch (all replicas)
 
     def __call__(self, model: keras.Model, state=None) -> dict:
+        """Runs `steps` joint steps on `model` (in place).
+
+        Args:
+          model: the multi-task Keras model (one input and output per task).
+          state: the `ZipState` (unused; the signature of `zip_state`'s callback).
+        Returns:
+          {"steps", "loss_first", "loss_last"}.
+        Raises:
+          FloatingPointError: a non-finite loss.
+        """
         if self.steps <= 0:
             return {"steps": 0}
         weights = self.task_weights or [1.0] * len(self.datasets)
-        losses = self._losses()
-        optimizer = keras.optimizers.Adam(self.learning_rate)
+        strategy = tf.distribute.get_strategy()
+        with strategy.scope():
+            optimizer = keras.optimizers.Adam(self.learning_rate)
         variables = model.trainable_variables
 
-        @tf.function
-        def step(batches):
+        def replica_step(batches):
             with tf.GradientTape() as tape:
                 outputs = model([x for x, _ in batches], training=True)
-                per_task = [w * fn(y, o) for w, fn, (_, y), o in
-                            zip(weights, losses, batches, outputs)]
-                total = tf.add_n(per_task)
+                if len(batches) == 1:
+                    outputs = [outputs]
+                total = tf.add_n([w * self._task_loss(t, x, y, o) for t, (w, (x, y), o)
+                                  in enumerate(zip(weights, batches, outputs))])
             grads = tape.gradient(total, variables)
             optimizer.apply_gradients(zip(grads, variables))
             return total
+
+        @tf.function
+        def step(batches):
+            per_replica = strategy.run(replica_step, args=(batches,))
+            return strategy.reduce("SUM", per_replica, axis=None)
 
         history = []
         for _ in range(self.steps):
@@ -69,3 +120,7 @@ class Retrainer:
             history.append(loss)
         self.total_steps += self.steps
         return {"steps": self.steps, "loss_first": history[0], "loss_last": history[-1]}
+
+
+def _call(model, x):
+    return model(x, training=False) if isinstance(model, keras.Model) else model(x)

@@ -34,6 +34,7 @@ import data
 import models
 from models import artifacts, training
 from models.choices import Choice
+from nwv import compaction
 from nwv import fisher as fisher_lib
 from nwv import locking
 from nwv import matching as nwv_matching
@@ -131,7 +132,8 @@ def _copy(model: keras.Model) -> keras.Model:
 def virtualize(networks: Mapping[str, keras.Model], *, tasks: Mapping[str, str] | None = None,
                fisher: Mapping[str, list] | None = None, data_dir: str | None = None,
                page_size: int = 100, matching="optimal", fisher_samples: int = 256,
-               fisher_definition="expected", seed: int = 0) -> runtime.VirtualizedNetworks:
+               fisher_definition="expected", seed: int = 0, pool_pages: int | None = None,
+               teachers: bool = True) -> runtime.VirtualizedNetworks:
     """Packs networks into one page pool, largest first, and returns the runtime.
 
     The caller's models are not modified or wrapped: each is cloned into a fresh
@@ -147,9 +149,15 @@ def virtualize(networks: Mapping[str, keras.Model], *, tasks: Mapping[str, str] 
       page_size: weights per page P.
       matching: "optimal" (min-cost assignment, default) or "greedy" (original NWV).
       fisher_samples, fisher_definition, seed: of computed Fishers.
+      pool_pages: start from a pool of this many empty pages, which networks fill
+        before they share (less sharing, more memory: the low-compression end of
+        a compression curve); unused pages are dropped. None: the pool is the
+        largest network.
+      teachers: keep a copy of each network's original weights as its teacher
+        (distillation, `remove_network`); False saves that memory.
     Returns:
-      `VirtualizedNetworks` whose pool has max_n(pages_n) pages; unshared pages
-      hold each network's weights bit for bit.
+      `VirtualizedNetworks` whose pool has max_n(pages_n) pages (or up to
+      `pool_pages`); unshared pages hold each network's weights bit for bit.
     Raises:
       ValueError: no networks, a bad name, unsupported layers, Fisher shapes that
         disagree with the model, a network with neither a Fisher nor a task.
@@ -169,14 +177,22 @@ def virtualize(networks: Mapping[str, keras.Model], *, tasks: Mapping[str, str] 
                 num_samples=fisher_samples, definition=fisher_definition, seed=seed)
         paged.append(_paginate(model, fisher[name], page_size, name))
     order = nwv_matching.order_for_pooling([w.shape[0] for w, _ in paged])
+    start = None
+    if pool_pages:
+        empty = np.zeros((int(pool_pages), page_size), np.float32)
+        start = nwv_matching.PoolState(empty, empty, np.zeros(int(pool_pages), np.int64))
     pool, tables_in_order, _ = nwv_matching.virtualize_pages([paged[i] for i in order],
-                                                             matching)
+                                                             matching, pool=start)
     tables = {names[i]: t for i, t in zip(order, tables_in_order)}
+    weights = pool.weights
+    if pool_pages:                                 # drop the pages no network took
+        weights, tables, _ = compaction.compact(pool.weights, tables)
     specs = {name: runtime.NetworkSpec(
         keras.models.clone_model(networks[name]), tables[name], task=tasks.get(name),
         fisher=paged[i][1], fisher_source=sources.get(name, "given"),
-        teacher=_copy(networks[name])) for i, name in enumerate(names)}
-    return runtime.VirtualizedNetworks(pool.weights, specs)
+        teacher=_copy(networks[name]) if teachers else None)
+        for i, name in enumerate(names)}
+    return runtime.VirtualizedNetworks(weights, specs)
 
 
 def _registered(model, model_name, overrides):

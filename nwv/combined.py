@@ -21,19 +21,62 @@ same pool (virtualized), and `nwv.export_savedmodel` exports any such pool.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping
 
 import keras
 import numpy as np
 
 from nwv import fisher as fisher_lib
-from nwv import locking, pages, skeletons, state
+from nwv import locking, matching, pages, skeletons, state
 from nwv.api import network_fisher
 from nwv.runtime import VirtualizedNetworks
 
-__all__ = ["GROUP", "zipped_pool_state", "save_zipped", "stored_weights"]
+__all__ = ["GROUP", "zipped_pool_state", "save_zipped", "stored_weights", "virtualize_pools"]
 
 GROUP = "zipped_all"
+
+
+def virtualize_pools(pools, *, method="optimal") -> state.PoolDirState:
+    """Several pools (e.g. zipped groups) virtualized into one by Fisher page matching.
+
+    The pools are added largest first: the first is copied, each next pool's pages
+    are matched onto the combined pool as one network's would be (cost
+    Σ (F₁+F₂)(w₁−w₂)², F a page's summed Fisher; `nwv.matching.match_network`)
+    and every table of its networks is mapped through that match. Shared pages take
+    the Fisher-weighted mean, exactly as when networks are added one by one.
+
+    Args:
+      pools: `PoolDirState`s of one page size with distinct network and asset names.
+      method: "optimal" (default) or "greedy" matching.
+    Returns:
+      A new `PoolDirState` (undo records dropped: they describe the separate pools).
+    Raises:
+      ValueError: no pools, page sizes that differ, names that clash.
+    """
+    pools = list(pools)
+    if not pools:
+        raise ValueError("expected at least one pool to virtualize, received none")
+    page_size = pools[0].page_size
+    if any(p.page_size != page_size for p in pools):
+        raise ValueError(f"expected pools of one page size, received "
+                         f"{[p.page_size for p in pools]}")
+    order = matching.order_for_pooling([p.pool.shape[0] for p in pools])
+    combined = matching.PoolState.empty(page_size)
+    networks, assets = {}, {}
+    for index in order:
+        source = pools[index]
+        clash = sorted((set(source.networks) & set(networks)) | {
+            a for a in set(source.assets) & set(assets) if source.assets[a] != assets[a]})
+        if clash:
+            raise ValueError(f"pools to virtualize share the names {clash}")
+        table, combined, _ = matching.match_network(
+            combined, source.pool, source.pool_state().fisher, method)
+        for name, record in source.networks.items():
+            networks[name] = dataclasses.replace(
+                record, page_table=table[record.page_table].astype(np.int32), undo=None)
+        assets.update(source.assets)
+    return state.PoolDirState(page_size, combined.weights, networks, assets)
 
 
 def _skeleton(zipped) -> keras.Model:
@@ -45,6 +88,8 @@ def _skeleton(zipped) -> keras.Model:
 
 
 def _member_fisher(member, name, task, fisher_inputs, data_dir, samples, definition, seed):
+    if samples == 0:
+        return [np.zeros(v.shape, np.float32) for v in member.trainable_variables], "none"
     if fisher_inputs is not None and name in fisher_inputs:
         values = fisher_lib.diagonal_fisher(member, fisher_inputs[name], num_samples=samples,
                                             definition=definition)
@@ -69,7 +114,9 @@ def zipped_pool_state(zipped, *, page_size: int = 100, tasks=None, data_dir: str
       data_dir: data of the members' Fisher (None: TFDS), unless `fisher_inputs`.
       fisher_inputs: {member: examples [n, *input_shape]} to compute the Fisher on
         instead of the task's train split.
-      fisher_samples, fisher_definition, seed: of the Fisher (`nwv.fisher`).
+      fisher_samples, fisher_definition, seed: of the Fisher (`nwv.fisher`);
+        fisher_samples=0 gives zero Fisher (no data read; later matching then
+        treats the members' pages as unimportant).
       teachers: {member: the separate network it was zipped from}: its teacher
         for distillation (default: the member as zipped).
     Returns:

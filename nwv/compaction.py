@@ -15,6 +15,9 @@ indices. Two operations keep it small:
     then the freed pages are compacted away. A table may then name one pool page
     twice (a network's pages sharing a page with each other), which the runtime
     supports: it is how a pool goes below the size of its largest network.
+  * `cheapest_merges`: which pages to merge to shed d pages: the d disjoint
+    pairs of least cost Σ_k (F_i + F_j)(w_i − w_j)² (the matching cost of
+    `nwv.matching`), cheapest first; each pair keeps the page of larger Fisher mass.
 
     >>> pool = np.array([[1.0, 1.0], [3.0, 3.0], [9.0, 9.0]], np.float32)
     >>> new_pool, fisher, tables, dropped = merge_pages(
@@ -29,7 +32,7 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["compact", "merge_pages"]
+__all__ = ["compact", "merge_pages", "cheapest_merges"]
 
 
 def compact(pool: np.ndarray, tables: Mapping[str, np.ndarray], *, others=None):
@@ -110,3 +113,44 @@ def merge_pages(pool: np.ndarray, fisher: np.ndarray, tables: Mapping[str, np.nd
     page_size = pool.shape[1]
     return (kept[:, :page_size].astype(np.float32), kept[:, page_size:].astype(np.float32),
             renumbered, dropped)
+
+
+def cheapest_merges(pool: np.ndarray, fisher: np.ndarray, count: int):
+    """The `count` disjoint page pairs cheapest to merge, greedily by ascending cost.
+
+    Args:
+      pool: [m, P] page values; fisher: [m, P] summed Fisher of each page.
+      count: pairs wanted (<= m // 2).
+    Returns:
+      (sources [count], targets [count]) int64 for `merge_pages`: in each pair the
+      target is the page of larger Fisher mass (ties: the lower index).
+    Raises:
+      ValueError: count outside [0, m // 2].
+    """
+    from nwv.matching import page_costs
+
+    pool, fisher = np.asarray(pool, np.float64), np.asarray(fisher, np.float64)
+    m = pool.shape[0]
+    if not 0 <= count <= m // 2:
+        raise ValueError(f"expected between 0 and {m // 2} merges for {m} pages, "
+                         f"received {count}")
+    if count == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    costs = page_costs(pool, fisher, pool, fisher)
+    upper = np.triu_indices(m, 1)
+    values = costs[upper]
+    order = np.lexsort((np.arange(values.size), values))
+    used = np.zeros(m, bool)
+    mass = fisher.sum(axis=1)
+    sources, targets = [], []
+    for pair in order:
+        i, j = int(upper[0][pair]), int(upper[1][pair])
+        if used[i] or used[j]:
+            continue
+        used[i] = used[j] = True
+        keep, drop = (i, j) if (mass[i], -i) >= (mass[j], -j) else (j, i)
+        targets.append(keep)
+        sources.append(drop)
+        if len(sources) == count:
+            break
+    return np.asarray(sources, np.int64), np.asarray(targets, np.int64)

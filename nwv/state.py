@@ -169,6 +169,38 @@ class PoolDirState:
             np.add.at(occupancy, record.page_table, 1)
         return matching.PoolState(self.pool, fisher.astype(np.float32), occupancy)
 
+    def stored_bytes(self) -> int:
+        """Bytes a device stores for the pool: float32 pages plus int32 page tables
+        of every network (groups included)."""
+        return int(4 * self.pool.size + 4 * sum(r.page_table.size
+                                               for r in self.networks.values()))
+
+    def shrink(self, pages: int) -> int:
+        """Merges the cheapest page pairs (`compaction.cheapest_merges`, Fisher-weighted
+        means) until the pool holds at most `pages` pages; in place.
+
+        Networks may then read one pool page for several of their pages. Undo records
+        are dropped (their pages changed). Returns the pages removed.
+        """
+        drop = self.pool.shape[0] - int(pages)
+        removed = 0
+        while drop > 0:
+            fisher = self.pool_state().fisher
+            step = min(drop, self.pool.shape[0] // 2)
+            if step < 1:
+                raise ValueError(f"cannot shrink a pool of {self.pool.shape[0]} pages to "
+                                 f"{pages}")
+            sources, targets = compaction.cheapest_merges(self.pool, fisher, step)
+            tables = {n: r.page_table for n, r in self.networks.items()}
+            self.pool, _, tables, dropped = compaction.merge_pages(
+                self.pool, fisher, tables, sources=sources, targets=targets)
+            for name, table in tables.items():
+                self.networks[name].page_table = table
+                self.networks[name].undo = None
+            removed += dropped
+            drop -= dropped
+        return removed
+
     def compact(self) -> int:
         """Drops pool pages no network uses and renumbers the tables and undo
         records (in place; an undo entry of a dropped page is dropped).

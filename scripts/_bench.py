@@ -13,6 +13,7 @@ Accuracies come from `models.training.evaluate`, pool orders from
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import resource
 import shutil
@@ -97,7 +98,8 @@ NETWORKS = {
 
 def trained(task: str, model: str, *, data_dir: str, cache_dir: str, epochs: int,
             seed: int = 0, overrides: dict | None = None, learning_rate: float = 1e-3,
-            batch_size: int = 128, tag: str = "", log=print) -> str:
+            batch_size: int = 128, tag: str = "", limit: int | None = None,
+            folder: str | None = None, log=print) -> str:
     """Trains a registered model on a task ONCE and caches it; returns its folder.
 
     The folder `<cache_dir>/<task>-<model>[-<tag>]-e<epochs>-s<seed>` holds the
@@ -115,6 +117,10 @@ def trained(task: str, model: str, *, data_dir: str, cache_dir: str, epochs: int
         to the repository root).
       epochs, seed, learning_rate, batch_size: of `models.training.train`.
       tag: extra cache-key part for settings outside the key (e.g. overrides).
+      limit: train on at most this many examples per split (quick runs).
+      folder: the artifact folder itself instead of a cache-key name under
+        `cache_dir`; a network there is reused only if its metrics.json records
+        the same settings, else it is trained again (never a stale network).
       log: callable told when a network is trained.
     Returns:
       The artifact folder.
@@ -122,7 +128,18 @@ def trained(task: str, model: str, *, data_dir: str, cache_dir: str, epochs: int
     key = f"{task}-{model}" + (f"-{tag}" if tag else "") + f"-e{epochs}-s{seed}"
     if (learning_rate, batch_size) != (1e-3, 128):
         key += f"-lr{learning_rate:g}-b{batch_size}"
-    folder = os.path.join(resolve(cache_dir), key)
+    if limit:
+        key += f"-l{limit}"
+    folder = resolve(folder) if folder else os.path.join(resolve(cache_dir), key)
+    wanted = {"task": task, "epochs": epochs, "seed": seed, "learning_rate": learning_rate,
+              "batch_size": batch_size, "limit": limit}
+    if os.path.exists(os.path.join(folder, "metrics.json")):
+        with open(os.path.join(folder, "metrics.json")) as handle:
+            found = json.load(handle)
+        stale = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
+        if stale:
+            log(f"{folder} holds a network trained with other settings {stale}: retraining")
+            os.remove(os.path.join(folder, "metrics.json"))
     if not os.path.exists(os.path.join(folder, "metrics.json")):
         log(f"training {model} on {task} ({epochs} epochs, seed {seed}) -> {folder}")
         training.set_seed(seed)
@@ -130,7 +147,7 @@ def trained(task: str, model: str, *, data_dir: str, cache_dir: str, epochs: int
         start = time.time()
         metrics = training.train(net, task, folder, data_dir=data_dir, epochs=epochs,
                                  batch_size=batch_size, learning_rate=learning_rate,
-                                 seed=seed, verbose=0)
+                                 seed=seed, limit=limit, verbose=0)
         log(f"  trained in {time.time() - start:.0f} s: validation "
             f"{metrics['val_accuracy']:.4f}, test {metrics['test_accuracy']:.4f}")
     return folder
@@ -356,3 +373,8 @@ def switch_latency(rt, names, inputs: dict, *, switches: int, seed: int = 0) -> 
             "reload_ms": 1e3 * float(np.median(reload)),
             "ratio": float(np.median(reload) / np.median(in_memory)),
             "switches": switches, "page_cache": "evicted before each reload"}
+
+
+def log(message: str) -> None:
+    """Prints a timestamped progress line (flushed, so logs of long runs are live)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)

@@ -213,3 +213,21 @@ def test_shared_input_model_computes_shared_prefix_once():
     assert calls == {"conv1": 1, "conv2": 1, "fc1": 1, "logits": 2}
     partial = mtz.zip_models([a, b], [x, x], share="0.5").shared_input_model()
     assert len(partial.get_layer("conv1")._inbound_nodes) == 2
+
+
+def test_retraining_with_distillation_keeps_the_teachers_outputs():
+    """With β = 1 the zipped members are pulled to their separate networks' outputs."""
+    import tensorflow as tf
+    a, b = small_mlp(0), small_mlp(1)
+    x = inputs_for(a)
+    y = np.zeros(len(x), np.int64)
+    datasets = [tf.data.Dataset.from_tensor_slices((x, y)).batch(16)] * 2
+    plain = mtz.zip_models([a, b], [x, x], share="1.0")
+    taught = mtz.zip_models([a, b], [x, x], share="1.0", retrain=mtz.Retrainer(
+        datasets, steps=40, learning_rate=3e-3, teachers=[a, b], distill=1.0))
+    for i, net in enumerate((a, b)):
+        gap_plain = np.abs(plain.member(i)(x).numpy() - net(x).numpy()).mean()
+        gap_taught = np.abs(taught.member(i)(x).numpy() - net(x).numpy()).mean()
+        assert gap_taught < gap_plain
+    with pytest.raises(ValueError, match="needs one teacher per task"):
+        mtz.Retrainer(datasets, distill=0.5)

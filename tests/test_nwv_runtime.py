@@ -163,3 +163,24 @@ def test_wrong_input_shape_names_the_network(pair):
         rt.run("big", np.zeros((2, 4), np.float32))
     with pytest.raises(ValueError, match="network 'small' expects inputs"):
         rt.run_all({"small": np.zeros((2, 5, 1), np.float32)})
+
+
+def test_a_presized_pool_shares_less_and_shrinking_shares_more(pair):
+    """virtualize(pool_pages=) gives the low-compression end; PoolDirState.shrink
+    merges the cheapest pages below the largest network, pages read twice."""
+    rt, big, small, _ = pair
+    fisher = {"small": _fisher(small, 1), "big": _fisher(big, 0)}
+    natural = rt.page_pool.shape[0]
+    roomy = api.virtualize({"small": small, "big": big}, fisher=fisher, page_size=10,
+                           pool_pages=natural + 3)
+    assert roomy.page_pool.shape[0] == natural + 3                # 3 fewer shared pages
+    x = np.ones((2, 5), np.float32)
+    state_ = rt.to_state()
+    before = state_.stored_bytes()
+    removed = state_.shrink(natural - 4)
+    assert removed == 4 and state_.pool.shape[0] == natural - 4
+    assert state_.stored_bytes() == before - 4 * 10 * 4
+    big_table = state_.networks["big"].page_table
+    assert len(set(big_table.tolist())) < big_table.size          # shares its own pages
+    shrunk = VirtualizedNetworks.from_state(state_)
+    assert np.all(np.isfinite(shrunk.run("big", x).numpy()))
