@@ -37,7 +37,8 @@ __all__ = ["GROUP", "zipped_pool_state", "save_zipped", "stored_weights", "virtu
 GROUP = "zipped_all"
 
 
-def virtualize_pools(pools, *, method="optimal") -> state.PoolDirState:
+def virtualize_pools(pools, *, method="optimal", pool_pages: int | None = None
+                     ) -> state.PoolDirState:
     """Several pools (e.g. zipped groups) virtualized into one by Fisher page matching.
 
     The pools are added largest first: the first is copied, each next pool's pages
@@ -49,6 +50,8 @@ def virtualize_pools(pools, *, method="optimal") -> state.PoolDirState:
     Args:
       pools: `PoolDirState`s of one page size with distinct network and asset names.
       method: "optimal" (default) or "greedy" matching.
+      pool_pages: start from this many empty pages, which the pools fill before
+        they share (less sharing); unused pages are dropped. None: the largest pool.
     Returns:
       A new `PoolDirState` (undo records dropped: they describe the separate pools).
     Raises:
@@ -63,6 +66,9 @@ def virtualize_pools(pools, *, method="optimal") -> state.PoolDirState:
                          f"{[p.page_size for p in pools]}")
     order = matching.order_for_pooling([p.pool.shape[0] for p in pools])
     combined = matching.PoolState.empty(page_size)
+    if pool_pages:
+        empty = np.zeros((int(pool_pages), page_size), np.float32)
+        combined = matching.PoolState(empty, empty, np.zeros(int(pool_pages), np.int64))
     networks, assets = {}, {}
     for index in order:
         source = pools[index]
@@ -76,7 +82,10 @@ def virtualize_pools(pools, *, method="optimal") -> state.PoolDirState:
             networks[name] = dataclasses.replace(
                 record, page_table=table[record.page_table].astype(np.int32), undo=None)
         assets.update(source.assets)
-    return state.PoolDirState(page_size, combined.weights, networks, assets)
+    pooled = state.PoolDirState(page_size, combined.weights, networks, assets)
+    if pool_pages:
+        pooled.compact()
+    return pooled
 
 
 def _skeleton(zipped) -> keras.Model:
@@ -102,7 +111,8 @@ def _member_fisher(member, name, task, fisher_inputs, data_dir, samples, definit
 def zipped_pool_state(zipped, *, page_size: int = 100, tasks=None, data_dir: str | None = None,
                       fisher_inputs: Mapping | None = None, fisher_samples: int = 256,
                       fisher_definition="expected", seed: int = 0,
-                      teachers: Mapping[str, keras.Model] | None = None) -> state.PoolDirState:
+                      teachers: Mapping[str, keras.Model] | None = None,
+                      group: str = GROUP) -> state.PoolDirState:
     """A `PoolDirState` holding a zipped model: the pool, one network per member and
     the group network, all page-aligned.
 
@@ -119,20 +129,23 @@ def zipped_pool_state(zipped, *, page_size: int = 100, tasks=None, data_dir: str
         treats the members' pages as unimportant).
       teachers: {member: the separate network it was zipped from}: its teacher
         for distillation (default: the member as zipped).
+      group: the name of the group network (all members in one pass).
     Returns:
       PoolDirState with pool [sum of pages of all block variables, P].
     Raises:
       ValueError: member names unusable as file names, a Fisher that cannot be
         computed (no task data), teachers that are not Keras models.
     """
-    group = _skeleton(zipped)
+    group_model = _skeleton(zipped)
     names = list(zipped.tasks)
     tasks = list(tasks or zipped.extra.get("member_tasks") or names)
     teachers = dict(teachers or {})
-    for name in names:
+    for name in names + [group]:
         state.check_name(name)
+    if group in names:
+        raise ValueError(f"the group name {group!r} is also a member's name")
     blocks, start, n_pages = [], {}, 0
-    for v in group.trainable_variables:  # every block once, on whole pages
+    for v in group_model.trainable_variables:  # every block once, on whole pages
         block, _ = pages.paginate([v.numpy()], page_size, aligned=True)
         start[v.path] = n_pages
         n_pages += block.shape[0]
@@ -172,7 +185,7 @@ def zipped_pool_state(zipped, *, page_size: int = 100, tasks=None, data_dir: str
         if teacher is not member:
             rec.teacher_asset = f"{name}.teacher.json"
             assets[rec.teacher_asset] = teacher.to_json().encode()
-    networks[GROUP] = record(GROUP, tasks[0], group, names)
+    networks[group] = record(group, tasks[0], group_model, names)
     return state.PoolDirState(page_size, pool, networks, assets)
 
 

@@ -1,20 +1,81 @@
-"""Ten networks in three families: NWV alone against MTZ + NWV at equal bytes and budget.
+"""Ten networks in three families: NWV alone against MTZ + NWV, at equal bytes and budget.
 
     python scripts/bench_ten_networks.py --data_dir=../shared/datasets --work_dir=runs/ten
 
-(Stage 1, the ten separate networks; the later stages are being written.)
+The ten networks, trained separately from ../shared/datasets (validation-selected
+epoch, cached in `<work_dir>/separate/<name>`, each a train.py artifact whose
+metrics.json names its task):
+  digits:   mnist, mnist_parity, mnist_lowhigh                  (nwv_mnist)
+  objects:  cifar10, cifar10_vehicles, cifar10_animals, cifar10_b (nwv_cifar10;
+            cifar10_b is a second cifar10 network, another seed)
+  keywords: tts_commands, tts_directions, tts_control           (nwv_tts)
+
+Two ways to make them live together, at the same stored bytes (float32 pool plus
+int32 page tables of every network, groups included) and the same joint
+optimisation (same rounds x steps, distillation from each network's separate
+self, checkpoint selected on the mean VALIDATION accuracy):
+  (a) NWV alone: the ten networks matched into one pool (`nwv.virtualize`).
+  (b) MTZ + NWV: each family zipped with MTZ (all neurons but the classifiers
+      shared, Hessian-merged weights, no retraining: the budget goes to (b)'s
+      joint optimisation like (a)'s) into one multi-task group (shared input,
+      shared layers computed once), the three groups matched into one pool
+      (`nwv.combined.virtualize_pools`).
+A pool larger than the byte target is shrunk by merging its cheapest page pairs
+(`PoolDirState.shrink`: pages may then be read twice by one network), which is
+how both go below NWV's floor, the largest network.
+
+Reported, per task: test-carve accuracy of the separate network and of each
+method at the >= 8x point (keyword tasks also on their noisy, shifted variant),
+stored bytes and compression; per family the time of all members in ONE call
+(`run_all`, the group's shared layers once) against one at a time; a compression
+curve (c) of mean and worst accuracy drop against stored bytes for both methods;
+the same pools with int8 pages (post-training, per-page scales; compression
+against ten float32 networks); labels-only against distillation at equal budget
+for (b); wall time of every stage. `<work_dir>/pools/nwv` and
+`<work_dir>/pools/mtz_nwv` keep the >= 8x pools (networks named as in
+separate/), which `scripts/evaluate.py --weights=POOL --network=NAME --task=TASK`
+reads. Results: results/bench_ten_networks.json, .png; RESULTS.md via
+scripts/make_results.py.
 """
 import dataclasses
+import json
 import os
+import shutil
+import time
 
 import _bench as bench
 import _cli
+import numpy as np
 from absl import flags
+
+import data
+import mtz
+import nwv
+from models import artifacts, training
+from nwv import combined, state
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", "../shared/datasets", "Data folder (relative: repo root).")
-flags.DEFINE_string("work_dir", "runs/ten_networks", "Artifacts: separate/<name>, pools/.")
-flags.DEFINE_list("stages", ["separate"], "Stages to run.")
+flags.DEFINE_string("work_dir", "runs/ten_networks",
+                    "Artifacts: separate/<name>, pools/nwv, pools/mtz_nwv (relative: repo root).")
+flags.DEFINE_string("out", "results/bench_ten_networks.json", "Result JSON.")
+flags.DEFINE_list("families", ["digits", "objects", "keywords"], "Families to include.")
+flags.DEFINE_list("stages", ["separate", "methods", "curve", "int8", "labels_only"],
+                  "Stages to run (methods: the >= 8x point of (a) and (b)).")
+flags.DEFINE_float("compression", 8.0, "Compression of the main point (separate float32 "
+                   "bytes / stored bytes).")
+flags.DEFINE_list("curve", ["2", "4", "12", "16"], "Further compressions of the curve.")
+flags.DEFINE_integer("page_size", 100, "Weights per page.")
+flags.DEFINE_integer("rounds", 8, "Joint optimisation rounds (main point).")
+flags.DEFINE_integer("steps", 150, "Joint optimisation steps per round (main point).")
+flags.DEFINE_float("curve_budget", 0.5, "Share of the main point's steps each curve point "
+                   "gets.")
+flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate of the joint optimisation.")
+flags.DEFINE_integer("batch_size", 32, "Examples per network and step.")
+flags.DEFINE_float("distill", 0.7, "Distillation weight beta (0: labels only).")
+flags.DEFINE_float("temperature", 2.0, "Distillation temperature T.")
+flags.DEFINE_integer("fisher_samples", 256, "Train examples per network for its Fisher.")
+flags.DEFINE_integer("hessian_samples", 500, "Train examples per network for MTZ Hessians.")
 flags.DEFINE_integer("limit", None, "At most this many examples per split (quick runs).")
 flags.DEFINE_float("epochs_scale", 1.0, "Multiplies every network's epochs (quick runs).")
 flags.DEFINE_integer("seed", 0, "Random seed.")
@@ -45,29 +106,336 @@ MEMBERS = (
     Member("tts_directions", "tts_directions", "keywords", "nwv_tts", 80, 2e-3),
     Member("tts_control", "tts_control", "keywords", "nwv_tts", 80, 2e-3),
 )
+NOISY = {"tts_commands": "tts_commands_noisy", "tts_directions": "tts_directions_noisy",
+         "tts_control": "tts_control_noisy"}
 
 
-def separate_folder(name: str) -> str:
-    return os.path.join(bench.resolve(FLAGS.work_dir), "separate", name)
+def members():
+    unknown = sorted(set(FLAGS.families) - {m.family for m in MEMBERS})
+    if unknown:
+        raise ValueError(f"unknown families {unknown}; expected some of digits, objects, "
+                         f"keywords")
+    return [m for m in MEMBERS if m.family in FLAGS.families]
 
 
+def data_dir() -> str:
+    return bench.resolve(FLAGS.data_dir)
+
+
+def work(*parts) -> str:
+    return os.path.join(bench.resolve(FLAGS.work_dir), *parts)
+
+
+# --- stage 1: the separate networks ------------------------------------------------
 def train_separate() -> dict:
-    """Trains (or reuses) the ten networks; returns {name: folder}."""
-    folders = {}
-    for member in MEMBERS:
-        epochs = max(1, round(member.epochs * FLAGS.epochs_scale))
-        folders[member.name] = bench.trained(
-            member.task, member.model, data_dir=bench.resolve(FLAGS.data_dir), cache_dir="",
-            epochs=epochs, seed=member.seed, learning_rate=member.learning_rate,
-            overrides=bench.class_overrides(member.model, member.task), limit=FLAGS.limit,
-            folder=separate_folder(member.name), log=bench.log)
-    return folders
+    """Trains (or reuses) the networks; returns {name: Keras model}."""
+    nets = {}
+    for member in members():
+        folder = bench.trained(
+            member.task, member.model, data_dir=data_dir(), cache_dir="",
+            epochs=max(1, round(member.epochs * FLAGS.epochs_scale)), seed=member.seed,
+            learning_rate=member.learning_rate, limit=FLAGS.limit,
+            overrides=bench.class_overrides(member.model, member.task),
+            folder=work("separate", member.name), log=bench.log)
+        nets[member.name] = artifacts.load_model(folder)
+    return nets
+
+
+def accuracies(call_for, split="test") -> dict:
+    """{name: accuracy} (keyword networks also "<name>_noisy") of callables x -> logits."""
+    out = {}
+    for member in members():
+        call = call_for(member.name)
+        out[member.name] = training.evaluate(call, member.task, split, data_dir=data_dir(),
+                                             limit=FLAGS.limit)["accuracy"]
+        if split == "test" and member.name in NOISY:
+            out[f"{member.name}_noisy"] = training.evaluate(
+                call, NOISY[member.name], "test", data_dir=data_dir(),
+                limit=FLAGS.limit)["accuracy"]
+    return out
+
+
+def separate_report(nets) -> dict:
+    report = {}
+    for member in members():
+        with open(work("separate", member.name, "metrics.json")) as handle:
+            metrics = json.load(handle)
+        report[member.name] = {
+            "task": member.task, "family": member.family, "model": member.model,
+            "weights": int(nets[member.name].count_params()), "epochs": metrics["epochs"],
+            "best_epoch": metrics["best_epoch"], "val_accuracy": metrics["val_accuracy"],
+            "train_seconds": metrics["train_seconds"],
+            "val_accuracy_last_epochs": metrics["history"]["val_accuracy"][-3:]}
+    tests = accuracies(lambda name: nets[name])
+    for name, value in tests.items():
+        key = name[:-len("_noisy")] if name.endswith("_noisy") else name
+        report[key]["test_noisy" if name.endswith("_noisy") else "test_accuracy"] = value
+    return report
+
+
+# --- building the pools ---------------------------------------------------------------
+def nwv_state(nets, fishers, *, pool_pages=None) -> state.PoolDirState:
+    """(a): the networks matched into one pool."""
+    rt = nwv.virtualize(nets, tasks={m.name: m.task for m in members()}, fisher=fishers,
+                        page_size=FLAGS.page_size, pool_pages=pool_pages)
+    return rt.to_state()
+
+
+def zipped_groups(nets) -> dict:
+    """{family: ZippedModel} of every family with more than one member (MTZ, no retraining)."""
+    zipped = {}
+    for family in dict.fromkeys(m.family for m in members()):
+        group = [m for m in members() if m.family == family]
+        inputs = [mtz.hessian_inputs(m.task, data_dir(), samples=FLAGS.hessian_samples,
+                                     seed=FLAGS.seed) for m in group]
+        zipped[family] = mtz.zip_models([nets[m.name] for m in group], inputs,
+                                        names=[m.name for m in group], share="1.0",
+                                        hessian_samples=FLAGS.hessian_samples,
+                                        seed=FLAGS.seed)
+    return zipped
+
+
+def mtz_nwv_state(nets, zipped, *, pool_pages=None) -> state.PoolDirState:
+    """(b): each family's zipped group in a pool, the groups matched into one pool."""
+    states = []
+    for family, model in zipped.items():
+        group = [m for m in members() if m.family == family]
+        states.append(combined.zipped_pool_state(
+            model, page_size=FLAGS.page_size, tasks=[m.task for m in group],
+            data_dir=data_dir(), fisher_samples=FLAGS.fisher_samples, seed=FLAGS.seed,
+            teachers={m.name: nets[m.name] for m in group}, group=family))
+    return combined.virtualize_pools(states, pool_pages=pool_pages)
+
+
+def fit_bytes(pool_state, target_bytes) -> dict:
+    """Shrinks the pool until stored bytes <= target; returns what was done."""
+    tables = pool_state.stored_bytes() - 4 * pool_state.pool.size
+    pages = int((target_bytes - tables) // (4 * FLAGS.page_size))
+    natural = int(pool_state.pool.shape[0])
+    merged = pool_state.shrink(pages) if pages < natural else 0
+    return {"natural_pool_pages": natural, "pool_pages": int(pool_state.pool.shape[0]),
+            "merged_pages": int(merged), "table_bytes": int(tables),
+            "stored_bytes": pool_state.stored_bytes()}
+
+
+def pages_for(target_bytes, pool_state) -> int:
+    tables = pool_state.stored_bytes() - 4 * pool_state.pool.size
+    return int((target_bytes - tables) // (4 * FLAGS.page_size))
+
+
+# --- joint optimisation and evaluation -----------------------------------------------
+def optimise(pool_state, *, steps_scale=1.0, distill=None, log_prefix="") -> tuple:
+    """(runtime with the best pool, optimisation summary) of a pool state."""
+    rt = nwv.VirtualizedNetworks.from_state(pool_state)
+    config = nwv.OptimizeConfig(
+        mode="joint", rounds=FLAGS.rounds, steps=max(1, round(FLAGS.steps * steps_scale)),
+        learning_rate=FLAGS.learning_rate, batch_size=FLAGS.batch_size,
+        distill=FLAGS.distill if distill is None else distill, temperature=FLAGS.temperature,
+        seed=FLAGS.seed, limit=FLAGS.limit, augment=True)
+    start = time.time()
+    result = nwv.optimize_runtime(rt, config, data_dir=data_dir(),
+                                  log=lambda line: bench.log(f"{log_prefix}{line[:160]}"))
+    history = result["history"]
+    return rt, {"config": config.get_config(), "best_round": result["best_round"],
+                "mean_val_accuracy_per_round": [h["mean_val_accuracy"] for h in history],
+                "val_accuracy": history[result["best_round"]]["val_accuracy"],
+                "seconds": round(time.time() - start, 1)}
+
+
+def evaluate_runtime(rt) -> dict:
+    return accuracies(lambda name: (lambda x: rt.run(name, x)))
+
+
+def drops(separate, pooled) -> dict:
+    """Accuracy drops in points (separate − pooled) of the plain (not noisy) tasks."""
+    values = {m.name: round(100 * (separate[m.name]["test_accuracy"] - pooled[m.name]), 2)
+              for m in members()}
+    return {"per_network": values, "mean": round(float(np.mean(list(values.values()))), 3),
+            "worst": max(values.values())}
+
+
+def family_timing(rt, repeats=30) -> dict:
+    """Per family: all members in one call (the group) vs one at a time, batch 64."""
+    timing = {}
+    for family in rt.groups():
+        names = [m.name for m in members() if m.family == family]
+        task = next(m.task for m in members() if m.family == family)
+        x = next(iter(data.load(task, "test", data_dir(), 64)))[0]
+        together = {n: x for n in names}
+        rt.run_all(together)
+        for n in names:
+            rt.run(n, x)
+        one_call, apart = [], []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            [v.numpy() for v in rt.run_all(together).values()]
+            one_call.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            [rt.run(n, x).numpy() for n in names]
+            apart.append(time.perf_counter() - start)
+        timing[family] = {"members": names, "one_call_ms": 1e3 * float(np.median(one_call)),
+                          "one_at_a_time_ms": 1e3 * float(np.median(apart)),
+                          "speedup": float(np.median(apart) / np.median(one_call))}
+    return timing
+
+
+def save_pool(rt, name) -> str:
+    folder = work("pools", name)
+    shutil.rmtree(folder, ignore_errors=True)
+    rt.save(folder)
+    return folder
+
+
+# --- the stages ------------------------------------------------------------------------
+def run_methods(nets, fishers, zipped, separate_bytes, separate) -> dict:
+    target = separate_bytes / FLAGS.compression
+    out = {}
+    for key, build in (("nwv", lambda: nwv_state(nets, fishers)),
+                       ("mtz_nwv", lambda: mtz_nwv_state(nets, zipped))):
+        start = time.time()
+        pool_state = build()
+        fitted = fit_bytes(pool_state, target)
+        bench.log(f"({key}) pool {fitted}; optimising")
+        rt, summary = optimise(pool_state, log_prefix=f"({key}) ")
+        test = evaluate_runtime(rt)
+        folder = save_pool(rt, key)
+        out[key] = {"pool": fitted, "compression": separate_bytes / fitted["stored_bytes"],
+                    "test_accuracy": test, "drops": drops(separate, test),
+                    "optimisation": summary, "pool_dir": folder,
+                    "seconds": round(time.time() - start, 1)}
+        if rt.groups():
+            out[key]["family_timing"] = family_timing(rt)
+        bench.log(f"({key}) {out[key]['compression']:.2f}x, drops {out[key]['drops']}")
+    return out
+
+
+def run_curve(nets, fishers, zipped, separate_bytes, separate) -> list:
+    points = []
+    for factor in [float(c) for c in FLAGS.curve]:
+        target = separate_bytes / factor
+        for key in ("nwv", "mtz_nwv"):
+            start = time.time()
+            pool_state = (nwv_state(nets, fishers) if key == "nwv"
+                          else mtz_nwv_state(nets, zipped))
+            pages = pages_for(target, pool_state)
+            if pages > pool_state.pool.shape[0]:          # room to share less
+                pool_state = (nwv_state(nets, fishers, pool_pages=pages) if key == "nwv"
+                              else mtz_nwv_state(nets, zipped, pool_pages=pages))
+            fitted = fit_bytes(pool_state, target)
+            rt, summary = optimise(pool_state, steps_scale=FLAGS.curve_budget,
+                                   log_prefix=f"(curve {key} {factor:g}x) ")
+            test = evaluate_runtime(rt)
+            points.append({"method": key, "target_compression": factor,
+                           "compression": separate_bytes / fitted["stored_bytes"],
+                           "pool": fitted, "test_accuracy": test,
+                           "drops": drops(separate, test),
+                           "optimisation_steps": summary["config"]["rounds"] *
+                           summary["config"]["steps"],
+                           "seconds": round(time.time() - start, 1)})
+            bench.log(f"(curve {key} {factor:g}x) {points[-1]['compression']:.2f}x, "
+                      f"drops {points[-1]['drops']}")
+    return points
+
+
+def run_int8(separate_bytes, separate) -> dict:
+    out = {}
+    for key in ("nwv", "mtz_nwv"):
+        folder = work("pools", key)
+        if not state.exists(folder):
+            continue
+        rt = nwv.VirtualizedNetworks.load(folder, storage="int8")
+        stored = rt.stored_bytes() + 4 * sum(rt.page_table(n).size for n in rt.names)
+        test = accuracies(lambda name, rt=rt: (lambda x: rt.run(name, x)))
+        out[key] = {"stored_bytes": int(stored), "compression": separate_bytes / stored,
+                    "test_accuracy": test, "drops": drops(separate, test)}
+        bench.log(f"(int8 {key}) {out[key]['compression']:.2f}x, drops {out[key]['drops']}")
+    return out
+
+
+def run_labels_only(nets, zipped, separate_bytes, separate) -> dict:
+    pool_state = mtz_nwv_state(nets, zipped)
+    fitted = fit_bytes(pool_state, separate_bytes / FLAGS.compression)
+    rt, summary = optimise(pool_state, distill=0.0, log_prefix="(labels only) ")
+    test = evaluate_runtime(rt)
+    return {"method": "mtz_nwv", "distill": 0.0, "pool": fitted, "test_accuracy": test,
+            "drops": drops(separate, test), "optimisation": summary}
+
+
+def compute() -> dict:
+    start = time.time()
+    nets = train_separate()
+    report = {"flags": bench.script_flags(), "load_average_start": bench.load_average()}
+    if FLAGS.stages == ["separate"]:
+        return report
+    separate = separate_report(nets)
+    separate_bytes = 4 * sum(v["weights"] for v in separate.values())
+    report.update(separate=separate, separate_bytes=separate_bytes)
+    t = time.time()
+    fishers = {m.name: nwv.network_fisher(nets[m.name], m.task, data_dir=data_dir(),
+                                          source="computed", num_samples=FLAGS.fisher_samples,
+                                          seed=FLAGS.seed)[0] for m in members()}
+    zipped = zipped_groups(nets)
+    report["seconds_fisher_and_zip"] = round(time.time() - t, 1)
+    if "methods" in FLAGS.stages:
+        report["methods"] = run_methods(nets, fishers, zipped, separate_bytes, separate)
+    if "curve" in FLAGS.stages:
+        report["curve"] = run_curve(nets, fishers, zipped, separate_bytes, separate)
+    if "int8" in FLAGS.stages:
+        report["int8"] = run_int8(separate_bytes, separate)
+    if "labels_only" in FLAGS.stages:
+        report["labels_only"] = run_labels_only(nets, zipped, separate_bytes, separate)
+    report["seconds"] = round(time.time() - start, 1)
+    report["load_average_end"] = bench.load_average()
+    return report
+
+
+def print_report(report) -> None:
+    if "methods" not in report:
+        return
+    methods = report["methods"]
+    print(f"\n{'network':<18}{'separate':>10}{'NWV':>9}{'MTZ+NWV':>9}")
+    for name, sep in report["separate"].items():
+        row = f"{name:<18}{100 * sep['test_accuracy']:>9.2f}%"
+        for key in ("nwv", "mtz_nwv"):
+            row += f"{100 * methods[key]['test_accuracy'][name]:>8.2f}%"
+        print(row)
+    for key in ("nwv", "mtz_nwv"):
+        m = methods[key]
+        print(f"{key}: {m['compression']:.2f}x ({m['pool']['stored_bytes']} bytes), mean drop "
+              f"{m['drops']['mean']} pt, worst {m['drops']['worst']} pt")
+
+
+def plot(report, path) -> None:
+    if "curve" not in report or "methods" not in report:
+        return
+    plt = bench.pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for key, colour, label in (("nwv", "#37c", "NWV alone"), ("mtz_nwv", "#3a7", "MTZ + NWV")):
+        pts = sorted([p for p in report["curve"] if p["method"] == key] +
+                     [{**report["methods"][key], "compression": report["methods"][key][
+                         "compression"]}], key=lambda p: p["compression"])
+        x = [p["compression"] for p in pts]
+        ax.plot(x, [p["drops"]["mean"] for p in pts], "-o", color=colour,
+                label=f"{label}: mean drop")
+        ax.plot(x, [p["drops"]["worst"] for p in pts], "--^", color=colour,
+                label=f"{label}: worst drop")
+    ax.axhline(0.5, color="#999", lw=0.8)
+    ax.set_xlabel("compression (ten float32 networks / pool + page tables)")
+    ax.set_ylabel("test accuracy drop (points)")
+    ax.legend(fontsize=8)
+    bench.save_figure(fig, path)
+    plt.close(fig)
 
 
 def main(argv):
     del argv
-    if "separate" in FLAGS.stages:
-        train_separate()
+    report = compute()
+    if FLAGS.stages == ["separate"]:
+        return
+    path = bench.write_result(FLAGS.out, report)
+    plot(report, os.path.splitext(FLAGS.out)[0] + ".png")
+    print_report(report)
+    print(f"-> {path} ({report['seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,33 @@
+"""scripts/bench_ten_networks.py on tiny generated data: two families, both pools, evaluate.py."""
+import json
+import os
+
+from tests.test_scripts import run_script
+
+
+def test_two_family_run_builds_both_pools_and_evaluate_reads_them(tiny_data, tmp_path):
+    work, out = tmp_path / "work", tmp_path / "ten.json"
+    run_script("bench_ten_networks.py", f"--data_dir={tiny_data}", f"--work_dir={work}",
+               f"--out={out}", "--families=digits,keywords", "--stages=separate,methods",
+               "--limit=24", "--epochs_scale=0.01", "--rounds=1", "--steps=2",
+               "--batch_size=8", "--fisher_samples=8", "--hessian_samples=16")
+    report = json.load(open(out))
+    assert set(report["separate"]) == {"mnist", "mnist_parity", "mnist_lowhigh",
+                                       "tts_commands", "tts_directions", "tts_control"}
+    for key in ("nwv", "mtz_nwv"):
+        method = report["methods"][key]
+        assert method["compression"] >= 8.0                          # the byte target
+        assert method["pool"]["stored_bytes"] <= report["separate_bytes"] / 8
+        assert set(method["test_accuracy"]) >= set(report["separate"])
+    timing = report["methods"]["mtz_nwv"]["family_timing"]
+    assert set(timing) == {"digits", "keywords"}
+    for name, task in (("mnist_parity", "mnist_parity"), ("tts_control", "tts_control")):
+        metrics = json.load(open(work / "separate" / name / "metrics.json"))
+        assert metrics["task"] == task
+        for pool in ("nwv", "mtz_nwv"):
+            proc = run_script("evaluate.py", f"--weights={work / 'pools' / pool}",
+                              f"--network={name}", f"--task={task}",
+                              f"--data_dir={tiny_data}", "--limit=24")
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            assert result["network"] == name and 0 < result["examples"] <= 24
+    assert os.path.exists(tmp_path / "ten.png") is False      # no curve: no figure
