@@ -110,6 +110,20 @@ class HessianAccumulator:
         self.count += batch.shape[0]
         return self
 
+    def add_moments(self, xtx, colsum, count: int) -> "HessianAccumulator":
+        """Adds precomputed moments Σ XᵀX [d_in, d_in], Σ X [d_in] of `count` samples
+        (e.g. `mtz.probes.layer_moments`, reduced over replicas); returns self."""
+        xtx, colsum = np.asarray(xtx, np.float64), np.asarray(colsum, np.float64)
+        if xtx.shape != (self.d_in, self.d_in) or colsum.shape != (self.d_in,):
+            raise ValueError(f"expected moments of shapes ({self.d_in}, {self.d_in}) and "
+                             f"({self.d_in},), received {xtx.shape} and {colsum.shape}")
+        if not (np.all(np.isfinite(xtx)) and np.all(np.isfinite(colsum))):
+            raise ValueError("expected finite inputs, received NaN or inf")
+        self._xtx += xtx
+        self._sum += colsum
+        self.count += int(count)
+        return self
+
     def result(self, damping: float = 1e-6) -> np.ndarray:
         """H [d, d] float64 = X^T X / n + lambda * I (see `add_damping`).
 

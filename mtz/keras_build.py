@@ -177,14 +177,6 @@ def _plain_layer(step: WeightedStep, kernel, bias):
     return layer
 
 
-def layer_inputs(model: keras.Model, layer_name: str, x, batch_size: int = 256) -> np.ndarray:
-    """Inputs of `layer_name` in `model` for the examples x: [n, ...] float32."""
-    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    probe = keras.Model(inputs, model.get_layer(layer_name).input)
-    return np.concatenate([np.asarray(probe(x[i:i + batch_size], training=False))
-                           for i in range(0, len(x), batch_size)])
-
-
 def member_model(model: keras.Model, t: int) -> keras.Model:
     """Task t of a multi-task model as a model holding only task t's blocks.
 

@@ -31,8 +31,8 @@ import time
 
 import numpy as np
 
-from mtz import hessian, pairing
-from mtz.keras_build import layer_inputs, multitask_model, read_back, task_model
+from mtz import hessian, pairing, probes
+from mtz.keras_build import multitask_model, read_back, task_model
 from mtz.state import ZipState, positions
 from mtz.structure import Chain
 
@@ -75,39 +75,31 @@ class ZipConfig:
             raise ValueError(f"expected hessian_samples >= 1, received {self.hessian_samples}")
 
 
-def _restricted_inputs(state, t, l, x_layer, rows):
-    """Task t's layer-l inputs on channels `rows` (zeros where t lacks one)."""
-    step = state.chains[0].weighted[l]
-    pos = positions(state.in_ids(t, l), rows)
-    if step.kind == "conv":
-        out = np.zeros((*x_layer.shape[:-1], len(rows)), np.float32)
-        out[..., pos >= 0] = x_layer[..., pos[pos >= 0]]
-        return out
-    taps = state.kernels[t][l].shape[0]
-    x = x_layer.reshape(len(x_layer), taps, -1)
-    out = np.zeros((len(x), taps, len(rows)), np.float32)
-    out[:, :, pos >= 0] = x[:, :, pos[pos >= 0]]
-    return out.reshape(len(x), -1)
-
-
-def _hessian(state, t, l, x_layer, rows, config):
-    step = state.chains[0].weighted[l]
-    x = _restricted_inputs(state, t, l, x_layer, rows)
-    if step.kind == "conv":
-        return hessian.conv_layer_hessian(x, step.config["kernel_size"], step.config["strides"],
-                                          step.config["padding"], damping=config.damping,
-                                          per_tap=config.per_tap)
-    return hessian.layer_hessian(x, damping=config.damping)
+def _hessian(state, u, l, inputs, rows, config):
+    """Task u's layer-l Hessian over the input slots `rows` (zeros where u lacks one) and
+    the bias (TMC Eq. 2.6), from input moments reduced over replicas (`mtz.probes`)."""
+    step = state.chains[u].weighted[l]
+    per_tap = config.per_tap and step.kind == "conv"
+    taps = state.kernels[u][l].shape[0]
+    geometry = probes.LayerGeometry(
+        step.kind, taps, positions(state.in_ids(u, l), rows),
+        kernel_size=tuple(step.config.get("kernel_size", (1, 1))),
+        strides=tuple(step.config.get("strides", (1, 1))),
+        padding=step.config.get("padding", "valid"), per_tap=per_tap)
+    moments = probes.layer_moments(task_model(state, u, joint=True), step.name, inputs,
+                                   geometry)
+    if per_tap:
+        channel = hessian.HessianAccumulator(len(rows), bias=False).add_moments(*moments)
+        return hessian.add_damping(hessian.per_tap_hessian(channel.result(0.0), taps),
+                                   config.damping)
+    acc = hessian.HessianAccumulator(geometry.dim).add_moments(*moments)
+    return acc.result(config.damping)
 
 
 def _hessians(state, l, t, rows, inputs, config):
     """(H_t, H_Z) over rows + bias for layer l: task t's, and the mean of the
     zipped tasks' 0..t-1 (the joint network's Hessian)."""
-    h = []
-    for u in range(t + 1):  # layer names may differ between the networks
-        x_layer = layer_inputs(task_model(state, u, joint=True), state.chains[u].weighted[l].name,
-                               inputs[u])
-        h.append(_hessian(state, u, l, x_layer, rows, config))
+    h = [_hessian(state, u, l, inputs[u], rows, config) for u in range(t + 1)]
     return h[t], np.mean(h[:t], axis=0)
 
 

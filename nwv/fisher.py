@@ -32,7 +32,8 @@ Per-sample gradients are vectorised: one `GradientTape.jacobian` with
 `experimental_use_pfor=True` of the [batch, K] log-probabilities per chunk of
 examples, in one traced graph, never one graph per sample. The chunk is kept
 small enough that the [batch, K, n_weights] Jacobian stays below
-`max_jacobian_bytes`.
+`max_jacobian_bytes`. Under a `tf.distribute.Strategy` with several replicas each
+replica computes its share of every batch and the sums are reduced (SUM).
 
 Example (arrays or a `tf.data` dataset of batches):
 
@@ -173,13 +174,27 @@ def diagonal_fisher(model: keras.Model, inputs, *, num_samples: int = 256,
                                    var.shape))
         return sums
 
+    strategy = tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
+
+    @tf.function
+    def distributed_sum(x):       # each replica its share of the batch; sums reduced
+        parts = strategy.run(lambda xb: chunk_sum(tf.cast(xb, tf.float32)) + [
+            tf.cast(tf.shape(xb)[0], tf.float32)], args=(x,))
+        return [strategy.reduce("SUM", p, axis=None) for p in parts]
+
     totals = [np.zeros(v.shape, np.float64) for v in variables]
     count = 0
     with _without_remapper():
-        for x in _as_dataset(inputs).take(int(num_samples)).batch(chunk):
-            for total, part in zip(totals, chunk_sum(tf.cast(x, tf.float32))):
-                total += part.numpy()
-            count += int(x.shape[0])
+        ds = _as_dataset(inputs).take(int(num_samples)).batch(chunk * replicas)
+        if replicas > 1:
+            ds = strategy.experimental_distribute_dataset(ds)
+        for x in ds:
+            *parts, n = (distributed_sum(x) if replicas > 1
+                         else chunk_sum(tf.cast(x, tf.float32)) + [float(x.shape[0])])
+            for total, part in zip(totals, parts):
+                total += np.asarray(part, np.float64)
+            count += int(round(float(n)))
     if count == 0:
         raise ValueError("expected at least one input example for the Fisher, received 0")
     fisher = [(t / count).astype(np.float32) for t in totals]

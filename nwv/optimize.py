@@ -594,6 +594,8 @@ def optimize_pool(pool_dir: str, config: OptimizeConfig, *, data_dir: str | None
     """
     if not state.exists(pool_dir):
         state.read_manifest(pool_dir)             # the clear "no NWV pool" error
+    if not distribute.is_chief():                 # other workers read; the chief writes
+        return _optimize_pool(pool_dir, config, data_dir, resume, log)
     with locking.writer(pool_dir, wait=wait, log=log):
         return _optimize_pool(pool_dir, config, data_dir, resume, log)
 

@@ -16,7 +16,6 @@ import json
 import _cli
 from absl import flags
 
-from nwv import api
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("pool", None, "Pool directory (created if missing).", required=True)
@@ -30,7 +29,7 @@ flags.DEFINE_string("data_dir", None, "Local data folder or tarball; default TFD
 flags.DEFINE_integer("page_size", 100, "Weights per page (must match an existing pool).")
 flags.DEFINE_enum("matching", "optimal", ["optimal", "greedy"], "Page matching method.")
 flags.DEFINE_integer("fisher_samples", 256, "Train examples for a computed Fisher.")
-flags.DEFINE_enum("fisher_source", "auto", [s.value for s in api.FisherSource],
+flags.DEFINE_enum("fisher_source", "auto", ["auto", "reference", "computed"],
                   "auto: the reference npz Fisher when present, else computed.")
 flags.DEFINE_enum("fisher_definition", "expected", ["expected", "predicted"],
                   "Computed Fisher: expectation over p(y|x), or the predicted class only.")
@@ -38,9 +37,12 @@ flags.DEFINE_string("model_overrides", "{}", "JSON keyword arguments for models.
 flags.DEFINE_bool("wait", False, "If another process is writing the pool, wait for it "
                   "instead of failing at once.")
 flags.DEFINE_integer("seed", 0, "Random seed (Fisher example order).")
+_cli.define_strategy_flags()
 
 
 def main(argv):
+    # The library (and TensorFlow) is imported here, not at the top: --help is instant.
+    from nwv import api
     del argv
     try:
         overrides = json.loads(FLAGS.model_overrides)
@@ -50,12 +52,13 @@ def main(argv):
     if not isinstance(overrides, dict):
         raise ValueError(f"--model_overrides: expected a JSON object, received "
                          f"{FLAGS.model_overrides!r}")
-    summary = api.add_network(
-        FLAGS.pool, FLAGS.weights, name=FLAGS.name, task=FLAGS.task, model_name=FLAGS.model,
-        model_overrides=overrides, data_dir=FLAGS.data_dir, page_size=FLAGS.page_size,
-        matching=FLAGS.matching, fisher_samples=FLAGS.fisher_samples, seed=FLAGS.seed,
-        fisher_source=FLAGS.fisher_source, fisher_definition=FLAGS.fisher_definition,
-        wait=FLAGS.wait)
+    with _cli.strategy_scope():          # the Fisher on every replica
+        summary = api.add_network(
+            FLAGS.pool, FLAGS.weights, name=FLAGS.name, task=FLAGS.task, model_name=FLAGS.model,
+            model_overrides=overrides, data_dir=FLAGS.data_dir, page_size=FLAGS.page_size,
+            matching=FLAGS.matching, fisher_samples=FLAGS.fisher_samples, seed=FLAGS.seed,
+            fisher_source=FLAGS.fisher_source, fisher_definition=FLAGS.fisher_definition,
+            wait=FLAGS.wait)
     print(json.dumps(summary))
 
 

@@ -13,8 +13,6 @@ import json
 import _cli
 from absl import flags
 
-import mtz
-from nwv import combined, state
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("zipped", None, "Zipped model folder (zip.py --out).", required=True)
@@ -26,6 +24,9 @@ flags.DEFINE_integer("seed", 0, "Random seed (the Fisher's example order).")
 
 
 def main(argv):
+    # The library (and TensorFlow) is imported here, not at the top: --help is instant.
+    import mtz
+    from nwv import combined, state
     del argv
     zipped = mtz.ZippedModel.load(FLAGS.zipped)
     runtime = combined.save_zipped(FLAGS.pool, zipped, page_size=FLAGS.page_size,

@@ -14,7 +14,6 @@ so pass --other_tasks=cifar10 there).
 import _cli
 from absl import flags
 
-from _demo import DemoConfig, run_demo
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Local data folder or tarballs; default TFDS.")
@@ -26,6 +25,8 @@ flags.DEFINE_integer("seed", 0, "Random seed.")
 
 
 def main(argv):
+    # The library (and TensorFlow) is imported here, not at the top: --help is instant.
+    from _demo import DemoConfig, run_demo
     del argv
     kwargs = dict(zip_tasks=tuple(FLAGS.zip_tasks), other_tasks=tuple(FLAGS.other_tasks),
                   seed=FLAGS.seed)

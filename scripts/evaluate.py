@@ -13,9 +13,6 @@ import json
 import _cli
 from absl import flags
 
-import data
-import mtz
-from models import artifacts, training
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("task", None, "Task to evaluate on.", required=True)
@@ -35,6 +32,10 @@ flags.DEFINE_integer("seed", 0, "Random seed (evaluation is deterministic; kept 
 
 
 def main(argv):
+    # The library (and TensorFlow) is imported here, not at the top: --help is instant.
+    import data
+    import mtz
+    from models import artifacts, training
     del argv
     data.get(FLAGS.task)  # unknown task: fail before loading anything
     training.set_seed(FLAGS.seed)

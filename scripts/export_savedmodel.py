@@ -12,8 +12,6 @@ import json
 import _cli
 from absl import flags
 
-from nwv import export
-from nwv.runtime import VirtualizedNetworks
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("weights", None, "Pool directory.", required=True)
@@ -23,6 +21,9 @@ flags.DEFINE_integer("seed", 0, "Random seed (unused: export is deterministic)."
 
 
 def main(argv):
+    # The library (and TensorFlow) is imported here, not at the top: --help is instant.
+    from nwv import export
+    from nwv.runtime import VirtualizedNetworks
     del argv
     runtime = VirtualizedNetworks.load(FLAGS.weights, None)
     info = export.export_savedmodel(runtime, FLAGS.out, names=FLAGS.networks)

@@ -21,20 +21,18 @@ import tempfile
 import _cli
 from absl import flags
 
-from nwv import tflite
-from nwv.runtime import VirtualizedNetworks
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("weights", None, "Pool directory.", required=True)
 flags.DEFINE_string("out", None, "The .tflite file to write.", required=True)
 flags.DEFINE_enum("quantize", None, ["int8"], "int8: int8 pages, one float32 scale per "
                   "page (default: as the pool is stored, float32).")
-flags.DEFINE_enum("target", "tflite", list(tflite.TARGETS),
+flags.DEFINE_enum("target", "tflite", ["tflite", "micro"],
                   "tflite: signatures per network; micro: TensorFlow Lite Micro.")
 flags.DEFINE_list("networks", None, "Networks (or zipped groups) to export (default: all).")
 flags.DEFINE_bool("all_tasks", False, "tflite: also an all_tasks signature (every network "
                   "in one call).")
-flags.DEFINE_enum("gather", "layer", list(tflite.GATHERS), "Pages gathered at once: per "
+flags.DEFINE_enum("gather", "layer", ["layer", "variable", "network"], "Pages gathered at once: per "
                   "layer (default), per variable, or the whole network.")
 flags.DEFINE_integer("dense_tile_bytes", None, "Dense kernels above this many bytes run in "
                      "blocks of rows read just before use (default: 16 kB for micro, off "
@@ -46,6 +44,8 @@ SRAM, FLASH = 256 * 1024, 1024 * 1024   # a typical microcontroller board
 
 
 def _micro_arenas(runtime, info):
+    from nwv import tflite
+    from nwv.runtime import VirtualizedNetworks
     """{"all": bytes, name: bytes of a file holding that network alone}, or None
     without tflite-micro."""
     try:
@@ -66,6 +66,9 @@ def _micro_arenas(runtime, info):
 
 
 def main(argv):
+    # The library (and TensorFlow) is imported here, not at the top: --help is instant.
+    from nwv import tflite
+    from nwv.runtime import VirtualizedNetworks
     del argv
     runtime = VirtualizedNetworks.load(FLAGS.weights, None)
     info = tflite.export_tflite(runtime, FLAGS.out, quantize=FLAGS.quantize,

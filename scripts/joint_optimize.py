@@ -8,10 +8,12 @@ original: turns with a Fisher penalty λ·Σ F_other (w − w_other)²), sequent
 no penalty). Each round evaluates every network on its validation split, keeps the
 pool with the best mean validation accuracy, writes `optimize_checkpoint.npz` and
 `history.json` into the pool; `--resume` continues after the last completed round with
-identical results. The best pool is saved into the pool directory at the end. Measured
-on 2 CPU cores with the reference mnist + cifar10 networks in one 458-page pool (2x):
-matched, validation 59.4% / 53.3%; after --rounds=2 --steps=100 (joint, about 13 s in
-all) 97.8% / 54.4%. The LAST printed line is
+identical results (Adam's moments and the one learning-rate schedule of the run are in
+the checkpoint). `--distill=B` adds distillation from each network's original weights.
+The best pool is saved into the pool directory at the end. Under
+`--strategy=mirrored --cpu_replicas=2` (or several GPUs, or `multi_worker` with
+TF_CONFIG) every step runs on every replica; only the chief writes. The LAST printed
+line is
 {"pool": ..., "best_round": 2, "best_val_accuracy": 0.76, "val_accuracy": {...}}.
 """
 import json
@@ -19,34 +21,48 @@ import json
 import _cli
 from absl import flags
 
-from nwv import optimize
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("pool", None, "Pool directory.", required=True)
 flags.DEFINE_string("data_dir", None, "Local data folder or tarball; default TFDS.")
-flags.DEFINE_enum("mode", "joint", [m.value for m in optimize.OptimizationMode],
+flags.DEFINE_enum("mode", "joint", ["joint", "round_robin", "sequential"],
                   "Optimisation mode.")
 flags.DEFINE_integer("rounds", 10, "Rounds (validation + checkpoint after each).")
 flags.DEFINE_integer("steps", 100, "Optimizer steps per network per round.")
 flags.DEFINE_bool("resume", False, "Continue from the pool's checkpoint.")
 flags.DEFINE_float("lambda_", 10.0, "round_robin penalty weight λ.")
-flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
-flags.DEFINE_integer("batch_size", 64, "Batch size per task.")
+flags.DEFINE_float("learning_rate", 1e-3, "Peak Adam learning rate.")
+flags.DEFINE_enum("schedule", "cosine", ["cosine", "constant"], "Learning-rate schedule over "
+                  "the whole run: warm-up then cosine decay, or constant.")
+flags.DEFINE_float("warmup", 0.05, "Share of all steps spent warming up.")
+flags.DEFINE_float("distill", 0.0, "Weight beta of distillation from each network's "
+                   "original weights (0: labels only).")
+flags.DEFINE_float("temperature", 2.0, "Distillation temperature T.")
+flags.DEFINE_integer("patience", None, "Stop after this many rounds without a better mean "
+                     "validation accuracy.")
+flags.DEFINE_integer("sync_every", 25, "Steps per compiled call (one host sync).")
+flags.DEFINE_integer("batch_size", 64, "Batch size per task, over all replicas.")
 flags.DEFINE_bool("augment", False, "Train-time augmentation of the tasks.")
 flags.DEFINE_integer("limit", None, "Use at most this many examples per split (quick runs).")
 flags.DEFINE_bool("wait", False, "If another process is writing the pool, wait for it "
                   "instead of failing at once.")
 flags.DEFINE_integer("seed", 0, "Random seed (data order of round r: (seed, r)).")
+_cli.define_strategy_flags()
 
 
 def main(argv):
+    # The library (and TensorFlow) is imported here, not at the top: --help is instant.
+    from nwv import optimize
     del argv
     config = optimize.OptimizeConfig(
         mode=FLAGS.mode, rounds=FLAGS.rounds, steps=FLAGS.steps,
-        learning_rate=FLAGS.learning_rate, batch_size=FLAGS.batch_size,
-        lambda_=FLAGS.lambda_, seed=FLAGS.seed, augment=FLAGS.augment, limit=FLAGS.limit)
-    result = optimize.optimize_pool(FLAGS.pool, config, data_dir=FLAGS.data_dir,
-                                    resume=FLAGS.resume, wait=FLAGS.wait)
+        learning_rate=FLAGS.learning_rate, schedule=FLAGS.schedule, warmup=FLAGS.warmup,
+        batch_size=FLAGS.batch_size, lambda_=FLAGS.lambda_, distill=FLAGS.distill,
+        temperature=FLAGS.temperature, patience=FLAGS.patience, sync_every=FLAGS.sync_every,
+        seed=FLAGS.seed, augment=FLAGS.augment, limit=FLAGS.limit)
+    with _cli.strategy_scope():
+        result = optimize.optimize_pool(FLAGS.pool, config, data_dir=FLAGS.data_dir,
+                                        resume=FLAGS.resume, wait=FLAGS.wait)
     best = result["history"][result["best_round"]]
     print(json.dumps({"pool": FLAGS.pool, "mode": config.mode.value,
                       "rounds": result["rounds"], "best_round": result["best_round"],

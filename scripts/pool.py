@@ -12,7 +12,6 @@ import json
 import _cli
 from absl import flags
 
-from nwv import api
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("pool", None, "Pool directory.", required=True)
@@ -24,6 +23,8 @@ flags.DEFINE_integer("seed", 0, "Random seed (unused: kept for uniformity).")
 
 
 def main(argv):
+    # The library (and TensorFlow) is imported here, not at the top: --help is instant.
+    from nwv import api
     del argv
     if FLAGS.action == "list":
         networks = api.list_networks(FLAGS.pool)

@@ -14,8 +14,6 @@ import os
 import _cli
 from absl import flags
 
-import mtz
-from models import artifacts, training
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", None, "Trained model folders (train.py outputs) or .keras files.",
@@ -23,19 +21,26 @@ flags.DEFINE_list("models", None, "Trained model folders (train.py outputs) or .
 flags.DEFINE_list("tasks", None, "One task per model.", required=True)
 flags.DEFINE_string("share", "1.0", "Neurons to share: fraction ('1.0'), counts per layer "
                     "('300,100') or threshold ('eps=0.01').")
-flags.DEFINE_enum("method", "greedy", [m.value for m in mtz.PairingMethod] + ["optimal_k"],
+flags.DEFINE_enum("method", "greedy", ["greedy", "optimal", "random", "optimal_k"],
                   "Pairing (optimal_k: the old name of optimal).")
 flags.DEFINE_integer("retrain_steps", 100, "Joint retraining steps after each zipped layer.")
 flags.DEFINE_integer("batch_size", 64, "Retraining batch size per task.")
 flags.DEFINE_float("learning_rate", 3e-4, "Retraining Adam learning rate.")
 flags.DEFINE_integer("hessian_samples", 1000, "Training examples per task for the Hessians.")
+flags.DEFINE_float("distill", 0.0, "Retraining: weight beta of distillation from the "
+                   "separate networks (0: labels only).")
+flags.DEFINE_float("temperature", 2.0, "Distillation temperature T.")
 flags.DEFINE_string("out", None, "Output folder.", required=True)
 flags.DEFINE_string("data_dir", None, "Local data folder or tarball(s); default TFDS.")
 flags.DEFINE_integer("eval_limit", None, "Evaluate on at most this many examples per split.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
+_cli.define_strategy_flags()
 
 
 def main(argv):
+    # The library (and TensorFlow) is imported here, not at the top: --help is instant.
+    import mtz
+    from models import artifacts, training
     del argv
     if len(FLAGS.models) != len(FLAGS.tasks):
         raise ValueError(f"expected one task per model, received {len(FLAGS.models)} models "
@@ -44,10 +49,12 @@ def main(argv):
     nets = [artifacts.load_model(path) for path in FLAGS.models]
     config = mtz.ZipConfig(share=FLAGS.share, method=FLAGS.method,
                            hessian_samples=FLAGS.hessian_samples, seed=FLAGS.seed)
-    zipped, report = mtz.zip_trained(
-        nets, FLAGS.tasks, data_dir=FLAGS.data_dir, config=config,
-        retrain_steps=FLAGS.retrain_steps, batch_size=FLAGS.batch_size,
-        learning_rate=FLAGS.learning_rate, eval_limit=FLAGS.eval_limit)
+    with _cli.strategy_scope():          # Hessians and retraining on every replica
+        zipped, report = mtz.zip_trained(
+            nets, FLAGS.tasks, data_dir=FLAGS.data_dir, config=config,
+            retrain_steps=FLAGS.retrain_steps, batch_size=FLAGS.batch_size,
+            learning_rate=FLAGS.learning_rate, distill=FLAGS.distill,
+            temperature=FLAGS.temperature, eval_limit=FLAGS.eval_limit)
     zipped.save(FLAGS.out)
     artifacts.write_json(os.path.join(FLAGS.out, "report.json"), report)
     for name, stages in zip(report["members"], zip(report["before"].values(),

@@ -141,3 +141,40 @@ def test_alpha_helpers():
     for bad in (-0.1, 1.5, "x", None):
         with pytest.raises(ValueError, match=r"expected alpha in \[0, 1\]"):
             hessian.check_alpha(bad)
+
+
+@pytest.mark.parametrize("kind,per_tap", [("dense", False), ("conv", False), ("conv", True)])
+def test_tensorflow_moments_give_the_numpy_hessian(kind, per_tap):
+    """mtz.probes (TensorFlow, float64, reducible over replicas) equals mtz.hessian."""
+    import keras
+    from mtz import probes
+    rng = np.random.default_rng(5)
+    if kind == "dense":
+        inp = keras.Input((3, 4, 2))
+        flat = keras.layers.Flatten()(inp)
+        model = keras.Model(inp, keras.layers.Dense(3, name="fc")(flat))
+        x = rng.normal(size=(50, 3, 4, 2)).astype(np.float32)
+        select = np.array([1, -1])                         # channel 1, then a zero channel
+        taps = 12
+        cols = x.reshape(50, taps, 2)[:, :, [1, 0]]
+        cols[:, :, 1] = 0.0
+        expected = hessian.layer_hessian(cols.reshape(50, -1), damping=1e-6)
+    else:
+        inp = keras.Input((7, 6, 3))
+        model = keras.Model(inp, keras.layers.Conv2D(4, 3, strides=2, padding="same",
+                                                     name="conv")(inp))
+        x = rng.normal(size=(20, 7, 6, 3)).astype(np.float32)
+        select = np.array([2, 0])
+        taps = 9
+        expected = hessian.conv_layer_hessian(x[..., [2, 0]], 3, 2, "same", damping=1e-6,
+                                              per_tap=per_tap)
+    geometry = probes.LayerGeometry(kind, taps, select, kernel_size=(3, 3), strides=(2, 2),
+                                    padding="same", per_tap=per_tap)
+    xtx, colsum, count = probes.layer_moments(model, "fc" if kind == "dense" else "conv", x,
+                                              geometry, batch_size=16)
+    if per_tap:
+        acc = hessian.HessianAccumulator(len(select), bias=False).add_moments(xtx, colsum, count)
+        got = hessian.add_damping(hessian.per_tap_hessian(acc.result(0.0), taps), 1e-6)
+    else:
+        got = hessian.HessianAccumulator(geometry.dim).add_moments(xtx, colsum, count).result(1e-6)
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
