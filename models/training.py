@@ -64,9 +64,32 @@ def check_compatible(model: keras.Model, task: str) -> None:
                          f"task {task!r} has {spec.num_classes} classes")
 
 
+class EpochProgress(keras.callbacks.Callback):
+    """A tqdm bar over the epochs of `fit`, showing the validation accuracy.
+
+    Args:
+      epochs: the epochs `fit` runs; description: the bar's label.
+    """
+
+    def __init__(self, epochs: int, description: str):
+        super().__init__()
+        from tqdm import tqdm
+        self.bar = tqdm(total=epochs, desc=description, unit="epoch", leave=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        """Advances the bar."""
+        self.bar.set_postfix(val_accuracy=f"{(logs or {}).get('val_accuracy', 0.0):.4f}")
+        self.bar.update()
+
+    def on_train_end(self, logs=None):
+        """Closes the bar."""
+        self.bar.close()
+
+
 def train(model: keras.Model, task: str, out_dir: str, *, data_dir: str | None = None,
           epochs: int = 10, batch_size: int = 128, learning_rate: float = 1e-3,
-          seed: int = 0, limit: int | None = None, verbose: int = 1) -> dict:
+          seed: int = 0, limit: int | None = None, verbose: int = 1,
+          progress: str | None = None) -> dict:
     """Trains `model` on `task`, keeps the epoch with the best validation accuracy.
 
     Adam with a cosine learning-rate decay from `learning_rate` to 0 over all epochs.
@@ -83,6 +106,8 @@ def train(model: keras.Model, task: str, out_dir: str, *, data_dir: str | None =
         `set_seed` before building the model).
       limit: at most this many examples per split (quick runs).
       verbose: Keras verbosity (1: a progress bar per epoch).
+      progress: label of a tqdm bar over the epochs (with verbose=0: one bar for
+        the whole training).
     Returns:
       The metrics dictionary written to `metrics.json`.
     Raises:
@@ -102,8 +127,9 @@ def train(model: keras.Model, task: str, out_dir: str, *, data_dir: str | None =
     checkpoint = keras.callbacks.ModelCheckpoint(path, monitor="val_accuracy", mode="max",
                                                  save_best_only=True)
     start = time.time()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=epochs,
-                        callbacks=[checkpoint], verbose=verbose)
+    callbacks = [checkpoint] + ([EpochProgress(epochs, progress)] if progress else [])
+    history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, shuffle=False,
+                        callbacks=callbacks, verbose=verbose)   # the dataset is shuffled
     seconds = time.time() - start
     best = artifacts.load_model(path)
     best_epoch = int(np.argmax(history.history["val_accuracy"]))

@@ -99,7 +99,7 @@ NETWORKS = {
 def trained(task: str, model: str, *, data_dir: str, cache_dir: str, epochs: int,
             seed: int = 0, overrides: dict | None = None, learning_rate: float = 1e-3,
             batch_size: int = 128, tag: str = "", limit: int | None = None,
-            folder: str | None = None, log=print) -> str:
+            folder: str | None = None, progress: str | None = None, log=print) -> str:
     """Trains a registered model on a task ONCE and caches it; returns its folder.
 
     The folder `<cache_dir>/<task>-<model>[-<tag>]-e<epochs>-s<seed>` holds the
@@ -121,6 +121,7 @@ def trained(task: str, model: str, *, data_dir: str, cache_dir: str, epochs: int
       folder: the artifact folder itself instead of a cache-key name under
         `cache_dir`; a network there is reused only if its metrics.json records
         the same settings, else it is trained again (never a stale network).
+      progress: label of a tqdm bar over the epochs (`models.training.train`).
       log: callable told when a network is trained.
     Returns:
       The artifact folder.
@@ -147,7 +148,7 @@ def trained(task: str, model: str, *, data_dir: str, cache_dir: str, epochs: int
         start = time.time()
         metrics = training.train(net, task, folder, data_dir=data_dir, epochs=epochs,
                                  batch_size=batch_size, learning_rate=learning_rate,
-                                 seed=seed, limit=limit, verbose=0)
+                                 seed=seed, limit=limit, verbose=0, progress=progress)
         log(f"  trained in {time.time() - start:.0f} s: validation "
             f"{metrics['val_accuracy']:.4f}, test {metrics['test_accuracy']:.4f}")
     return folder

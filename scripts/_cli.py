@@ -10,12 +10,16 @@ answers at once.
     multi_worker` and `--cpu_replicas=N` (`models.distribute`).
 """
 import contextlib
+import glob
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # TensorFlow's INFO/WARNING lines
+# TensorFlow's C++ INFO/WARNING lines; without an NVIDIA driver also its ERROR line
+# "failed call to cuInit" (there is no GPU to talk to). Python errors still raise.
+_NO_GPU_DRIVER = not (os.path.exists("/proc/driver/nvidia") or glob.glob("/dev/nvidia*"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3" if _NO_GPU_DRIVER else "2")
 
 EXPECTED = (ValueError, OSError, RuntimeError, KeyError)
 HELP = ("--help", "-h", "-?", "--helpshort", "--helpfull")
@@ -38,6 +42,8 @@ def run(main):
         sys.exit(0)
 
     def guarded(argv):
+        if "--verbosity" not in " ".join(sys.argv) and "-v" not in sys.argv:
+            logging.set_verbosity(logging.WARNING)    # TensorFlow's SavedModel INFO lines
         try:
             return main(argv)
         except EXPECTED as err:

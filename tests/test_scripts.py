@@ -11,7 +11,8 @@ from tests.conftest import REPO
 
 
 def run_script(name, *args, check=True):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    """Runs scripts/<name> as users do (TensorFlow's log level left to `_cli`)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", name), *args],
                           capture_output=True, text=True, env=env, timeout=600)
     if check and proc.returncode != 0:
@@ -85,3 +86,21 @@ def test_evaluate_errors_are_clear(args, message, tiny_data, reference_npz):
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("script", sorted(
+    f for f in os.listdir(os.path.join(REPO, "scripts"))
+    if f.endswith(".py") and not f.startswith(("_", "bench_", "make_", "plot_"))))
+def test_help_is_instant_clean_and_exits_zero(script):
+    """--help prints the docstring and the flags, exits 0, and imports no TensorFlow."""
+    path = os.path.join(REPO, "scripts", script)
+    code = (f"import runpy, sys; sys.path.insert(0, {os.path.dirname(path)!r}); "
+            f"sys.argv = [{path!r}, '--help']\n"
+            f"try:\n    runpy.run_path({path!r}, run_name='__main__')\n"
+            f"except SystemExit as exit:\n    code = exit.code\n"
+            f"print('EXIT', code, 'TF' if 'tensorflow' in sys.modules else 'NO_TF')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == "EXIT 0 NO_TF", proc.stdout[-500:]
+    assert "Flags:" in proc.stdout and "--seed" in proc.stdout
+    assert not proc.stderr.strip(), proc.stderr[-500:]
