@@ -270,7 +270,8 @@ def _match_optimal_dense(costs, occupancy) -> np.ndarray:
 _DENSE_ENTRIES = 1 << 21
 
 
-def _match_optimal(costs, occupancy, *, candidates: int = 16) -> np.ndarray:
+def _match_optimal(costs, occupancy, *, candidates: int = 16,
+                   force_sparse: bool = False) -> np.ndarray:
     """The optimal assignment under the level quotas, by sparse assignments with pricing.
 
     Same optimum as `_match_optimal_dense`, found on a few candidate pairs per page:
@@ -294,7 +295,7 @@ def _match_optimal(costs, occupancy, *, candidates: int = 16) -> np.ndarray:
     n = costs.shape[0]
     full, partial, quota = _level_quotas(occupancy, n)
     cols = np.concatenate([full, partial])
-    if n * cols.size <= _DENSE_ENTRIES:
+    if n * cols.size <= _DENSE_ENTRIES and not force_sparse:
         return _match_optimal_dense(costs, occupancy)
     # `costs` belongs to the caller's scratch (match_network): rescaled in place.
     weights = costs if np.array_equal(cols, np.arange(costs.shape[1])) else costs[:, cols]
@@ -398,8 +399,12 @@ def bellman_ford(nodes: int, src, dst, weights) -> np.ndarray:
     raise ValueError("negative cycle: the restricted assignment is not optimal")
 
 
+SOLVERS = ("auto", "dense", "sparse")
+
+
 def match_network(pool: PoolState, w_net_pages, f_net_pages,
-                  method: MatchingMethod | str = MatchingMethod.OPTIMAL):
+                  method: MatchingMethod | str = MatchingMethod.OPTIMAL, *,
+                  solver: str = "auto"):
     """Maps a network's pages onto the pool (growing it if needed) and merges them.
 
     Cost of the network: Σ_i C_i,t(i) with C_ij = Σ_k (F_ik + F_pool,jk)(w_ik −
@@ -413,6 +418,9 @@ def match_network(pool: PoolState, w_net_pages, f_net_pages,
       pool: current PoolState ([m, P]).
       w_net_pages, f_net_pages: [n, P] the network's pages and their Fisher.
       method: MatchingMethod or "optimal" (default) / "greedy".
+      solver: how "optimal" is solved, with the same optimum: "dense" (one
+        assignment on the full matrix), "sparse" (candidate pairs priced by an
+        LP-duality certificate, `_match_optimal`), "auto" (sparse above 2M pairs).
 
     Returns:
       (page_table [n] int64 injective into the new pool, new PoolState
@@ -442,8 +450,12 @@ def match_network(pool: PoolState, w_net_pages, f_net_pages,
         table = np.arange(m, m + n) if grow == n else np.flatnonzero(occupancy == 0)[:n]
     elif method is MatchingMethod.GREEDY:
         table = _match_greedy(costs, f.sum(axis=1), occupancy)
+    elif solver == "dense":
+        table = _match_optimal_dense(costs, occupancy)
+    elif solver in ("auto", "sparse"):
+        table = _match_optimal(costs, occupancy, force_sparse=solver == "sparse")
     else:
-        table = _match_optimal(costs, occupancy)
+        raise ValueError(f"expected a solver in {list(SOLVERS)}, received {solver!r}")
     new_pages = np.flatnonzero(table >= m)          # number new pool pages in page order
     table[new_pages] = m + np.arange(new_pages.size)
 
@@ -489,13 +501,14 @@ def order_for_pooling(sizes: Sequence[int]) -> list:
 
 
 def virtualize_pages(networks: Sequence, method: MatchingMethod | str = MatchingMethod.OPTIMAL,
-                     pool: PoolState | None = None):
+                     pool: PoolState | None = None, *, solver: str = "auto"):
     """Adds networks to one pool in the given order (`match_network` each).
 
     Args:
       networks: list of (w_pages [n_i, P], f_pages [n_i, P]).
       method: MatchingMethod or "optimal" (default) / "greedy".
       pool: starting pool; default empty (the first network is copied).
+      solver: of "optimal", see `match_network`.
 
     Returns:
       (PoolState [max_i n_i, P] when started empty, page tables list of [n_i]
@@ -514,7 +527,7 @@ def virtualize_pages(networks: Sequence, method: MatchingMethod | str = Matching
         pool = PoolState.empty(first.shape[1])
     tables, costs = [], []
     for w_pages, f_pages in networks:
-        table, pool, cost = match_network(pool, w_pages, f_pages, method)
+        table, pool, cost = match_network(pool, w_pages, f_pages, method, solver=solver)
         tables.append(table)
         costs.append(cost)
     return pool, tables, costs

@@ -379,3 +379,20 @@ def switch_latency(rt, names, inputs: dict, *, switches: int, seed: int = 0) -> 
 def log(message: str) -> None:
     """Prints a timestamped progress line (flushed, so logs of long runs are live)."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def device_scope(device: str | None):
+    """`tf.device(device)`, or TensorFlow's own placement for an empty device; a device
+    TensorFlow does not see is refused (soft placement would silently run elsewhere)."""
+    import contextlib
+
+    import tensorflow as tf
+
+    if not device:
+        return contextlib.nullcontext()
+    spec = tf.DeviceSpec.from_string(device)
+    present = tf.config.list_logical_devices(spec.device_type) if spec.device_type else []
+    if len(present) <= (spec.device_index or 0):
+        raise ValueError(f"--device={device}: TensorFlow sees no such device; it sees "
+                         f"{[d.name for d in tf.config.list_logical_devices()]}")
+    return tf.device(device)

@@ -41,6 +41,13 @@ flags.DEFINE_string("reference_dir", "../shared/reference/nwv",
 flags.DEFINE_integer("page_size", 100, "Weights per page.")
 flags.DEFINE_integer("seed", 0, "Random seed (matching is deterministic; recorded only).")
 flags.DEFINE_integer("repeats", 3, "Timed runs per method (the fastest is reported).")
+flags.DEFINE_integer("small_page_size", 10, "Page size of the small-page section: optimal "
+                     "matching by the sparse solver with a duality certificate against one "
+                     "dense assignment (0: skip).")
+flags.DEFINE_bool("small_page_dense", True, "Also time the dense solver at the small page "
+                  "size (minutes per network).")
+flags.DEFINE_integer("brute_force_problems", 60, "Random tiny problems checked against "
+                     "brute force (every injective table).")
 flags.DEFINE_string("out", "results/bench_nwv_matching.json",
                     "Output JSON (relative: to repo root).")
 
@@ -124,11 +131,73 @@ def print_table(result):
           f"greedy {greedy['final_distortion']:.4f}, optimal {optimal['final_distortion']:.4f}")
 
 
+def small_pages() -> dict:
+    """Optimal matching at `small_page_size` of the five networks added largest first:
+    the sparse solver (candidate pairs + LP certificate) against one dense assignment,
+    each timed, with the costs they reach (equal up to round-off)."""
+    size = FLAGS.small_page_size
+    ref_dir = bench.resolve(FLAGS.reference_dir)
+    paged = {n: (pages.paginate(models.read_npz(f"{ref_dir}/{n}.npz"), size)[0],
+                 pages.paginate(models.read_npz(f"{ref_dir}/{n}.npz", "fisher_"), size)[0])
+             for n in NETS}
+    order = [NETS[i] for i in matching.order_for_pooling([paged[n][0].shape[0] for n in NETS])]
+    pool, rows = matching.PoolState.empty(size), []
+    for net in order:
+        w, f = paged[net]
+        row = {"network": net, "pages": int(w.shape[0]), "pool_pages": pool.n_pages}
+        for solver in ("sparse", "dense") if FLAGS.small_page_dense else ("sparse",):
+            start = time.perf_counter()
+            table, new_pool, cost = matching.match_network(pool, w, f, "optimal",
+                                                           solver=solver)
+            row[f"{solver}_seconds"] = round(time.perf_counter() - start, 2)
+            row[f"{solver}_cost"] = float(cost)
+            bench.log(f"P={size} {net}: {solver} {row[f'{solver}_seconds']} s, cost {cost:.6g}")
+            if solver == "sparse":
+                next_pool = new_pool
+        start = time.perf_counter()
+        row["greedy_cost"] = float(matching.match_network(pool, w, f, "greedy")[2])
+        row["greedy_seconds"] = round(time.perf_counter() - start, 2)
+        rows.append(row)
+        pool = next_pool
+    return {"page_size": size, "order": order, "networks": rows,
+            "load_average": bench.load_average()}
+
+
+def brute_force(problems: int) -> dict:
+    """Optimal and greedy matching on tiny random pools against brute force."""
+    import itertools
+    rng = np.random.default_rng(FLAGS.seed)
+    exact, greedy_excess = 0, []
+    for _ in range(problems):
+        m, n, size = int(rng.integers(3, 7)), 0, 4
+        n = int(rng.integers(2, m + 1))
+        pool = matching.PoolState(rng.normal(size=(m, size)).astype(np.float32),
+                                  rng.gamma(0.5, size=(m, size)).astype(np.float32),
+                                  np.ones(m, np.int64))
+        w = rng.normal(size=(n, size)).astype(np.float32)
+        f = rng.gamma(0.5, size=(n, size)).astype(np.float32)
+        costs = matching.page_costs(w, f, pool.weights, pool.fisher)
+        best = min(sum(costs[i, j] for i, j in enumerate(p))
+                   for p in itertools.permutations(range(m), n))
+        optimal = matching.match_network(pool, w, f, "optimal")[2]
+        greedy = matching.match_network(pool, w, f, "greedy")[2]
+        exact += int(abs(optimal - best) <= 1e-9 * max(1.0, best))
+        greedy_excess.append(greedy / best - 1 if best > 0 else 0.0)
+    return {"problems": problems, "optimal_equals_brute_force": exact,
+            "greedy_mean_excess": float(np.mean(greedy_excess)),
+            "greedy_worse_in": int(np.sum(np.asarray(greedy_excess) > 1e-9))}
+
+
 def main(argv):
     del argv
     np.random.seed(FLAGS.seed)
     result = compute(paged_references())
     print_table(result)
+    if FLAGS.brute_force_problems:
+        result["brute_force"] = brute_force(FLAGS.brute_force_problems)
+        print(f"brute force: {result['brute_force']}")
+    if FLAGS.small_page_size:
+        result["small_pages"] = small_pages()
     print(f"-> {bench.write_result(FLAGS.out, result)}")
 
 

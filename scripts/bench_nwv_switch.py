@@ -33,6 +33,8 @@ with the inference; 15.3 ms with a warm page cache: the 237 kB pool file costs l
 building the Keras model dominates), so 82,700x switch only (target met) but 41x end to
 end (target > 459x missed; another run under heavier load gave 29 ms and 67x); batch of
 64 through the pool / plain Keras 0.998 to 1.051 (target <= 1.1 met).
+--device (e.g. /GPU:0) places the pool, the reloads and every timed call (default:
+TensorFlow's choice); the result records it and where the pool lives.
 Run time on 2 shared CPU cores: about 10 s with an existing pool (about 20 s more to
 build a matched one). Timings depend on the load of the shared machine (recorded).
 """
@@ -64,6 +66,8 @@ flags.DEFINE_integer("switches", 30, "Random switches timed per method.")
 flags.DEFINE_integer("batch_size", 64, "Batch of the execution-time comparison.")
 flags.DEFINE_integer("repeats", 300, "Timed batches per network and path (median).")
 flags.DEFINE_integer("seed", 0, "Random seed (switch sequence).")
+flags.DEFINE_string("device", None, "Device of the timed execution, e.g. /GPU:0 or /CPU:0 "
+                    "(default: TensorFlow's choice).")
 
 ORIGINAL = {"in_memory_ms": 3.919, "reload_ms": 1801.72, "speedup": 459.0}
 DEFAULT_POOL, FALLBACK_POOL = "runs/bench_nwv_accuracy/pool", "runs/bench_nwv_switch/pool"
@@ -280,15 +284,18 @@ def main(argv):
     if not state.exists(pool_dir) and FLAGS.pool == DEFAULT_POOL:
         pool_dir = bench.resolve(FALLBACK_POOL)
     built = ensure_pool(pool_dir)
-    rt = nwv.VirtualizedNetworks.load(pool_dir)
-    if len(rt.names) < 2:
-        raise ValueError(f"{pool_dir} holds {rt.names}: expected at least two networks")
-    batches, singles = example_batches(rt)
-    sequence = switch_sequence(rt)
-    in_memory = time_in_memory(rt, sequence, singles)
-    disk = time_from_disk(rt, pool_dir, sequence, singles)
-    execution = time_execution(rt, batches)
+    with bench.device_scope(FLAGS.device):                  # the pool, the reloads and every timed call
+        rt = nwv.VirtualizedNetworks.load(pool_dir)
+        if len(rt.names) < 2:
+            raise ValueError(f"{pool_dir} holds {rt.names}: expected at least two networks")
+        batches, singles = example_batches(rt)
+        sequence = switch_sequence(rt)
+        in_memory = time_in_memory(rt, sequence, singles)
+        disk = time_from_disk(rt, pool_dir, sequence, singles)
+        execution = time_execution(rt, batches)
     report = make_report(rt, pool_dir, built, sequence, in_memory, disk, execution, start)
+    report["device"] = {"requested": FLAGS.device or "TensorFlow's choice",
+                        "pool_on": rt.page_pool.device}
     print_summary(report)
     plot(report)
     print(f"-> {bench.write_result(FLAGS.out, report)}")

@@ -141,7 +141,7 @@ def train_separate() -> dict:
     return nets
 
 
-def accuracies(call_for, split="test") -> dict:
+def member_accuracies(call_for, split="test") -> dict:
     """{name: accuracy} (keyword networks also "<name>_noisy") of callables x -> logits."""
     out = {}
     for member in members():
@@ -166,7 +166,7 @@ def separate_report(nets) -> dict:
             "best_epoch": metrics["best_epoch"], "val_accuracy": metrics["val_accuracy"],
             "train_seconds": metrics["train_seconds"],
             "val_accuracy_last_epochs": metrics["history"]["val_accuracy"][-3:]}
-    tests = accuracies(lambda name: nets[name])
+    tests = member_accuracies(lambda name: nets[name])
     for name, value in tests.items():
         key = name[:-len("_noisy")] if name.endswith("_noisy") else name
         report[key]["test_noisy" if name.endswith("_noisy") else "test_accuracy"] = value
@@ -243,7 +243,7 @@ def optimise(pool_state, *, steps_scale=1.0, distill=None, log_prefix="") -> tup
 
 
 def evaluate_runtime(rt) -> dict:
-    return accuracies(lambda name: (lambda x: rt.run(name, x)))
+    return member_accuracies(lambda name: (lambda x: rt.run(name, x)))
 
 
 def drops(separate, pooled) -> dict:
@@ -345,7 +345,7 @@ def run_int8(separate_bytes, separate) -> dict:
             continue
         rt = nwv.VirtualizedNetworks.load(folder, storage="int8")
         stored = rt.stored_bytes() + 4 * sum(rt.page_table(n).size for n in rt.names)
-        test = accuracies(lambda name, rt=rt: (lambda x: rt.run(name, x)))
+        test = member_accuracies(lambda name, rt=rt: (lambda x: rt.run(name, x)))
         out[key] = {"stored_bytes": int(stored), "compression": separate_bytes / stored,
                     "test_accuracy": test, "drops": drops(separate, test)}
         bench.log(f"(int8 {key}) {out[key]['compression']:.2f}x, drops {out[key]['drops']}")
