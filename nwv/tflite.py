@@ -90,7 +90,8 @@ from nwv import quantize as quantize_lib
 from nwv.runtime import VirtualizedNetworks
 
 __all__ = ["TARGETS", "GATHERS", "RESERVED", "MICRO_ENTRY", "PAD_LOGIT", "export_tflite",
-           "micro_arena_bytes", "largest_buffers"]
+           "micro_arena_bytes", "micro_arenas", "micro_inputs", "run_micro",
+           "largest_buffers"]
 
 TARGETS = ("tflite", "micro")
 GATHERS = ("layer", "variable", "network")
@@ -789,6 +790,65 @@ def micro_arena_bytes(blob: bytes, *, task_inputs=None, upper: int = 1 << 24,
         mid = (low + high) // 2
         low, high = (low, mid) if works(mid) else (mid, high)
     return high
+
+
+def micro_arenas(runtime: VirtualizedNetworks, info: dict, **export_options) -> dict:
+    """The arena of a micro file and of each of its networks alone.
+
+    Args:
+      runtime: the runtime the file was exported from.
+      info: `export_tflite(runtime, path, target="micro", ...)`'s result.
+      **export_options: the options of that export (quantize, gather,
+        dense_tile_bytes), used to write one file per network in a temporary folder.
+    Returns:
+      {"all": bytes of the file's arena, network: bytes of a file holding it alone}.
+    Raises:
+      ImportError: `tflite-micro` is not installed.
+    """
+    with open(info["path"], "rb") as handle:
+        arenas = {"all": micro_arena_bytes(handle.read())}
+    with tempfile.TemporaryDirectory(prefix="nwv-micro-") as folder:
+        for name in info["tasks"]:
+            path = os.path.join(folder, f"{name}.tflite")
+            export_tflite(runtime, path, target="micro", names=[name], **export_options)
+            with open(path, "rb") as handle:
+                arenas[name] = micro_arena_bytes(handle.read())
+    return arenas
+
+
+def micro_inputs(info: dict, task: int, x) -> tuple:
+    """The micro entry point's inputs for one example, in `info["inputs"]` order.
+
+    Args:
+      info: `export_tflite(..., target="micro")`'s result.
+      task: index into `info["tasks"]`.
+      x: [1, *input_shape] float32.
+    Returns:
+      A tuple of arrays: task int32 [1] and x float32 [1, input_size] (x flattened
+      in C order, zero padded), ordered as the file's inputs.
+
+    >>> [a.tolist() for a in micro_inputs({"inputs": ["task", "x"], "input_size": 3},
+    ...                                   1, np.ones((1, 2)))]
+    [[1], [[1.0, 1.0, 0.0]]]
+    """
+    x = np.asarray(x, np.float32)
+    if x.shape[0] != 1 or x[0].size > info["input_size"]:
+        raise ValueError(f"expected one example of at most {info['input_size']} values, "
+                         f"received shape {list(x.shape)}")
+    flat = np.zeros((1, info["input_size"]), np.float32)
+    flat[0, :x[0].size] = x[0].ravel()
+    given = {"task": np.array([task], np.int32), "x": flat}
+    return tuple(given[name] for name in info["inputs"])
+
+
+def run_micro(interpreter, info: dict, task: int, x) -> np.ndarray:
+    """Logits [1, output_size] of one example through a TFLM interpreter of a micro
+    file (`tflite_micro.python.tflite_micro.runtime.Interpreter`); a network's
+    logits are the first sum(classes) entries, the rest `PAD_LOGIT`."""
+    for index, value in enumerate(micro_inputs(info, task, x)):
+        interpreter.set_input(value, index)
+    interpreter.invoke()
+    return interpreter.get_output(0)
 
 
 @contextlib.contextmanager

@@ -15,8 +15,6 @@ signatures, file bytes, pool bytes (and for micro the arena bytes). Takes second
 network (one conversion each).
 """
 import json
-import os
-import tempfile
 
 import _cli
 from absl import flags
@@ -44,25 +42,15 @@ SRAM, FLASH = 256 * 1024, 1024 * 1024   # a typical microcontroller board
 
 
 def _micro_arenas(runtime, info):
-    from nwv import tflite
-    from nwv.runtime import VirtualizedNetworks
     """{"all": bytes, name: bytes of a file holding that network alone}, or None
     without tflite-micro."""
+    from nwv import tflite
     try:
         import tflite_micro  # noqa: F401
     except ImportError:
         return None
-    with open(info["path"], "rb") as handle:
-        arenas = {"all": tflite.micro_arena_bytes(handle.read())}
-    with tempfile.TemporaryDirectory(prefix="nwv-micro-") as folder:
-        for name in info["tasks"]:
-            path = os.path.join(folder, f"{name}.tflite")
-            tflite.export_tflite(runtime, path, quantize=FLAGS.quantize, target="micro",
-                                 names=[name], gather=FLAGS.gather,
-                                 dense_tile_bytes=FLAGS.dense_tile_bytes)
-            with open(path, "rb") as handle:
-                arenas[name] = tflite.micro_arena_bytes(handle.read())
-    return arenas
+    return tflite.micro_arenas(runtime, info, quantize=FLAGS.quantize, gather=FLAGS.gather,
+                               dense_tile_bytes=FLAGS.dense_tile_bytes)
 
 
 def main(argv):

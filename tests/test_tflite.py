@@ -216,16 +216,6 @@ def test_names_that_cannot_be_signatures_are_refused(tmp_path):
         nwv.export_tflite(runtime, str(tmp_path / "x.tflite"), quantize="int4")
 
 
-def _micro_run(interpreter, info, task, x):
-    order = info["inputs"]
-    flat = np.zeros((1, info["input_size"]), np.float32)
-    flat[0, :x[0].size] = x[0].ravel()
-    interpreter.set_input(np.array([task], np.int32), order.index("task"))
-    interpreter.set_input(flat, order.index("x"))
-    interpreter.invoke()
-    return interpreter.get_output(0)
-
-
 @pytest.mark.parametrize("int8", [False, True])
 def test_micro_entry_point_runs_every_network(pool, tmp_path, int8):
     micro = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
@@ -256,12 +246,12 @@ def test_micro_entry_point_runs_every_network(pool, tmp_path, int8):
                                      for n in info["tasks"])}
     for task, name in enumerate(info["tasks"]):
         x = inputs[name][:1]
-        out = _micro_run(interpreter, info, task, x)
+        out = tflite.run_micro(interpreter, info, task, x)
         assert out.shape == (1, info["output_size"])
         expected = np.concatenate(list(_expected(reference, name, x).values()), axis=-1)
         np.testing.assert_allclose(out[:, :widths[name]], expected, atol=1e-4)
         assert np.all(out[:, widths[name]:] == tflite.PAD_LOGIT)
-    assert np.all(np.isnan(_micro_run(interpreter, info, len(info["tasks"]), x)))
+    assert np.all(np.isnan(tflite.run_micro(interpreter, info, len(info["tasks"]), x)))
     arena = tflite.micro_arena_bytes(blob)
     assert 0 < arena < 1 << 20
     micro.Interpreter.from_bytes(blob, arena_size=arena)     # the measured arena works
