@@ -20,6 +20,7 @@ import shutil
 import sys
 import time
 
+import _cli  # noqa: F401  (quiets TensorFlow's C++ logs before it loads)
 import numpy as np
 
 import data

@@ -1,0 +1,232 @@
+"""Deployment: what the files that run on the device hold, against one file per network.
+
+    python scripts/bench_deploy.py --data_dir=../shared/datasets \
+        --pools=demo=runs/demo_out/pool,ten_nwv=runs/ten_networks/pools/nwv,ten_mtz_nwv=runs/ten_networks/pools/mtz_nwv
+
+For every pool directory (name=path; missing ones are skipped with a message):
+
+  * phone / Linux board (`nwv.export_tflite`, target "tflite"), float32 and int8
+    pages: file bytes = pool + page tables + the rest (graphs, signatures; the
+    issue bounds it at 64 kB), against the sum of one stock TFLite file per
+    network (each network's Keras model converted alone, weights as constants;
+    also with TFLite's dynamic-range int8 weights). Test-carve accuracy of every
+    network through the stock interpreter (`tf.lite.Interpreter`, one signature
+    per network) against the pool runtime (float32 and int8 pages), and the
+    largest logit difference on the first batch; a zipped group's signature
+    is checked against its members'.
+  * microcontroller (target "micro", TensorFlow Lite Micro's host interpreter
+    from `tflite-micro`), float32 and int8 pages: flash bytes (the file), the
+    smallest arena for the file and for each network alone, whether they fit a
+    typical 256 kB SRAM / 1 MB flash board, and for --micro_examples test
+    examples per network the largest logit difference and the argmax agreement
+    with the pool runtime (batch 1: the entry point `run(task, x)`).
+
+Results: results/bench_deploy.json (RESULTS.md via scripts/make_results.py).
+Takes a few minutes per pool on 2 CPU cores (one conversion per file and per
+network for the arenas).
+"""
+import os
+import time
+
+import _bench as bench
+import _cli
+import numpy as np
+from absl import flags
+
+import data
+import nwv
+from models import training
+from nwv import state, tflite
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("pools", ["demo=runs/demo_out/pool", "ten_nwv=runs/ten_networks/pools/nwv",
+                            "ten_mtz_nwv=runs/ten_networks/pools/mtz_nwv"],
+                  "name=pool directory pairs (relative: repo root).")
+flags.DEFINE_string("data_dir", "../shared/datasets", "Data folder (relative: repo root).")
+flags.DEFINE_string("work_dir", "runs/deploy", "Exported files (relative: repo root).")
+flags.DEFINE_integer("limit", None, "At most this many test examples per network "
+                     "(default: the whole test carve).")
+flags.DEFINE_integer("micro_examples", 100, "Test examples per network run through TFLM.")
+flags.DEFINE_integer("seed", 0, "Random seed (unused: export and evaluation are deterministic).")
+flags.DEFINE_string("out", "results/bench_deploy.json", "Result JSON.")
+
+SRAM, FLASH, SLACK = 256 * 1024, 1024 * 1024, 64 * 1024
+
+
+def pools() -> dict:
+    out = {}
+    for item in FLAGS.pools:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--pools: expected name=path, received {item!r}")
+        path = bench.resolve(path)
+        if state.exists(path):
+            out[name] = path
+        else:
+            print(f"skipping {name}: no pool at {path}")
+    if not out:
+        raise ValueError(f"none of --pools={FLAGS.pools} exists; run scripts/demo.py or "
+                         f"scripts/bench_ten_networks.py first")
+    return out
+
+
+def separate_files(rt, folder) -> dict:
+    """Bytes of one stock TFLite file per network (float32, and dynamic-range int8)."""
+    import tensorflow as tf
+
+    sizes = {"float32": 0, "dynamic_int8": 0}
+    for name in rt.names:
+        model = rt.to_keras(name)
+        for kind in sizes:
+            converter = tf.lite.TFLiteConverter.from_keras_model(model)
+            if kind == "dynamic_int8":
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            blob = converter.convert()
+            x = np.zeros((1, *model.input_shape[1:]), np.float32)
+            runner = tf.lite.Interpreter(model_content=blob).get_signature_runner()
+            got = next(iter(runner(**{runner.get_input_details().popitem()[0]: x}).values()))
+            if kind == "float32":     # the baseline computes the same network
+                np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4)
+            sizes[kind] += len(blob)
+            with open(os.path.join(folder, f"separate_{name}_{kind}.tflite"), "wb") as handle:
+                handle.write(blob)
+    return sizes
+
+
+def tflite_report(rt, reference, path, quantize) -> dict:
+    """One tflite file: bytes, and every network's accuracy through the interpreter."""
+    import tensorflow as tf
+
+    info = nwv.export_tflite(rt, path, quantize=quantize)
+    interpreter = tf.lite.Interpreter(model_path=path)
+    networks = {}
+    for name in reference.names:
+        runner = interpreter.get_signature_runner(name)
+        call = lambda x, r=runner: r(x=np.asarray(x, np.float32))["logits"]  # noqa: E731
+        x, _ = next(iter(data.load(reference.task(name), "test", bench.resolve(FLAGS.data_dir),
+                                   64, shuffle=False)))
+        diff = float(np.max(np.abs(call(x) - reference.run(name, x).numpy())))
+        networks[name] = {
+            "accuracy": training.evaluate(call, reference.task(name), "test",
+                                          data_dir=bench.resolve(FLAGS.data_dir),
+                                          limit=FLAGS.limit)["accuracy"],
+            "max_abs_logit_diff_first_batch": diff}
+    groups = {}
+    for group, members in reference.groups().items():
+        x, _ = next(iter(data.load(reference.task(members[0]), "test",
+                                   bench.resolve(FLAGS.data_dir), 16, shuffle=False)))
+        out = interpreter.get_signature_runner(group)(x=np.asarray(x, np.float32))
+        groups[group] = float(max(np.max(np.abs(out[m] - reference.run(m, x).numpy()))
+                                  for m in members))
+    overhead = info["file_bytes"] - info["pool_bytes"] - info["table_bytes"]
+    return {"file_bytes": info["file_bytes"], "pool_bytes": info["pool_bytes"],
+            "table_bytes": info["table_bytes"], "other_bytes": overhead,
+            "within_pool_tables_plus_64kB": overhead <= SLACK,
+            "signatures": info["signatures"], "networks": networks,
+            "group_max_abs_logit_diff": groups}
+
+
+def micro_report(rt, reference, path, quantize) -> dict:
+    """One micro file: flash, arenas, and TFLM logits against the pool runtime."""
+    from tflite_micro.python.tflite_micro import runtime as micro
+
+    info = nwv.export_tflite(rt, path, quantize=quantize, target="micro")
+    arenas = tflite.micro_arenas(rt, info, quantize=quantize)
+    with open(path, "rb") as handle:
+        interpreter = micro.Interpreter.from_bytes(handle.read(), arena_size=arenas["all"])
+    groups = reference.groups()
+    agreement = {}
+    for task, name in enumerate(info["tasks"]):
+        members = groups.get(name, [name])
+        width = sum(info["networks"][name]["classes"])
+        diffs, same = [], 0
+        for x, _ in data.load(reference.task(members[0]), "test", bench.resolve(FLAGS.data_dir),
+                              1, shuffle=False, limit=FLAGS.micro_examples):
+            got = tflite.run_micro(interpreter, info, task, x)[:, :width]
+            want = np.concatenate([reference.run(m, x).numpy() for m in members], axis=-1)
+            diffs.append(float(np.max(np.abs(got - want))))
+            same += int(np.argmax(got) == np.argmax(want))
+        agreement[name] = {"examples": len(diffs), "max_abs_logit_diff": max(diffs),
+                           "argmax_agreement": same / len(diffs)}
+    return {"flash_bytes": info["file_bytes"], "pool_bytes": info["pool_bytes"],
+            "arena_bytes": arenas, "tasks": info["tasks"],
+            "fits_256kB_sram": arenas["all"] <= SRAM, "fits_1MB_flash":
+                info["file_bytes"] <= FLASH, "against_pool_runtime": agreement}
+
+
+def pool_report(name, pool_dir) -> dict:
+    folder = os.path.join(bench.resolve(FLAGS.work_dir), name)
+    os.makedirs(folder, exist_ok=True)
+    rt = nwv.VirtualizedNetworks.load(pool_dir)
+    int8 = nwv.VirtualizedNetworks.load(pool_dir, storage="int8")
+    bench.log(f"{name}: {len(rt.names)} networks, pool {4 * rt.page_pool.shape.num_elements()} "
+              f"bytes")
+    runtime_accuracy = {}
+    for label, runtime in (("float32", rt), ("int8", int8)):
+        runtime_accuracy[label] = {n: training.evaluate(
+            lambda x, r=runtime, n=n: r.run(n, x), runtime.task(n), "test",
+            data_dir=bench.resolve(FLAGS.data_dir), limit=FLAGS.limit)["accuracy"]
+            for n in rt.names}
+    report = {"pool_dir": pool_dir, "networks": rt.names, "groups": rt.groups(),
+              "separate_float32_weight_bytes": int(sum(4 * rt.layout(n).n_weights
+                                                       for n in rt.names)),
+              "runtime_accuracy": runtime_accuracy,
+              "separate_tflite_bytes": separate_files(rt, folder)}
+    for label, quantize, reference in (("float32", None, rt), ("int8", "int8", int8)):
+        bench.log(f"{name}: tflite {label}")
+        report[f"tflite_{label}"] = tflite_report(
+            rt, reference, os.path.join(folder, f"pool_{label}.tflite"), quantize)
+        try:
+            import tflite_micro  # noqa: F401
+        except ImportError:
+            report[f"micro_{label}"] = None
+            print("tflite-micro missing (pip install -e \".[micro]\"): micro not measured")
+            continue
+        bench.log(f"{name}: micro {label}")
+        report[f"micro_{label}"] = micro_report(
+            rt, reference, os.path.join(folder, f"pool_{label}_micro.tflite"), quantize)
+    return report
+
+
+def print_summary(report):
+    for name, r in report["pools"].items():
+        sep = r["separate_tflite_bytes"]
+        print(f"\n{name}: {len(r['networks'])} networks; separate TFLite files "
+              f"{sep['float32'] / 1e3:.0f} kB float32, {sep['dynamic_int8'] / 1e3:.0f} kB "
+              f"dynamic-range int8")
+        for label in ("float32", "int8"):
+            t = r[f"tflite_{label}"]
+            print(f"  tflite {label:<7} {t['file_bytes'] / 1e3:7.0f} kB = pool "
+                  f"{t['pool_bytes'] / 1e3:.0f} + tables {t['table_bytes'] / 1e3:.1f} + other "
+                  f"{t['other_bytes'] / 1e3:.1f} kB (separate float32 files / this: "
+                  f"{sep['float32'] / t['file_bytes']:.2f}x)")
+            for n, v in t["networks"].items():
+                print(f"    {n:<18} accuracy {100 * v['accuracy']:6.2f}% (pool runtime "
+                      f"{100 * r['runtime_accuracy'][label][n]:6.2f}%), max |dlogit| "
+                      f"{v['max_abs_logit_diff_first_batch']:.1e}")
+            m = r[f"micro_{label}"]
+            if m:
+                worst = max(a["max_abs_logit_diff"] for a in m["against_pool_runtime"].values())
+                print(f"  micro  {label:<7} flash {m['flash_bytes'] / 1e3:.0f} kB, arena "
+                      f"{m['arena_bytes']['all'] / 1e3:.0f} kB (alone: "
+                      + ", ".join(f"{n} {v / 1e3:.0f}" for n, v in m["arena_bytes"].items()
+                                  if n != "all")
+                      + f" kB); 256 kB SRAM {'fits' if m['fits_256kB_sram'] else 'NO'}, "
+                      f"1 MB flash {'fits' if m['fits_1MB_flash'] else 'NO'}; max |dlogit| "
+                      f"vs pool runtime {worst:.1e}")
+
+
+def main(argv):
+    del argv
+    start = time.time()
+    training.set_seed(FLAGS.seed)
+    report = {"command": "scripts/bench_deploy.py", "flags": bench.script_flags(),
+              "board": {"sram_bytes": SRAM, "flash_bytes": FLASH},
+              "pools": {name: pool_report(name, path) for name, path in pools().items()}}
+    report["seconds"] = time.time() - start
+    print_summary(report)
+    print(f"-> {bench.write_result(FLAGS.out, report)}")
+
+
+if __name__ == "__main__":
+    _cli.run(main)
