@@ -104,9 +104,17 @@ def layer_moments(model: keras.Model, layer_name: str, x, geometry: LayerGeometr
         return [strategy.reduce("SUM", s, axis=None) for s in sums]
 
     xtx, colsum, count = np.zeros((dim, dim)), np.zeros(dim), 0.0
-    for xb in ds:
-        a, b, c = step(xb)
-        xtx += a.numpy()
-        colsum += b.numpy()
-        count += float(c.numpy())
+    # one trace per probed layer is by design (each layer has its own probe), so
+    # TensorFlow's "excessive retracing" warning across layers is silenced here
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        for xb in ds:
+            a, b, c = step(xb)
+            xtx += a.numpy()
+            colsum += b.numpy()
+            count += float(c.numpy())
+    finally:
+        logger.setLevel(level)
     return xtx, colsum, int(round(count))
