@@ -35,12 +35,6 @@ with other jobs here) two replicas add an all-reduce and more scheduling but no
 compute, so expect little or no gain; --cpu_replicas exists to test the
 distributed path. JSON: results/bench_distributed.json (--out).
 
-Measured so far (only the three digit networks, 20 steps, 1 timed round, full data,
-2 cores shared with a training job, load average about 5.6): 1 replica 5.7 steps/s
-(3.5 s per round), 2 logical CPU replicas 1.7 steps/s (0.29x); the same pool and the
-same losses in both. The full run (ten networks, 100 steps, 2 timed rounds) should take
-about 15 minutes on those cores (an estimate: not run yet).
-
 Quick check (three digit networks, a few steps, about 2 minutes on 2 cores):
     python scripts/bench_distributed.py --families=digits --steps=4 --rounds=1 \
         --limit=256 --out=/tmp/bench_distributed.json

@@ -27,10 +27,6 @@ round of every run (from those files) go into the JSON and the convergence plot
 results/nwv_page_size.png. Few rounds and steps (defaults 3 x 100) keep the time
 bounded: these are short optimisations, compared with each other.
 
-Measured (seed 0, 3 rounds x 100 steps; mean test accuracy of the three, original
-76.62%): P = 10 / 100 / 1000 / 10000 joint 83.15 / 81.28 / 81.00 / 80.77%, optimal
-matching 150 / 0.5 / 0.007 / 0.002 s (greedy 2.3 / 0.23 / 0.016 / 0.002 s); round_robin
-λ = 0.1 / 1 / 10 / 100: 81.52 / 81.67 / 81.29 / 80.46%; sequential 81.18%.
 Run time on 2 shared CPU cores: about 7.5 minutes once nwv_tts is cached, 2.5 of them
 in the optimal matching at P = 10 (timings depend on the load of the shared machine;
 the load average is recorded).

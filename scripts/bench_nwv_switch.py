@@ -1,11 +1,11 @@
 """NWV switching and execution time: in-memory page-table switch vs loading from disk.
 
-    /work/venv/bin/python scripts/bench_nwv_switch.py --pool=runs/bench_nwv_accuracy/pool \
+    python scripts/bench_nwv_switch.py --pool=runs/ten_networks/pools/nwv \
         --data_dir=../shared/datasets --seed=0 --out=results/nwv_switch.json
 
-Reads a saved pool directory (default: the one `bench_nwv_accuracy.py` optimised; when
-it is missing, a matched pool of mnist, cifar10 and tts_commands is built first under
-runs/bench_nwv_switch). Draws --switches random switches (each to a network other than
+Reads a saved pool directory (default: the ten networks' NWV pool that
+`bench_ten_networks.py` optimised; when it is missing, a matched pool of mnist,
+cifar10 and tts_commands is built first under runs/bench_nwv_switch). Draws --switches random switches (each to a network other than
 the current one) and times every one of them:
 
   (a) in memory, one `VirtualizedNetworks` with every network warm: `switch(name)`
@@ -27,12 +27,7 @@ Then, warm, per network: one batch of --batch_size real test examples through th
 459x, 3.919 ms vs 1801.72 ms; target > 459x) and the execution overhead pool/plain
 (target <= 1.1x), and draws results/nwv_switch.png (log-scale latency bars).
 
-Measured (the optimised mnist/cifar10/tts_commands pool, 2 shared cores, load average
-about 5): switch 0.19 us, switch + inference 0.51 ms; load_from_disk 15.8 ms (20.8 ms
-with the inference; 15.3 ms with a warm page cache: the 237 kB pool file costs little,
-building the Keras model dominates), so 82,700x switch only (target met) but 41x end to
-end (target > 459x missed; another run under heavier load gave 29 ms and 67x); batch of
-64 through the pool / plain Keras 0.998 to 1.051 (target <= 1.1 met).
+Results: results/nwv_switch.json and .png (RESULTS.md via scripts/make_results.py).
 --device (e.g. /GPU:0) places the pool, the reloads and every timed call (default:
 TensorFlow's choice); the result records it and where the pool lives.
 Run time on 2 shared CPU cores: about 10 s with an existing pool (about 20 s more to
@@ -55,7 +50,7 @@ from models import training
 from nwv import state
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("pool", "runs/bench_nwv_accuracy/pool", "Saved pool directory.")
+flags.DEFINE_string("pool", "runs/ten_networks/pools/nwv", "Saved pool directory.")
 flags.DEFINE_string("data_dir", "../shared/datasets", "Folder of the task tarballs.")
 flags.DEFINE_string("reference_dir", "../shared/reference/nwv", "Reference .npz folder "
                     "(only to build a pool when --pool is missing).")
@@ -70,7 +65,7 @@ flags.DEFINE_string("device", None, "Device of the timed execution, e.g. /GPU:0 
                     "(default: TensorFlow's choice).")
 
 ORIGINAL = {"in_memory_ms": 3.919, "reload_ms": 1801.72, "speedup": 459.0}
-DEFAULT_POOL, FALLBACK_POOL = "runs/bench_nwv_accuracy/pool", "runs/bench_nwv_switch/pool"
+DEFAULT_POOL, FALLBACK_POOL = "runs/ten_networks/pools/nwv", "runs/bench_nwv_switch/pool"
 
 
 def resident_bytes(pool_dir: str):

@@ -86,18 +86,6 @@ def nwv_matching(d):
     return rows
 
 
-def nwv_accuracy(d):
-    rows = ["| task | original | right after matching | after joint optimisation | change |",
-            "|---|---|---|---|---|"]
-    for name, r in d["networks"].items():
-        rows.append(f"| {name} | {pct(r['original']['test'])} | {pct(r['matched']['test'])} | "
-                    f"{pct(r['optimized']['test'])} | {-r['test_drop_points']:+.2f} pts |")
-    rows.append(f"\nCompression {d['compression']:.2f}×; target ({d['target']}) met: "
-                f"{d['target_met']}; {d['optimization']['config']['rounds']} rounds × "
-                f"{d['optimization']['config']['steps']} steps, selection on validation.")
-    return rows
-
-
 def nwv_switch(d):
     rows = ["| | median |", "|---|---|",
             f"| in-memory switch | {1e3 * d['in_memory_switch']['median_ms']:.2f} µs |",
@@ -140,22 +128,6 @@ def demo(d):
     return rows
 
 
-def nwv_scaling(d):
-    sizes = sorted(d["runs"], key=int)
-    rows = ["| networks | " + " | ".join(sizes) + " |", "|---|" + "---|" * len(sizes),
-            "| compression | " + " | ".join(f"{d['runs'][n]['compression']:.2f}×" for n in sizes)
-            + " |",
-            "| training CPU s / round | " + " | ".join(
-                f"{v:.1f}" for v in d["time_per_round_fits"]["training_cpu_median"]["values"]) + " |"]
-    for task, per_n in d["accuracy"].items():
-        rows.append(f"| {task} (drop, pts) | " + " | ".join(
-            f"{per_n[n]['drop_points']:+.2f}" if n in per_n else "" for n in sizes) + " |")
-    fit = d["time_per_round_fits"]["training_cpu_median"]
-    rows.append(f"\nTargets: {json.dumps(d['targets'])}; CPU time per round "
-                f"{fit['slope_s_per_network']:.2f} s × N (R² {fit['r2']:.3f}).")
-    return rows
-
-
 def nwv_sweeps(d):
     rows = ["| run | mode | λ | " + " | ".join(d["original_test_accuracy"]) + " | mean | seconds |",
             "|---|---|---|" + "---|" * len(d["original_test_accuracy"]) + "---|---|",
@@ -174,22 +146,6 @@ def nwv_sweeps(d):
     return rows
 
 
-def zip_vs_nwv(d):
-    tasks = list(d["separate"])[:2]
-    rows = ["| method | " + " | ".join(tasks) + " | stored weights | bytes | seconds |",
-            "|---|" + "---|" * len(tasks) + "---|---|---|",
-            "| separate (BN folded) | " + " | ".join(pct(d["separate"][t]["test"]) for t in tasks)
-            + f" | {d['separate']['weights_folded']} | {d['separate']['bytes_folded']} | |"]
-    for r in d["methods"].values():
-        secs = r.get("seconds")
-        secs = secs.get("total") if isinstance(secs, dict) else secs
-        rows.append(f"| {r['method']} | " + " | ".join(pct(r["test_accuracy"][t]) for t in tasks)
-                    + f" | {r['memory']['stored_weights']} | {r['memory']['bytes']} | "
-                    f"{secs if secs is not None else ''} |")
-    rows.append(f"\nTargets: {json.dumps(d['targets'])}")
-    return rows
-
-
 def generic(d):
     keep = {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool))}
     return ["```", json.dumps(keep, indent=1)[:3000], "```"]
@@ -202,16 +158,11 @@ SECTIONS = [
     ("MTZ: scoring and pairing speed (VGG-16 shapes)", "bench_mtz_speed.json", mtz_speed, []),
     ("NWV: page matching of the five reference networks", "bench_nwv_matching.json",
      nwv_matching, ["nwv_fisher.png"]),
-    ("NWV: accuracy after virtualization", "nwv_accuracy.json", nwv_accuracy,
-     ["nwv_accuracy.png"]),
     ("NWV: switching and execution", "nwv_switch.json", nwv_switch, ["nwv_switch.png"]),
-    ("NWV: scaling to ten networks", "nwv_scaling.json", nwv_scaling, ["nwv_scaling.png"]),
     ("NWV: page size, λ and optimisation modes", "nwv_sweeps.json", nwv_sweeps,
      ["nwv_page_size.png", "nwv_convergence.png"]),
     ("Zip + virtualize: task switching and simultaneous execution", "bench_zip_switch.json",
      zip_switch, ["zip_switch.png"]),
-    ("Zipping vs virtualization vs both (ResNet-28)", "bench_zip_vs_nwv.json", zip_vs_nwv,
-     ["bench_zip_vs_nwv.png"]),
 ]
 
 
