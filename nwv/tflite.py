@@ -47,9 +47,13 @@ lowest float32, so argmax and softmax over the whole row are those of the
 network); a group's row is its members' logits concatenated; a task index
 outside [0, tasks) returns NaN logits. The graph selects
 the task's page table (`tables[task]`, one int32 constant [tasks, max_pages])
-and runs the task's branch (one IF op per task in sequence, each branch a
-subgraph; TFLM plans each branch in its own scope, so their buffers share the
-arena, and `micro_arena_bytes` is about the largest network's need). The pool
+and runs the task's branch: one IF op per architecture in sequence, each branch
+a subgraph shared by the tasks of that architecture (networks with the same
+Keras configuration and page layout differ only in the table they read;
+`info["branches"]` lists them). TFLM plans each branch in its own scope, so
+their activation buffers share the arena; what grows with the branches is
+their op and tensor records (about 20 kB per branch of the NWV reference
+CNNs), so `micro_arena_bytes` is the largest network's need plus that. The pool
 is a CONSTANT (flash, never copied into RAM): each branch gathers from it
 through the SELECTED table, which depends on the `task` input, so the
 converter cannot constant-fold per-network copies of the weights, and the one
@@ -78,6 +82,7 @@ a micro file.
 from __future__ import annotations
 
 import contextlib
+import json
 import keyword
 import os
 import tempfile
@@ -470,6 +475,12 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes):
             return out
         return fn
 
+    # tasks of one architecture share a branch: only the selected table differs
+    branches = {}
+    for i, (name, members, shape) in enumerate(entries):
+        branches.setdefault(_architecture(runtime, name, members, shape), []).append(i)
+    branches = list(branches.values())
+
     def run(task, x):
         index = tf.reshape(task, [])
         # the task's page table: a SLICE of the tables (TFLM's GATHER reads no int32);
@@ -477,12 +488,15 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes):
         start = tf.clip_by_value(task, 0, len(entries) - 1)
         row = tf.reshape(tf.slice(tf.constant(padded), tf.concat([start, [0]], 0),
                                   [1, max_pages]), [max_pages])
-        # one IF per task in sequence, each passing the logits on when not its task:
-        # TFLM plans each branch in its own scope, so their buffers share memory
+        # one IF per architecture in sequence, each passing the logits on when not
+        # its tasks: TFLM plans each branch in its own scope, so their buffers share
+        # memory (each branch's op and tensor records stay: about 20 kB per branch)
         logits = tf.fill([1, max_out], float("nan"))
-        for i in range(len(entries)):
-            logits = tf.cond(tf.equal(index, i),
-                             (lambda i: lambda: branch(i)(x, row))(i),
+        for tasks in branches:
+            chosen = tf.equal(index, tasks[0])
+            for other in tasks[1:]:
+                chosen = tf.logical_or(chosen, tf.equal(index, other))
+            logits = tf.cond(chosen, (lambda i: lambda: branch(i)(x, row))(tasks[0]),
                              (lambda held: lambda: tf.identity(held))(logits))
         return {"logits": logits}
 
@@ -490,8 +504,35 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes):
              tf.TensorSpec((1, max_in), tf.float32, name="x")]
     signatures = {MICRO_ENTRY: tf.function(run, input_signature=specs,
                                            autograph=False).get_concrete_function()}
-    return tf.Module(), signatures, {"input_size": max_in, "output_size": max_out,
-                                     "table_bytes": int(padded.nbytes)}
+    return tf.Module(), signatures, {
+        "input_size": max_in, "output_size": max_out, "table_bytes": int(padded.nbytes),
+        "branches": [[entries[i][0] for i in tasks] for tasks in branches]}
+
+
+def _architecture(runtime, name, members, shape) -> str:
+    """A key equal for networks that compute the same function of (pages, table):
+    the same Keras configuration (but the model's name) and the same page layout;
+    a group is its own."""
+    if members:
+        return f"group:{name}"
+    model = runtime.model(name)
+    # layer names (input_layer_1, dense_7, ...) say nothing about the function:
+    # every reference to a layer's name becomes its index, and "name" keys go
+    index = {layer.name: i for i, layer in enumerate(model.layers)}
+
+    def canonical(value):
+        if isinstance(value, dict):
+            return {k: canonical(v) for k, v in value.items() if k != "name"}
+        if isinstance(value, (list, tuple)):
+            return [canonical(v) for v in value]
+        if isinstance(value, str) and value in index:
+            return index[value]
+        return value
+
+    layout = runtime.layout(name)
+    return json.dumps([canonical(model.get_config()), list(shape),
+                       [list(s) for s in layout.shapes], layout.page_size,
+                       layout.aligned], sort_keys=True, default=str)
 
 
 def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | None = None,
@@ -525,7 +566,8 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
       "pool_bytes", "table_bytes", "page_size", "pool_pages"}; micro adds "tasks"
       (the networks in the order of the `task` index), "inputs" (the entry
       point's input names in input-index order), "input_size", "output_size",
-      "pool_offset" (byte offset of the pool constant in the file).
+      "pool_offset" (byte offset of the pool constant in the file), "branches"
+      (lists of tasks that share one branch: the same architecture).
     Raises:
       ValueError: (tflite target) a network name that is not a Python identifier
         or is reserved, an unknown target / quantize / gather, an input shape

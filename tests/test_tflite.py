@@ -271,6 +271,34 @@ def test_micro_dense_blocks_lower_the_arena(pool, tmp_path):
     assert arenas[None] < arenas[0] - 10_000
 
 
+def test_micro_networks_of_one_architecture_share_a_branch(tmp_path):
+    micro = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
+    nets = {"a": _digits(3), "b": _digits(4), "c": small_cnn(0)}
+    runtime = nwv.virtualize(nets, fisher={n: [np.ones(v.shape, np.float32)
+                                               for v in m.trainable_variables]
+                                           for n, m in nets.items()}, page_size=16)
+    path = tmp_path / "micro.tflite"
+    info = nwv.export_tflite(runtime, str(path), target="micro")
+    assert sorted(map(sorted, info["branches"])) == [["a", "b"], ["c"]]
+    blob = path.read_bytes()
+    assert tflite_ops(_model(blob), _model(blob).subgraphs[0]).count("IF") == 2
+    interpreter = micro.Interpreter.from_bytes(blob, arena_size=1 << 20)
+    rng = np.random.default_rng(0)
+    for task, name in enumerate(info["tasks"]):  # a and b differ: each reads its own table
+        x = rng.random((1, *runtime.spec(name).model.input_shape[1:]), np.float32)
+        width = sum(info["networks"][name]["classes"])
+        np.testing.assert_allclose(tflite.run_micro(interpreter, info, task, x)[:, :width],
+                                   runtime.run(name, x).numpy(), atol=1e-4)
+    arenas = {}
+    for names in (["a", "c"], ["a", "b", "c"]):
+        path = tmp_path / f"{''.join(names)}.tflite"
+        nwv.export_tflite(runtime, str(path), target="micro", names=names)
+        arenas["".join(names)] = tflite.micro_arena_bytes(path.read_bytes())
+    # a second network of a's architecture adds its table row, not a branch's records
+    # (c's own branch costs about 8 kB of op and tensor records here)
+    assert arenas["abc"] - arenas["ac"] <= 1024
+
+
 def _script(*args):
     env = dict(os.environ, PYTHONPATH=REPO)
     return subprocess.run([sys.executable, os.path.join(REPO, "scripts", "export_tflite.py"),
