@@ -201,6 +201,78 @@ def deploy(d):
     return rows
 
 
+def ten_networks(d):
+    methods = d.get("methods", {})
+    labels = {"nwv": "NWV alone", "mtz_nwv": "MTZ + NWV"}
+    head = "| network | task | separate |" + "".join(
+        f" {labels[k]} |" for k in methods) + "".join(
+        f" {labels[k]} int8 |" for k in d.get("int8", {}))
+    rows = [f"Ten float32 networks: {d['separate_bytes'] / 1e6:.2f} MB stored separately.", "",
+            head, "|---|---|---|" + "---|" * (len(methods) + len(d.get("int8", {})))]
+    for name, sep in d["separate"].items():
+        cells = [pct(sep["test_accuracy"])]
+        cells += [pct(m["test_accuracy"][name]) for m in methods.values()]
+        cells += [pct(m["test_accuracy"][name]) for m in d.get("int8", {}).values()]
+        rows.append(f"| {name} | {sep['task']} | " + " | ".join(cells) + " |")
+        if sep.get("test_noisy") is not None:
+            noisy = [pct(sep["test_noisy"])]
+            noisy += [pct(m["test_accuracy"][f"{name}_noisy"]) for m in methods.values()]
+            noisy += [pct(m["test_accuracy"][f"{name}_noisy"])
+                      for m in d.get("int8", {}).values()]
+            rows.append(f"| {name} (noisy, shifted) | | " + " | ".join(noisy) + " |")
+    rows += ["", "| pool | stored bytes | compression | mean drop | worst drop | "
+             "optimisation (best round) | seconds |", "|---|---|---|---|---|---|---|"]
+    for key, m in methods.items():
+        o = m["optimisation"]
+        rows.append(f"| {labels[key]} | {m['pool']['stored_bytes'] / 1e3:.0f} kB | "
+                    f"{m['compression']:.2f}x | {m['drops']['mean']:+.2f} pt | "
+                    f"{m['drops']['worst']:+.2f} pt | {o['config']['rounds']} x "
+                    f"{o['config']['steps']} steps ({o['best_round']}) | {m['seconds']:.0f} |")
+    for key, m in d.get("int8", {}).items():
+        rows.append(f"| {labels[key]}, int8 pages | {m['stored_bytes'] / 1e3:.0f} kB | "
+                    f"{m['compression']:.2f}x | {m['drops']['mean']:+.2f} pt | "
+                    f"{m['drops']['worst']:+.2f} pt | (post-training) | |")
+    if d.get("labels_only"):
+        lo = d["labels_only"]
+        rows.append(f"| MTZ + NWV, labels only (no distillation) | "
+                    f"{lo['pool']['stored_bytes'] / 1e3:.0f} kB | | {lo['drops']['mean']:+.2f} pt"
+                    f" | {lo['drops']['worst']:+.2f} pt | {lo['optimisation']['best_round']} | |")
+    if d.get("curve"):
+        rows += ["", "| curve point | compression | mean drop | worst drop | steps |",
+                 "|---|---|---|---|---|"]
+        for c in sorted(d["curve"], key=lambda c: (c["method"], c["compression"])):
+            rows.append(f"| {labels[c['method']]} | {c['compression']:.2f}x | "
+                        f"{c['drops']['mean']:+.2f} pt | {c['drops']['worst']:+.2f} pt | "
+                        f"{c['optimisation_steps']} |")
+    timing = methods.get("mtz_nwv", {}).get("family_timing", {})
+    if timing:
+        rows += ["", "| family (batch 64) | all members in one call | one at a time | speedup |",
+                 "|---|---|---|---|"]
+        for family, t in timing.items():
+            rows.append(f"| {family} ({len(t['members'])}) | {t['one_call_ms']:.1f} ms | "
+                        f"{t['one_at_a_time_ms']:.1f} ms | {t['speedup']:.2f}x |")
+    rows.append(f"\nWall time {d['seconds'] / 60:.0f} min (separate networks cached; Fishers "
+                f"and zips {d['seconds_fisher_and_zip']:.0f} s).")
+    return rows
+
+
+def distributed(d):
+    m = d["machine"]
+    rows = [f"{len(d['networks'])} networks on {m['cpu_model']} ({m['usable_cpus']} usable "
+            f"CPUs, GPUs: {', '.join(m['gpus']) or 'none'}).", "",
+            "| configuration | replicas | steps/s | s per round | speedup |",
+            "|---|---|---|---|---|"]
+    for name, r in d["runs"].items():
+        if "steps_per_second" not in r:
+            rows.append(f"| {name} | | {r.get('error') or r.get('skipped')} | | |")
+            continue
+        rows.append(f"| {name} | {r['replicas']} | {r['steps_per_second']:.2f} | "
+                    f"{r['seconds_per_round']:.1f} | {d['speedup'].get(name, float('nan')):.2f}x |")
+    rows.append(f"\nEvery configuration ends with the same pool (SHA-1): "
+                f"{'yes' if d['same_pool'] else 'no'}.")
+    return rows
+
+
 def generic(d):
     keep = {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool))}
     return ["```", json.dumps(keep, indent=1)[:3000], "```"]
@@ -218,7 +290,11 @@ SECTIONS = [
      ["nwv_page_size.png", "nwv_convergence.png"]),
     ("Two-level pages: RAM budget against switch latency", "bench_nwv_resident.json",
      resident, ["bench_nwv_resident.png"]),
+    ("Ten networks: NWV alone against MTZ + NWV", "bench_ten_networks.json", ten_networks,
+     ["bench_ten_networks.png"]),
     ("Deployment: one TFLite / TFLM file per pool", "bench_deploy.json", deploy, []),
+    ("Scaling out: joint optimisation under tf.distribute", "bench_distributed.json",
+     distributed, []),
     ("Zip + virtualize: task switching and simultaneous execution", "bench_zip_switch.json",
      zip_switch, ["zip_switch.png"]),
 ]
