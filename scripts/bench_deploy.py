@@ -25,6 +25,8 @@ Results: results/bench_deploy.json (RESULTS.md via scripts/make_results.py).
 Takes a few minutes per pool on 2 CPU cores (one conversion per file and per
 network for the arenas).
 """
+import contextlib
+import io
 import os
 import time
 
@@ -70,23 +72,47 @@ def pools() -> dict:
     return out
 
 
-def separate_files(rt, folder) -> dict:
-    """Bytes of one stock TFLite file per network (float32, and dynamic-range int8)."""
+def stock_tflite(model, dynamic_int8: bool) -> bytes:
+    """One network alone as stock TFLite converts it (weights as constants)."""
     import tensorflow as tf
 
+    try:
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        if dynamic_int8:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        with contextlib.redirect_stdout(io.StringIO()):     # Keras's "Saved artifact" lines
+            return converter.convert()
+    except TypeError:
+        # zipped members (block-structured layers) fail the Keras path: trace the call
+        fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+            tf.TensorSpec((1, *model.input_shape[1:]), tf.float32))
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], model)
+        if dynamic_int8:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        return converter.convert()
+
+
+def run_stock(blob, x) -> np.ndarray:
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_content=blob)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+def separate_files(rt, folder) -> dict:
+    """Bytes of one stock TFLite file per network (float32, and dynamic-range int8);
+    each float32 file is checked to compute its network (atol 1e-4)."""
     sizes = {"float32": 0, "dynamic_int8": 0}
-    for name in rt.names:
+    for name in rt.task_names:          # a zipped group's members are its files
         model = rt.to_keras(name)
+        x = np.random.default_rng(0).random((1, *model.input_shape[1:]), np.float32)
         for kind in sizes:
-            converter = tf.lite.TFLiteConverter.from_keras_model(model)
-            if kind == "dynamic_int8":
-                converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            blob = converter.convert()
-            x = np.zeros((1, *model.input_shape[1:]), np.float32)
-            runner = tf.lite.Interpreter(model_content=blob).get_signature_runner()
-            got = next(iter(runner(**{runner.get_input_details().popitem()[0]: x}).values()))
-            if kind == "float32":     # the baseline computes the same network
-                np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4)
+            blob = stock_tflite(model, kind == "dynamic_int8")
+            if kind == "float32":
+                np.testing.assert_allclose(run_stock(blob, x), model(x).numpy(), atol=1e-4)
             sizes[kind] += len(blob)
             with open(os.path.join(folder, f"separate_{name}_{kind}.tflite"), "wb") as handle:
                 handle.write(blob)
@@ -100,7 +126,7 @@ def tflite_report(rt, reference, path, quantize) -> dict:
     info = nwv.export_tflite(rt, path, quantize=quantize)
     interpreter = tf.lite.Interpreter(model_path=path)
     networks = {}
-    for name in reference.names:
+    for name in reference.task_names:
         runner = interpreter.get_signature_runner(name)
         call = lambda x, r=runner: r(x=np.asarray(x, np.float32))["logits"]  # noqa: E731
         x, _ = next(iter(data.load(reference.task(name), "test", bench.resolve(FLAGS.data_dir),
@@ -159,17 +185,17 @@ def pool_report(name, pool_dir) -> dict:
     os.makedirs(folder, exist_ok=True)
     rt = nwv.VirtualizedNetworks.load(pool_dir)
     int8 = nwv.VirtualizedNetworks.load(pool_dir, storage="int8")
-    bench.log(f"{name}: {len(rt.names)} networks, pool {4 * rt.page_pool.shape.num_elements()} "
+    bench.log(f"{name}: {len(rt.task_names)} networks, pool {4 * rt.page_pool.shape.num_elements()} "
               f"bytes")
     runtime_accuracy = {}
     for label, runtime in (("float32", rt), ("int8", int8)):
         runtime_accuracy[label] = {n: training.evaluate(
             lambda x, r=runtime, n=n: r.run(n, x), runtime.task(n), "test",
             data_dir=bench.resolve(FLAGS.data_dir), limit=FLAGS.limit)["accuracy"]
-            for n in rt.names}
-    report = {"pool_dir": pool_dir, "networks": rt.names, "groups": rt.groups(),
+            for n in rt.task_names}
+    report = {"pool_dir": pool_dir, "networks": rt.task_names, "groups": rt.groups(),
               "separate_float32_weight_bytes": int(sum(4 * rt.layout(n).n_weights
-                                                       for n in rt.names)),
+                                                       for n in rt.task_names)),
               "runtime_accuracy": runtime_accuracy,
               "separate_tflite_bytes": separate_files(rt, folder)}
     for label, quantize, reference in (("float32", None, rt), ("int8", "int8", int8)):
