@@ -27,6 +27,8 @@ fit B stay in memory (shared and Fisher-dense pages first) together with a swap
 buffer; switching to a network reads its other pages from the pool file into
 the buffer, with no model rebuild. Its logits are those of the all-in-memory
 runtime. Such a runtime executes and switches; it is not trained or exported.
+Zipped groups (which read every member's pages) are left out of it: their
+members run one at a time, so the budget's floor is the largest member.
 
     rt = VirtualizedNetworks.load("runs/pool")
     rt.switch("mnist"); logits = rt(x)                  # x: [batch, 28, 28, 1]
@@ -194,6 +196,7 @@ class VirtualizedNetworks:
         self._run_fns = {}
         self._run_all_fns = {}
         self._origins = {}          # records read from disk: parts left unloaded there
+        self._groups_left_out = []  # zipped groups dropped under a RAM budget
         self._plan, self._reader = paging if paging else (None, None)
         self._buffer_owner = None
 
@@ -225,10 +228,15 @@ class VirtualizedNetworks:
                 teacher=skeletons.build_teacher(record, pool_state.assets, model),
                 registered=(None if record.asset else
                             (record.model, dict(record.model_overrides))))
-        pool, paging = pool_state.pool, None
+        pool, paging, groups = pool_state.pool, None, []
         if resident_bytes is not None and resident_bytes < _pool_bytes(pool, storage):
+            # a zipped group reads every member's pages: under a budget its members
+            # run one at a time (run_all too), so the budget is the largest member's
+            groups = [n for n, spec in nets.items() if spec.outputs]
+            nets = {n: spec for n, spec in nets.items() if not spec.outputs}
             pool, nets, paging = _paged(pool_state, nets, pool_dir, storage, resident_bytes)
         runtime = cls(pool, nets, pool_dir=pool_dir, storage=storage, paging=paging)
+        runtime._groups_left_out = groups
         runtime._origins = {n: r for n, r in pool_state.networks.items() if r.source_dir}
         return runtime
 
@@ -350,6 +358,9 @@ class VirtualizedNetworks:
 
     def _network(self, name: str) -> _Network:
         if name not in self._nets:
+            if name in self._groups_left_out:
+                raise KeyError(f"zipped group {name!r} is not available under a RAM budget "
+                               f"(resident_bytes); run its members, or load without one")
             raise KeyError(f"no network {name!r}; expected one of {self.names}")
         return self._nets[name]
 

@@ -80,7 +80,7 @@ def build_pool(pool_dir: str) -> dict:
 def single_examples(rt) -> dict:
     """{network: one test example [1, ...]} from its task."""
     out = {}
-    for name in rt.names:
+    for name in rt.task_names:
         x, _ = next(iter(data.load(rt.task(name), "test", bench.resolve(FLAGS.data_dir), 1,
                                    seed=FLAGS.seed, shuffle=True, limit=64)))
         out[name] = x
@@ -128,18 +128,18 @@ def stats(values) -> dict:
 
 def budget_report(pool_dir, full, fraction, budget, order, inputs) -> dict:
     rt = nwv.VirtualizedNetworks.load(pool_dir, resident_bytes=budget)
-    for name in rt.names:                      # compile every path once
+    for name in rt.task_names:                      # compile every path once
         rt.switch(name)
         rt(inputs[name]).numpy()
     diffs = {}
-    for name in rt.names:
+    for name in rt.task_names:
         rt.switch(name)
         got, want = rt(inputs[name]).numpy(), full.run(name, inputs[name]).numpy()
         diffs[name] = float(np.max(np.abs(got - want)))
     plan = rt.resident_plan
     page_bytes = 4 * rt.page_size
-    read = ({n: int(plan.swapped[n].size) * page_bytes for n in rt.names}
-            if plan is not None else {n: 0 for n in rt.names})
+    read = ({n: int(plan.swapped[n].size) * page_bytes for n in rt.task_names}
+            if plan is not None else {n: 0 for n in rt.task_names})
     latency = stats(timed(order, inputs, pool_dir, switch_and_run(rt)))
     return {"fraction": fraction, "budget_bytes": int(budget),
             "memory_bytes": rt.stored_bytes(),
@@ -158,14 +158,14 @@ def main(argv):
     pool_dir = bench.resolve(FLAGS.pool)
     built = None if state.exists(pool_dir) else build_pool(pool_dir)
     full = nwv.VirtualizedNetworks.load(pool_dir)
-    if len(full.names) < 2:
-        raise ValueError(f"{pool_dir} holds {full.names}: expected at least two networks")
+    if len(full.task_names) < 2:
+        raise ValueError(f"{pool_dir} holds {full.task_names}: expected at least two networks")
     page_bytes = 4 * full.page_size
-    largest = max(np.unique(full.page_table(n)).size for n in full.names) * page_bytes
+    largest = max(np.unique(full.page_table(n)).size for n in full.task_names) * page_bytes
     total = int(full.page_pool.shape[0]) * page_bytes
     inputs = single_examples(full)
-    order = sequence(full.names)
-    for name in full.names:
+    order = sequence(full.task_names)
+    for name in full.task_names:
         full.run(name, inputs[name]).numpy()
     rows = []
     for fraction in sorted({float(f) for f in FLAGS.fractions}):
@@ -174,14 +174,14 @@ def main(argv):
         budget = int(largest + fraction * (total - largest))
         bench.log(f"budget {budget} bytes (f = {fraction:g})")
         rows.append(budget_report(pool_dir, full, fraction, budget, order, inputs))
-    bench.load_from_disk(pool_dir, full.names[0])      # imports/tracing out of the way
+    bench.load_from_disk(pool_dir, full.task_names[0])      # imports/tracing out of the way
     reload = stats(timed(order, inputs, pool_dir, reload_and_run(pool_dir)))
     report = {"command": "scripts/bench_nwv_resident.py", "flags": bench.script_flags(),
-              "pool_dir": pool_dir, "built": built, "networks": full.names,
+              "pool_dir": pool_dir, "built": built, "networks": full.task_names,
               "page_size": full.page_size, "pool_bytes": total,
               "largest_network_bytes": int(largest),
               "separate_bytes": int(sum(4 * full.layout(n).n_weights
-                                        for n in full.names)),
+                                        for n in full.task_names)),
               "eviction": "pool directory evicted from the OS page cache "
                           "(posix_fadvise DONTNEED) before every timed switch or reload",
               "budgets": rows, "reload_from_storage": reload,

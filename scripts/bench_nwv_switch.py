@@ -108,9 +108,9 @@ def example_batches(rt):
     """({name: one batch of --batch_size test examples}, {name: its first example}),
     every compiled path warmed."""
     batches = {n: next(iter(data.load(rt.task(n), "test", FLAGS.data_dir, FLAGS.batch_size,
-                                      seed=FLAGS.seed, shuffle=True)))[0] for n in rt.names}
-    singles = {n: batches[n][:1] for n in rt.names}
-    for n in rt.names:
+                                      seed=FLAGS.seed, shuffle=True)))[0] for n in rt.task_names}
+    singles = {n: batches[n][:1] for n in rt.task_names}
+    for n in rt.task_names:
         for _ in range(3):
             rt.run(n, singles[n]).numpy()
             rt.run(n, batches[n]).numpy()
@@ -122,14 +122,14 @@ def switch_sequence(rt):
     rng = np.random.default_rng(FLAGS.seed)
     sequence, current = [], rt.active
     for _ in range(FLAGS.switches):
-        current = str(rng.choice([n for n in rt.names if n != current]))
+        current = str(rng.choice([n for n in rt.task_names if n != current]))
         sequence.append(current)
     return sequence
 
 
 def time_in_memory(rt, sequence, singles):
     """(a): switch alone, and switch + one single-sample inference (ms per switch)."""
-    names = rt.names
+    names = rt.task_names
     switch_only, switch_infer = [], []
     for name in sequence:
         t0 = time.perf_counter()
@@ -153,7 +153,7 @@ def time_from_disk(rt, pool_dir, sequence, singles):
     after_evict = resident_bytes(pool_dir)
     print(f"page cache: pool directory files resident {cached} bytes before eviction, "
           f"{after_evict} after posix_fadvise(POSIX_FADV_DONTNEED)")
-    bench.load_from_disk(pool_dir, rt.names[0])     # import/trace costs out of the way
+    bench.load_from_disk(pool_dir, rt.task_names[0])     # import/trace costs out of the way
     load_only, load_infer, resident_at_load = [], [], []
     for name in sequence:
         bench.evict_from_page_cache(pool_dir)
@@ -167,7 +167,7 @@ def time_from_disk(rt, pool_dir, sequence, singles):
         model = bench.load_from_disk(pool_dir, name)
         model(singles[name], training=False).numpy()
         load_infer.append(ms(time.perf_counter() - t0))
-    for name in rt.names:                             # the baseline computes the same
+    for name in rt.task_names:                             # the baseline computes the same
         np.testing.assert_allclose(bench.load_from_disk(pool_dir, name)(singles[name]).numpy(),
                                    rt.run(name, singles[name]).numpy(), rtol=1e-4, atol=1e-4)
     cached_load = []
@@ -184,7 +184,7 @@ def time_execution(rt, batches):
     """Per network: one batch through the pool vs the plain Keras model with the same
     weights (both compiled), interleaved --repeats times; medians and their ratio."""
     execution = {}
-    for name in rt.names:
+    for name in rt.task_names:
         plain_model = rt.to_keras(name)
         plain = tf.function(lambda x, m=plain_model: m(x, training=False),
                             reduce_retracing=True)
@@ -221,7 +221,7 @@ def make_report(rt, pool_dir, built, sequence, in_memory, disk, execution, start
     worst_ratio = max(e["ratio"] for e in execution.values())
     return {
         "command": "scripts/bench_nwv_switch.py", "flags": bench.script_flags(),
-        "pool_dir": pool_dir, "built_pool": built, "networks": rt.names,
+        "pool_dir": pool_dir, "built_pool": built, "networks": rt.task_names,
         "pool_pages": int(rt.page_pool.shape[0]), "page_size": rt.page_size,
         "sequence": sequence,
         "eviction": "before every load_from_disk: os.posix_fadvise(fd, 0, 0, "
@@ -281,8 +281,8 @@ def main(argv):
     built = ensure_pool(pool_dir)
     with bench.device_scope(FLAGS.device):                  # the pool, the reloads and every timed call
         rt = nwv.VirtualizedNetworks.load(pool_dir)
-        if len(rt.names) < 2:
-            raise ValueError(f"{pool_dir} holds {rt.names}: expected at least two networks")
+        if len(rt.task_names) < 2:
+            raise ValueError(f"{pool_dir} holds {rt.task_names}: expected at least two networks")
         batches, singles = example_batches(rt)
         sequence = switch_sequence(rt)
         in_memory = time_in_memory(rt, sequence, singles)

@@ -122,3 +122,18 @@ def test_tflite_conversion_of_one_endpoint(zipped_pool, tmp_path):
     runner = tf.lite.Interpreter(model_content=blob).get_signature_runner("right")
     (logits,) = runner(right=x).values()
     np.testing.assert_allclose(logits, runtime.run("right", x), atol=1e-4)
+
+
+def test_a_ram_budget_below_the_group_runs_the_members(zipped_pool):
+    _, pool_dir, runtime, x = zipped_pool
+    full = VirtualizedNetworks.load(pool_dir)
+    page_bytes = full.stored_bytes() // full.pool_array().shape[0]
+    largest = max(full.layout(n).n_pages for n in full.task_names)
+    group = full.layout("zipped_all").n_pages
+    assert largest < group                    # the group reads both members' pages
+    small = VirtualizedNetworks.load(pool_dir, resident_bytes=largest * page_bytes)
+    assert small.names == full.task_names
+    for name in ("right", "left", "right"):
+        np.testing.assert_array_equal(small.run(name, x).numpy(), full.run(name, x).numpy())
+    with pytest.raises(KeyError, match="not available under a RAM budget"):
+        small.run("zipped_all", x)
