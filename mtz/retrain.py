@@ -92,9 +92,10 @@ class Retrainer:
             return {"steps": 0}
         weights = self.task_weights or [1.0] * len(self.datasets)
         strategy = tf.distribute.get_strategy()
-        with strategy.scope():
-            optimizer = keras.optimizers.Adam(self.learning_rate)
         variables = model.trainable_variables
+        with strategy.scope():                 # slots made here, not in the first step
+            optimizer = keras.optimizers.Adam(self.learning_rate)
+            optimizer.build(variables)
 
         def replica_step(batches):
             with tf.GradientTape() as tape:

@@ -45,11 +45,13 @@ def main(argv):
     if len(FLAGS.models) != len(FLAGS.tasks):
         raise ValueError(f"expected one task per model, received {len(FLAGS.models)} models "
                          f"and {len(FLAGS.tasks)} tasks")
-    training.set_seed(FLAGS.seed)
-    nets = [artifacts.load_model(path) for path in FLAGS.models]
     config = mtz.ZipConfig(share=FLAGS.share, method=FLAGS.method,
                            hessian_samples=FLAGS.hessian_samples, seed=FLAGS.seed)
-    with _cli.strategy_scope():          # Hessians and retraining on every replica
+    # Hessians and retraining on every replica; the strategy comes first, since
+    # --cpu_replicas must split the CPU before TensorFlow runs anything
+    with _cli.strategy_scope():
+        training.set_seed(FLAGS.seed)
+        nets = [artifacts.load_model(path) for path in FLAGS.models]
         zipped, report = mtz.zip_trained(
             nets, FLAGS.tasks, data_dir=FLAGS.data_dir, config=config,
             retrain_steps=FLAGS.retrain_steps, batch_size=FLAGS.batch_size,

@@ -25,6 +25,14 @@ def test_zip_script_and_member_evaluation(tiny_data, tmp_path):
     assert report["parameters"]["zipped"] == 266_610 + 1010
     for stage in ("before", "after_zip", "after_retrain"):
         assert set(report[stage]) == {"mnist_0", "mnist_1"}
+    # the same zip mirrored over two logical CPUs (the CPU is split before loading)
+    run_script("zip.py", f"--models={','.join(runs)}", "--tasks=mnist,mnist",
+               "--share=1.0", "--retrain_steps=3", "--batch_size=16", "--hessian_samples=64",
+               f"--out={tmp_path / 'mirrored'}", f"--data_dir={tiny_data}",
+               "--strategy=mirrored", "--cpu_replicas=2")
+    mirrored = json.load(open(tmp_path / "mirrored" / "report.json"))
+    assert mirrored["parameters"] == report["parameters"]
+    assert [r["shared"] for r in mirrored["records"]] == [300, 100]
     proc = run_script("evaluate.py", f"--weights={zipped}", "--member=1", "--task=mnist",
                       f"--data_dir={tiny_data}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
