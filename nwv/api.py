@@ -319,13 +319,19 @@ def remove_network(pool_dir: str, name: str, *, wait=False) -> dict:
     Returns:
       {"removed", "pool_pages" (after), "freed_pages", "restored", "restored_pages"}.
     Raises:
-      KeyError: no such network; PoolBusyError; errors of `nwv.state.load_state`.
+      KeyError: no such network; ValueError: a member of a zipped group that is still
+        in the pool; PoolBusyError; errors of `nwv.state.load_state`.
     """
     with locking.writer(pool_dir, wait=wait):
         current = state.load_state(pool_dir, with_teachers=True)
         if name not in current.networks:
             raise KeyError(f"no network {name!r} in {pool_dir}; it holds "
                            f"{list(current.networks) or 'no networks'}")
+        groups = [g for g, r in current.networks.items() if r.outputs and name in r.outputs]
+        if groups:
+            raise ValueError(f"network {name!r} is a member of the zipped group "
+                             f"{groups[0]!r}, which reads its pages: remove {groups[0]!r} "
+                             f"first")
         record = current.networks.pop(name)
         how, restored = _undo_pages(current, record)
         for key in (record.asset, record.teacher_asset):

@@ -137,3 +137,22 @@ def test_a_ram_budget_below_the_group_runs_the_members(zipped_pool):
         np.testing.assert_array_equal(small.run(name, x).numpy(), full.run(name, x).numpy())
     with pytest.raises(KeyError, match="not available under a RAM budget"):
         small.run("zipped_all", x)
+
+
+def test_a_member_of_a_group_is_not_removed_before_the_group(zipped_pool, tmp_path):
+    import shutil
+
+    import nwv
+    _, pool_dir, _, x = zipped_pool
+    folder = str(tmp_path / "pool")
+    shutil.copytree(pool_dir, folder)
+    before = {n: open(os.path.join(folder, n), "rb").read() for n in sorted(os.listdir(folder))
+              if os.path.isfile(os.path.join(folder, n))}
+    with pytest.raises(ValueError, match="member of the zipped group 'zipped_all'"):
+        nwv.remove_network(folder, "left")
+    assert before == {n: open(os.path.join(folder, n), "rb").read() for n in before}
+    right = VirtualizedNetworks.load(folder).run("right", x).numpy()
+    nwv.remove_network(folder, "zipped_all")
+    after = VirtualizedNetworks.load(folder)
+    assert after.names == ["left", "right"]
+    np.testing.assert_array_equal(after.run("right", x).numpy(), right)
