@@ -5,7 +5,8 @@ imports no TensorFlow: scripts import the library inside `main`, so `--help`
 answers at once.
 
   * `run(main)`: `absl.app.run(main)`; `--help` prints the script's docstring and
-    its flags and exits 0; expected errors print `error: <message>` and exit 2.
+    its flags and exits 0; bad flags and expected errors print `error: <message>`
+    and exit 2.
   * `define_strategy_flags()` / `strategy_scope()`: `--strategy=default|mirrored|
     multi_worker` and `--cpu_replicas=N` (`models.distribute`).
 """
@@ -51,7 +52,14 @@ def run(main):
             print(f"error: {message}", file=sys.stderr)
             sys.exit(2)
 
-    app.run(guarded)
+    def parse(argv):
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as err:          # unknown flag (with "Did you mean"), bad value
+            print("error: " + "; ".join(str(err).splitlines()), file=sys.stderr)
+            sys.exit(2)
+
+    app.run(guarded, flags_parser=parse)
 
 
 def define_strategy_flags() -> None:

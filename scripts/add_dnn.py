@@ -1,4 +1,4 @@
-"""Add a trained network to an NWV page pool (created if missing); prints a JSON summary.
+r"""Add a trained network to an NWV page pool (created if missing); prints a JSON summary.
 
     python scripts/add_dnn.py --pool=runs/pool --name=mnist --task=mnist --model=nwv_mnist \
         --weights=../shared/reference/nwv/mnist.npz --data_dir=../shared/datasets --seed=0

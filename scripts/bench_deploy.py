@@ -1,4 +1,4 @@
-"""Deployment: what the files that run on the device hold, against one file per network.
+r"""Deployment: what the files that run on the device hold, against one file per network.
 
     python scripts/bench_deploy.py --data_dir=../shared/datasets \
         --pools=demo=runs/demo_out/pool,ten_nwv=runs/ten_networks/pools/nwv,ten_mtz_nwv=runs/ten_networks/pools/mtz_nwv

@@ -1,4 +1,4 @@
-"""Speed of MTZ scoring and pairing for one fully shared VGG-16-sized layer.
+r"""Speed of MTZ scoring and pairing for one fully shared VGG-16-sized layer.
 
     /work/venv/bin/python scripts/bench_mtz_speed.py --seed=0 \
         --out=results/bench_mtz_speed.json --n_samples=4096

@@ -1,4 +1,4 @@
-"""Benchmark NWV page matching (greedy vs optimal) on the five reference networks.
+r"""Benchmark NWV page matching (greedy vs optimal) on the five reference networks.
 
     /work/venv/bin/python scripts/bench_nwv_matching.py \
         --reference_dir=../shared/reference/nwv --page_size=100 \

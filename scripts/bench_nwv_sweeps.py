@@ -1,4 +1,4 @@
-"""NWV sweeps: page size, round-robin λ, and joint vs round_robin vs sequential.
+r"""NWV sweeps: page size, round-robin λ, and joint vs round_robin vs sequential.
 
     /work/venv/bin/python scripts/bench_nwv_sweeps.py --data_dir=../shared/datasets \
         --seed=0 --out=results/nwv_sweeps.json

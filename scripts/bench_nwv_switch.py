@@ -1,4 +1,4 @@
-"""NWV switching and execution time: in-memory page-table switch vs loading from disk.
+r"""NWV switching and execution time: in-memory page-table switch vs loading from disk.
 
     python scripts/bench_nwv_switch.py --pool=runs/ten_networks/pools/nwv \
         --data_dir=../shared/datasets --seed=0 --out=results/nwv_switch.json

@@ -1,4 +1,4 @@
-"""Evaluate an artifact on a task split; the LAST printed line is one JSON object.
+r"""Evaluate an artifact on a task split; the LAST printed line is one JSON object.
 
     python scripts/evaluate.py --task=mnist --model=nwv_mnist \
         --weights=../shared/reference/nwv/mnist.npz --data_dir=../shared/datasets --split=test

@@ -1,4 +1,4 @@
-"""Export any page pool as ONE TFLite file (phones, Linux boards) or TFLite Micro file.
+r"""Export any page pool as ONE TFLite file (phones, Linux boards) or TFLite Micro file.
 
     python scripts/export_tflite.py --weights=runs/pool --out=runs/pool.tflite
     python scripts/export_tflite.py --weights=runs/pool --out=runs/pool_micro.tflite \

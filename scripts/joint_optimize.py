@@ -1,4 +1,4 @@
-"""Optimise the networks of an NWV pool on their shared pages; prints a JSON summary.
+r"""Optimise the networks of an NWV pool on their shared pages; prints a JSON summary.
 
     python scripts/joint_optimize.py --pool=runs/pool --data_dir=../shared/datasets \
         --mode=joint --rounds=10 --steps=200 --seed=0

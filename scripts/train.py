@@ -1,4 +1,4 @@
-"""Train a registered model on a task, selecting the epoch on the validation split.
+r"""Train a registered model on a task, selecting the epoch on the validation split.
 
     python scripts/train.py --task=mnist --model=lenet_300_100 --out=runs/lenet_a \
         --data_dir=../shared/datasets --epochs=12 --seed=1

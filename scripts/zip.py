@@ -1,4 +1,4 @@
-"""Zip trained networks with MTZ and report accuracy before / after zipping / after retraining.
+r"""Zip trained networks with MTZ and report accuracy before / after zipping / after retraining.
 
     python scripts/zip.py --models=runs/lenet_a,runs/lenet_b --tasks=mnist,mnist \
         --share=1.0 --retrain_steps=275 --out=runs/zipped --data_dir=../shared/datasets

@@ -104,3 +104,15 @@ def test_help_is_instant_clean_and_exits_zero(script):
     assert proc.stdout.strip().splitlines()[-1] == "EXIT 0 NO_TF", proc.stdout[-500:]
     assert "Flags:" in proc.stdout and "--seed" in proc.stdout
     assert not proc.stderr.strip(), proc.stderr[-500:]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--taks=mnist"], "Did you mean: task"),
+    (["--task=mnist", "--out=x", "--epochs=abc"], "flag --epochs=abc"),
+    ([], "Flag --task must have a value"),
+])
+def test_bad_flags_give_one_error_line_and_exit_2(args, message):
+    proc = run_script("train.py", *args, check=False)
+    assert proc.returncode == 2
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
