@@ -1,7 +1,7 @@
 """Pure preprocessing functions shared by task modules (tf ops, graph-safe).
 
-Images: scale to [0, 1], optional per-image L2 normalisation (GTSRB), random
-flips and padded crops (CIFAR practice).
+Images: scale to [0, 1], optional per-image L2 normalisation (GTSRB); image tasks
+train without augmentation.
 Audio: pad/crop to a fixed length; the word placed anywhere in the window with
 white or brown background noise at a random SNR (what real keyword clips look
 like); MFCC and log-mel features with `tf.signal`. Random functions are
@@ -23,20 +23,6 @@ def scale_image(image, size=None):
 def l2_normalize(x):
     """x / ||x||₂ over the whole example (the NWV GTSRB and GSC inputs)."""
     return tf.math.l2_normalize(x, axis=None, epsilon=1e-12)
-
-
-def flip_and_crop(image, seed, *, pad: int = 4):
-    """Random horizontal flip and a random crop of the image zero-padded by `pad`
-    pixels (the standard CIFAR augmentation); same shape and dtype out.
-
-    Args:
-      image: [H, W, C] image; seed: [2] int stateless seed; pad: padding in pixels.
-    """
-    seeds = tf.random.experimental.stateless_split(seed, 2)
-    image = tf.image.stateless_random_flip_left_right(image, seeds[0])
-    shape = tf.shape(image)
-    padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
-    return tf.image.stateless_random_crop(padded, shape, seeds[1])
 
 
 def fix_length(audio, length):
@@ -98,25 +84,6 @@ def content_seed(x):
     same randomness (deterministic corrupted evaluation sets)."""
     digest = tf.strings.to_hash_bucket_fast(tf.io.serialize_tensor(x), 2 ** 31 - 1)
     return tf.stack([digest, tf.constant(17, tf.int64)])
-
-
-def shift_and_noise(audio, seed, *, max_shift=1600, noise_max=0.1, noise_probability=0.5):
-    """Random shift of up to ±`max_shift` samples and additive noise (train only).
-
-    The clip is circularly shifted inside its zero-padded 1-s window; with
-    probability `noise_probability` white noise of uniform random amplitude in
-    [0, `noise_max`) × the clip's peak is added (otherwise the clip stays clean,
-    like validation and test clips). Stateless: `seed` is a [2] int tensor, so a
-    pipeline seed gives the same augmentation every run.
-    """
-    seeds = tf.random.experimental.stateless_split(seed, 4)
-    shift = tf.random.stateless_uniform([], seeds[0], -max_shift, max_shift + 1, tf.int32)
-    audio = tf.roll(audio, shift, axis=0)
-    noisy = tf.random.stateless_uniform([], seeds[3]) < noise_probability
-    gain = tf.where(noisy, tf.random.stateless_uniform([], seeds[1], 0.0, noise_max), 0.0)
-    noise = tf.random.stateless_normal(tf.shape(audio), seeds[2])
-    peak = tf.reduce_max(tf.abs(audio)) + 1e-6
-    return audio + gain * peak * noise
 
 
 def log_mel(audio, sample_rate, *, frame_length, frame_step, fft_length, num_mel_bins,

@@ -31,7 +31,7 @@ CLEAN_SHARE = 0.25
 
 def augment(audio, seed):
     """A quarter of the clips clean (padded to 1 s), the others with the word anywhere in
-    the second over noise at 5-30 dB SNR (training only)."""
+    the second, 80% of those over noise at 5-30 dB SNR (training only)."""
     seeds = tf.random.experimental.stateless_split(seed, 2)
     clean = features.fix_length(audio, SAMPLE_RATE)
     placed = features.place_in_noise(audio, seeds[0], length=SAMPLE_RATE)

@@ -181,12 +181,6 @@ def accuracy(model_or_fn, task: str, split: str, data_dir: str,
                              limit=limit)["accuracy"]
 
 
-def examples(task: str, split: str, data_dir: str, limit: int | None = None) -> int:
-    """Examples `accuracy` reads from a local split."""
-    count = data.num_examples(task, split, data_dir)
-    return min(count, limit) if limit else count
-
-
 def build_pool(pool_dir: str, specs, paths: dict, data_dir: str, *, page_size: int = 100,
                method: str = "optimal", fisher_source: str = "auto", seed: int = 0,
                log=print) -> dict:
@@ -241,20 +235,6 @@ def model_and_fisher(spec: NetSpec, path: str, data_dir: str, seed: int = 0):
     return model, fisher, source
 
 
-def virtualize_in_memory(specs, loaded: dict, *, page_size: int = 100,
-                         method: str = "optimal"):
-    """(runtime, matching seconds) of networks `loaded` = {name: (model, fisher,
-    source)} packed into one pool in memory (`nwv.virtualize`: largest first, pool
-    the size of the largest network). Each network's Fisher pages are its
-    `rt.spec(name).fisher`, which the joint optimisation reads."""
-    start = time.perf_counter()
-    rt = api.virtualize({s.name: loaded[s.name][0] for s in specs},
-                        tasks={s.name: s.task for s in specs},
-                        fisher={s.name: loaded[s.name][1] for s in specs},
-                        page_size=page_size, matching=method)
-    return rt, time.perf_counter() - start
-
-
 def script_flags() -> dict:
     """{name: value} of the flags the running script defines (for result files)."""
     from absl import flags
@@ -269,19 +249,6 @@ def load_average() -> list:
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, MiB (Linux ru_maxrss is KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def vm_hwm_mb() -> float | None:
-    """Peak RSS of this process image from /proc/self/status (VmHWM, MiB); unlike
-    ru_maxrss it does not carry a forking parent's peak across exec."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
 
 
 def write_result(path: str, obj) -> str:
@@ -305,11 +272,6 @@ def save_figure(fig, path: str) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
-
-
-def points(x: float) -> float:
-    """A fraction as percentage points, rounded for printing and JSON."""
-    return round(100.0 * float(x), 2)
 
 
 # --- the reload-from-storage baseline of the switching benchmarks -------------------

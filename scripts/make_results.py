@@ -273,11 +273,6 @@ def distributed(d):
     return rows
 
 
-def generic(d):
-    keep = {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool))}
-    return ["```", json.dumps(keep, indent=1)[:3000], "```"]
-
-
 SECTIONS = [
     ("Main job: `scripts/demo.py` with default settings", "demo/summary.json", demo,
      ["demo/accuracy.png", "demo/switching.png"]),

@@ -189,7 +189,7 @@ def test_no_import_cycle():
 
 
 # Functions only the benchmark helper module may define (one copy for every benchmark).
-BENCH_HELPERS = {"trained", "peak_rss_mb", "vm_hwm_mb", "evict_from_page_cache",
+BENCH_HELPERS = {"trained", "peak_rss_mb", "evict_from_page_cache",
                  "load_from_disk", "switch_latency"}
 
 
