@@ -65,7 +65,9 @@ def _columns(x, geometry: LayerGeometry):
         patches = tf.image.extract_patches(chosen, [1, kh, kw, 1], [1, sh, sw, 1],
                                            [1, 1, 1, 1], geometry.padding.upper())
         return tf.reshape(tf.cast(patches, tf.float64), [-1, geometry.dim])
-    grid = tf.reshape(x, [tf.shape(x)[0], geometry.taps, -1])
+    # the static feature count, not -1: a replica may receive an empty batch
+    features = int(np.prod(x.shape[1:])) // geometry.taps
+    grid = tf.reshape(x, [tf.shape(x)[0], geometry.taps, features])
     chosen = tf.gather(grid, select, axis=-1) * tf.cast(keep, x.dtype)
     return tf.reshape(tf.cast(chosen, tf.float64), [-1, geometry.dim])
 

@@ -135,10 +135,17 @@ def trained(task: str, model: str, *, data_dir: str, cache_dir: str, epochs: int
     folder = resolve(folder) if folder else os.path.join(resolve(cache_dir), key)
     wanted = {"task": task, "epochs": epochs, "seed": seed, "learning_rate": learning_rate,
               "batch_size": batch_size, "limit": limit}
+    settings = os.path.join(folder, "bench_settings.json")     # what metrics.json lacks
     if os.path.exists(os.path.join(folder, "metrics.json")):
         with open(os.path.join(folder, "metrics.json")) as handle:
             found = json.load(handle)
         stale = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
+        if os.path.exists(settings):         # the registry name and builder overrides
+            with open(settings) as handle:
+                recorded = json.load(handle)
+            for k, v in (("model", model), ("overrides", overrides or {})):
+                if recorded.get(k) != v:
+                    stale[k] = (recorded.get(k), v)
         if stale:
             log(f"{folder} holds a network trained with other settings {stale}: retraining")
             os.remove(os.path.join(folder, "metrics.json"))
@@ -150,6 +157,7 @@ def trained(task: str, model: str, *, data_dir: str, cache_dir: str, epochs: int
         metrics = training.train(net, task, folder, data_dir=data_dir, epochs=epochs,
                                  batch_size=batch_size, learning_rate=learning_rate,
                                  seed=seed, limit=limit, verbose=0, progress=progress)
+        artifacts.write_json(settings, {"model": model, "overrides": overrides or {}})
         log(f"  trained in {time.time() - start:.0f} s: validation "
             f"{metrics['val_accuracy']:.4f}, test {metrics['test_accuracy']:.4f}")
     return folder

@@ -116,3 +116,17 @@ def test_bad_flags_give_one_error_line_and_exit_2(args, message):
     assert proc.returncode == 2
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_benchmark_cache_retrains_for_other_model_settings(tiny_data, tmp_path):
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import _bench
+
+    said = []
+    common = dict(data_dir=tiny_data, cache_dir="", epochs=1, limit=32,
+                  folder=str(tmp_path / "net"), log=said.append)
+    _bench.trained("mnist", "lenet_300_100", **common)
+    _bench.trained("mnist", "lenet_300_100", **common)             # cached
+    assert sum(line.startswith("training") for line in said) == 1
+    _bench.trained("mnist", "lenet_300_100", overrides={"units": [20, 10]}, **common)
+    assert any("other settings" in line and "overrides" in line for line in said)
