@@ -189,12 +189,15 @@ def zipped_pool_state(zipped, *, page_size: int = 100, tasks=None, data_dir: str
     return state.PoolDirState(page_size, pool, networks, assets)
 
 
-def save_zipped(pool_dir: str, zipped, **options) -> VirtualizedNetworks:
+def save_zipped(pool_dir: str, zipped, *, wait: bool = False,
+                **options) -> VirtualizedNetworks:
     """Writes a zipped model as a new pool directory and returns its runtime.
 
     Args:
       pool_dir: a directory without a pool.
       zipped: an `mtz.ZippedModel`.
+      wait: if another process is writing `pool_dir`, wait for it instead of
+        raising `PoolBusyError` (as `nwv.add_network`).
       **options: keyword arguments of `zipped_pool_state` (page_size, tasks,
         data_dir, fisher_inputs, fisher_samples, fisher_definition, seed, teachers).
     Returns:
@@ -211,7 +214,7 @@ def save_zipped(pool_dir: str, zipped, **options) -> VirtualizedNetworks:
 
     refuse_existing()
     pool_state = zipped_pool_state(zipped, **options)
-    with locking.writer(pool_dir):
+    with locking.writer(pool_dir, wait=wait):
         refuse_existing()
         state.save_state(pool_dir, pool_state)
     return VirtualizedNetworks.load(pool_dir)

@@ -105,6 +105,8 @@ RESERVED = (ALL_TASKS, SET_POOL, SET_PAGES)
 MICRO_ENTRY = "run"
 PAD_LOGIT = float(np.finfo(np.float32).min)
 MICRO_TILE_BYTES = 16 * 1024
+# a typical microcontroller board, to report what fits (e.g. Cortex-M4/M7 parts)
+BOARD_SRAM_BYTES, BOARD_FLASH_BYTES = 256 * 1024, 1024 * 1024
 
 
 # --- reading pages --------------------------------------------------------------

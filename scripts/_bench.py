@@ -17,6 +17,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import sys
 import time
 
@@ -345,6 +346,15 @@ def switch_latency(rt, names, inputs: dict, *, switches: int, seed: int = 0) -> 
             "reload_ms": 1e3 * float(np.median(reload)),
             "ratio": float(np.median(reload) / np.median(in_memory)),
             "switches": switches, "page_cache": "evicted before each reload"}
+
+
+def latency_summary(values_ms) -> dict:
+    """Median, mean, extremes, p10 and p90 of timings in milliseconds (and all of them)."""
+    values = sorted(float(v) for v in values_ms)
+    return {"median_ms": statistics.median(values), "mean_ms": statistics.fmean(values),
+            "min_ms": values[0], "max_ms": values[-1],
+            "p10_ms": values[len(values) // 10], "p90_ms": values[(9 * len(values)) // 10],
+            "n": len(values), "all_ms": [float(v) for v in values_ms]}
 
 
 def log(message: str) -> None:

@@ -20,6 +20,8 @@ flags.DEFINE_string("pool", None, "New pool directory.", required=True)
 flags.DEFINE_integer("page_size", 100, "Weights per page.")
 flags.DEFINE_string("data_dir", None, "Local data for the members' Fisher; default TFDS.")
 flags.DEFINE_integer("fisher_samples", 256, "Train examples per member for its Fisher.")
+flags.DEFINE_bool("wait", False, "If another process is writing the pool, wait for it "
+                  "instead of failing at once.")
 flags.DEFINE_integer("seed", 0, "Random seed (the Fisher's example order).")
 
 
@@ -31,7 +33,7 @@ def main(argv):
     zipped = mtz.ZippedModel.load(FLAGS.zipped)
     runtime = combined.save_zipped(FLAGS.pool, zipped, page_size=FLAGS.page_size,
                                    data_dir=FLAGS.data_dir, fisher_samples=FLAGS.fisher_samples,
-                                   seed=FLAGS.seed)
+                                   seed=FLAGS.seed, wait=FLAGS.wait)
     counts = combined.stored_weights(state.load_state(FLAGS.pool, with_fisher=False))
     print(f"{len(zipped.tasks)} members in {FLAGS.pool}: networks {runtime.names}; "
           f"{counts['networks_weights']} member weights stored in {counts['pool_weights']} "

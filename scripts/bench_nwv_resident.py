@@ -120,12 +120,6 @@ def reload_and_run(pool_dir):
     return step
 
 
-def stats(values) -> dict:
-    v = np.sort(np.asarray(values))
-    return {"median_ms": float(np.median(v)), "p10_ms": float(v[len(v) // 10]),
-            "p90_ms": float(v[(9 * len(v)) // 10]), "all_ms": [float(a) for a in values]}
-
-
 def budget_report(pool_dir, full, fraction, budget, order, inputs) -> dict:
     rt = nwv.VirtualizedNetworks.load(pool_dir, resident_bytes=budget)
     for name in rt.task_names:                      # compile every path once
@@ -140,7 +134,7 @@ def budget_report(pool_dir, full, fraction, budget, order, inputs) -> dict:
     page_bytes = 4 * rt.page_size
     read = ({n: int(plan.swapped[n].size) * page_bytes for n in rt.task_names}
             if plan is not None else {n: 0 for n in rt.task_names})
-    latency = stats(timed(order, inputs, pool_dir, switch_and_run(rt)))
+    latency = bench.latency_summary(timed(order, inputs, pool_dir, switch_and_run(rt)))
     return {"fraction": fraction, "budget_bytes": int(budget),
             "memory_bytes": rt.stored_bytes(),
             "resident_pages": int(len(plan.resident)) if plan else int(full.page_pool.shape[0]),
@@ -175,7 +169,7 @@ def main(argv):
         bench.log(f"budget {budget} bytes (f = {fraction:g})")
         rows.append(budget_report(pool_dir, full, fraction, budget, order, inputs))
     bench.load_from_disk(pool_dir, full.task_names[0])      # imports/tracing out of the way
-    reload = stats(timed(order, inputs, pool_dir, reload_and_run(pool_dir)))
+    reload = bench.latency_summary(timed(order, inputs, pool_dir, reload_and_run(pool_dir)))
     report = {"command": "scripts/bench_nwv_resident.py", "flags": bench.script_flags(),
               "pool_dir": pool_dir, "built": built, "networks": full.task_names,
               "page_size": full.page_size, "pool_bytes": total,

@@ -77,7 +77,7 @@ def run(name, rt, matched, mode, lambda_=0.0):
     start, error = time.time(), None
     try:
         result = nwv.optimize_runtime(
-            rt, config, data_dir=FLAGS.data_dir, checkpoint_dir=folder,
+            rt, config, data_dir=bench.resolve(FLAGS.data_dir), checkpoint_dir=folder,
             log=lambda line: print(f"  {name}", line[:150], flush=True))
         best = result["best_round"]
     except NonFiniteError as err:          # the pool is back at the failed round's start
@@ -86,7 +86,7 @@ def run(name, rt, matched, mode, lambda_=0.0):
     with open(os.path.join(folder, HISTORY)) as handle:
         history = json.load(handle)["history"]
     test = {n: bench.accuracy(lambda x, n=n: rt.run(n, x), rt.task(n), "test",
-                              FLAGS.data_dir, FLAGS.eval_limit) for n in rt.task_names}
+                              bench.resolve(FLAGS.data_dir), FLAGS.eval_limit) for n in rt.task_names}
     out = {"mode": mode, "lambda": lambda_, "best_round": best, "nonfinite_error": error,
            "seconds": seconds, "test_accuracy": test,
            "mean_test_accuracy": float(np.mean(list(test.values()))),
@@ -203,11 +203,11 @@ def main(argv):
     start, load_start = time.time(), bench.load_average()
     training.set_seed(FLAGS.seed)
     specs = [bench.NETWORKS[n] for n in FLAGS.networks]
-    paths = {s.name: bench.weights_path(s, FLAGS.data_dir, FLAGS.reference_dir,
+    paths = {s.name: bench.weights_path(s, bench.resolve(FLAGS.data_dir), FLAGS.reference_dir,
                                         FLAGS.net_dir) for s in specs}
-    loaded = {s.name: bench.model_and_fisher(s, paths[s.name], FLAGS.data_dir, FLAGS.seed)
+    loaded = {s.name: bench.model_and_fisher(s, paths[s.name], bench.resolve(FLAGS.data_dir), FLAGS.seed)
               for s in specs}
-    originals = {s.name: bench.accuracy(loaded[s.name][0], s.task, "test", FLAGS.data_dir,
+    originals = {s.name: bench.accuracy(loaded[s.name][0], s.task, "test", bench.resolve(FLAGS.data_dir),
                                         FLAGS.eval_limit) for s in specs}
     print("original test accuracy: " + ", ".join(f"{n} {100 * a:.2f}%"
                                                   for n, a in originals.items()))

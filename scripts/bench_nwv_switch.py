@@ -84,14 +84,6 @@ def ms(seconds):
     return 1000.0 * seconds
 
 
-def summary(values_ms):
-    values = sorted(values_ms)
-    return {"median_ms": statistics.median(values), "mean_ms": statistics.fmean(values),
-            "min_ms": values[0], "max_ms": values[-1],
-            "p10_ms": values[len(values) // 10], "p90_ms": values[(9 * len(values)) // 10],
-            "n": len(values), "all_ms": values_ms}
-
-
 def ensure_pool(pool_dir: str) -> dict | None:
     """Builds a matched pool of mnist, cifar10, tts_commands when `pool_dir` has none;
     returns `_bench.build_pool`'s summary (None: the pool existed)."""
@@ -99,15 +91,15 @@ def ensure_pool(pool_dir: str) -> dict | None:
         return None
     print(f"{pool_dir} missing: building a matched pool of mnist, cifar10, tts_commands")
     specs = [bench.NETWORKS[n] for n in ("mnist", "cifar10", "tts_commands")]
-    paths = {s.name: bench.weights_path(s, FLAGS.data_dir, FLAGS.reference_dir,
+    paths = {s.name: bench.weights_path(s, bench.resolve(FLAGS.data_dir), FLAGS.reference_dir,
                                         FLAGS.net_dir) for s in specs}
-    return bench.build_pool(pool_dir, specs, paths, FLAGS.data_dir, seed=FLAGS.seed)
+    return bench.build_pool(pool_dir, specs, paths, bench.resolve(FLAGS.data_dir), seed=FLAGS.seed)
 
 
 def example_batches(rt):
     """({name: one batch of --batch_size test examples}, {name: its first example}),
     every compiled path warmed."""
-    batches = {n: next(iter(data.load(rt.task(n), "test", FLAGS.data_dir, FLAGS.batch_size,
+    batches = {n: next(iter(data.load(rt.task(n), "test", bench.resolve(FLAGS.data_dir), FLAGS.batch_size,
                                       seed=FLAGS.seed, shuffle=True)))[0] for n in rt.task_names}
     singles = {n: batches[n][:1] for n in rt.task_names}
     for n in rt.task_names:
@@ -214,8 +206,8 @@ def time_execution(rt, batches):
 
 
 def make_report(rt, pool_dir, built, sequence, in_memory, disk, execution, start):
-    a0, a1 = summary(in_memory[0]), summary(in_memory[1])
-    b0, b1 = summary(disk["load_only"]), summary(disk["load_infer"])
+    a0, a1 = bench.latency_summary(in_memory[0]), bench.latency_summary(in_memory[1])
+    b0, b1 = bench.latency_summary(disk["load_only"]), bench.latency_summary(disk["load_infer"])
     speed_switch = b0["median_ms"] / a0["median_ms"]
     speed_e2e = b1["median_ms"] / a1["median_ms"]
     worst_ratio = max(e["ratio"] for e in execution.values())
@@ -230,7 +222,7 @@ def make_report(rt, pool_dir, built, sequence, in_memory, disk, execution, start
         "page_cache_bytes": disk["page_cache_bytes"],
         "in_memory_switch": a0, "in_memory_switch_and_inference": a1,
         "load_from_disk": b0, "load_from_disk_and_inference": b1,
-        "load_from_disk_page_cache_warm": summary(disk["cached_load"]),
+        "load_from_disk_page_cache_warm": bench.latency_summary(disk["cached_load"]),
         "speedup_switch_only": speed_switch, "speedup_end_to_end": speed_e2e,
         "execution": execution, "execution_ratio_worst": worst_ratio,
         "original_nwv": ORIGINAL,

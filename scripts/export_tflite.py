@@ -38,7 +38,6 @@ flags.DEFINE_integer("dense_tile_bytes", None, "Dense kernels above this many by
 flags.DEFINE_bool("arena", True, "micro: measure the arena bytes (needs tflite-micro).")
 flags.DEFINE_integer("seed", 0, "Random seed (unused: export is deterministic).")
 
-SRAM, FLASH = 256 * 1024, 1024 * 1024   # a typical microcontroller board
 
 
 def _micro_arenas(runtime, info):
@@ -72,15 +71,16 @@ def main(argv):
               f"in {info['tasks']}, x float32 [1, {info['input_size']}], logits "
               f"[1, {info['output_size']}]")
         arenas = _micro_arenas(runtime, info) if FLAGS.arena else None
+        sram, flash = tflite.BOARD_SRAM_BYTES, tflite.BOARD_FLASH_BYTES
         info["arena_bytes"] = arenas
         if arenas is None:
             print("arena not measured (pip install tflite-micro)")
         else:
             print(f"TFLM arena: {arenas['all']} bytes for the file; alone: "
                   + ", ".join(f"{n} {arenas[n]}" for n in info["tasks"])
-                  + f"; a {SRAM // 1024} kB SRAM / {FLASH // 1024} kB flash board: arena "
-                  f"{'fits' if arenas['all'] <= SRAM else 'does not fit'}, flash "
-                  f"{'fits' if info['file_bytes'] <= FLASH else 'does not fit'}")
+                  + f"; a {sram // 1024} kB SRAM / {flash // 1024} kB flash board: arena "
+                  f"{'fits' if arenas['all'] <= sram else 'does not fit'}, flash "
+                  f"{'fits' if info['file_bytes'] <= flash else 'does not fit'}")
     print(json.dumps(info))
 
 
