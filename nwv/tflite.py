@@ -52,8 +52,8 @@ a subgraph shared by the tasks of that architecture (networks with the same
 Keras configuration and page layout differ only in the table they read;
 `info["branches"]` lists them). TFLM plans each branch in its own scope, so
 their activation buffers share the arena; what grows with the branches is
-their op and tensor records (about 20 kB per branch of the NWV reference
-CNNs), so `micro_arena_bytes` is the largest network's need plus that. The pool
+their op and tensor records (tens of kB per branch for the NWV reference
+CNNs), so `micro_arena_bytes` is the largest network's need plus those. The pool
 is a CONSTANT (flash, never copied into RAM): each branch gathers from it
 through the SELECTED table, which depends on the `task` input, so the
 converter cannot constant-fold per-network copies of the weights, and the one
@@ -68,14 +68,13 @@ the operators are reordered so each layer's gather runs right before the layer
 greedy planner alternates the copies of a layer's weights between two slots:
 only one layer's weights are in RAM at a time, about twice (the gathered copy
 and the transposed copy the CONV_2D / FULLY_CONNECTED kernel reads). "network"
-(one gather for all) needs ~1.5-2x the arena of "layer" on the NWV reference
-networks; "variable" the same arena as "layer" with more operators. Dense layers
+(one gather for all) needs a larger arena than "layer" (every weight at once);
+"variable" the same arena as "layer" with more operators. Dense layers
 run as TRANSPOSE + FULLY_CONNECTED (TFLM's BATCH_MATMUL would keep a persistent
 transposed copy of every kernel). For the micro target, plain Dense layers
 whose kernel exceeds `dense_tile_bytes` (16 kB) run as a sum over blocks of
 kernel rows, each block gathered right before its FULLY_CONNECTED: RAM holds one
-block, not the kernel (the NWV reference networks: 281-291 kB of arena -> 68-72
-kB). Tensor names other than inputs and outputs are dropped (a third of the
+block, not the kernel (measured arenas: results/bench_deploy.json). Tensor names other than inputs and outputs are dropped (a third of the
 graph bytes). `micro_arena_bytes(blob)` finds the smallest TFLM arena that runs
 a micro file.
 """
@@ -492,7 +491,7 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes):
                                   [1, max_pages]), [max_pages])
         # one IF per architecture in sequence, each passing the logits on when not
         # its tasks: TFLM plans each branch in its own scope, so their buffers share
-        # memory (each branch's op and tensor records stay: about 20 kB per branch)
+        # memory (each branch's op and tensor records stay in the arena)
         logits = tf.fill([1, max_out], float("nan"))
         for tasks in branches:
             chosen = tf.equal(index, tasks[0])
