@@ -4,8 +4,8 @@
     x, y = next(iter(ds))       # x: [128, 28, 28, 1] float32, y: [128] int64
 
 Local sources are decoded once per process and kept in memory when they are
-small enough (`ZIPVIRT_MEMORY_CACHE` bytes, default 1 GiB: MNIST, CIFAR-10 and
-the keyword sets are), so later epochs, rounds and evaluations skip decoding;
+small enough (`ZIPVIRT_MEMORY_CACHE` bytes per source split, default 1 GiB:
+MNIST, CIFAR-10 and the keyword sets are), so later epochs, rounds and evaluations skip decoding;
 larger ones stream files (paths shuffled, decoded in the map). A file that
 cannot be decoded is named in the error. Without `data_dir` the task's TFDS
 builder is used (downloads on first use, as on Colab).
@@ -94,8 +94,10 @@ def _decoded(spec: TaskSpec, files: local.FileList):
     key = (spec.kind, spec.channels, files.paths)
     if key in _DECODED:
         return _DECODED[key]
-    first = _decode_all(spec, files.paths[:1])[0]
-    per_example = (first.nbytes if spec.kind != AUDIO else 4 * 2 * spec.sample_rate)
+    if spec.kind == AUDIO:    # padded to the longest clip: 16-bit PCM -> float32, x2
+        per_example = 2 * max(os.path.getsize(p) for p in files.paths)
+    else:
+        per_example = _decode_all(spec, files.paths[:1])[0].nbytes
     if per_example * len(files.paths) > _memory_limit():
         _DECODED[key] = None
         return None
@@ -111,6 +113,7 @@ def _decoded(spec: TaskSpec, files: local.FileList):
     else:                                # images of several sizes: stream them
         _DECODED[key] = None
     return _DECODED[key]
+
 
 
 def _local_examples(spec: TaskSpec, split: str, data_dir: str, shuffle: bool, seed: int,
