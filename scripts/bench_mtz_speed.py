@@ -1,6 +1,6 @@
 r"""Speed of MTZ scoring and pairing for one fully shared VGG-16-sized layer.
 
-    /work/venv/bin/python scripts/bench_mtz_speed.py --seed=0 \
+    python scripts/bench_mtz_speed.py --seed=0 \
         --out=results/bench_mtz_speed.json --n_samples=4096
 
 Two layers, each zipped completely (all neurons shared) between two networks

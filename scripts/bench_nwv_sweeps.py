@@ -1,6 +1,6 @@
 r"""NWV sweeps: page size, round-robin λ, and joint vs round_robin vs sequential.
 
-    /work/venv/bin/python scripts/bench_nwv_sweeps.py --data_dir=../shared/datasets \
+    python scripts/bench_nwv_sweeps.py --data_dir=../shared/datasets \
         --seed=0 --out=results/nwv_sweeps.json
 
 Networks (default): the reference mnist and cifar10 and nwv_tts trained on

@@ -64,10 +64,10 @@ flags.DEFINE_list("stages", ["separate", "methods", "curve", "int8", "labels_onl
                   "Stages to run (methods: the >= 8x point of (a) and (b)).")
 flags.DEFINE_float("compression", 8.0, "Compression of the main point (separate float32 "
                    "bytes / stored bytes).")
-flags.DEFINE_list("curve", ["2", "4", "12", "16"], "Further compressions of the curve.")
+flags.DEFINE_list("curve", ["4", "16"], "Further compressions of the curve.")
 flags.DEFINE_integer("page_size", 100, "Weights per page.")
-flags.DEFINE_integer("rounds", 8, "Joint optimisation rounds (main point).")
-flags.DEFINE_integer("steps", 150, "Joint optimisation steps per round (main point).")
+flags.DEFINE_integer("rounds", 4, "Joint optimisation rounds (main point).")
+flags.DEFINE_integer("steps", 100, "Joint optimisation steps per round (main point).")
 flags.DEFINE_float("curve_budget", 0.5, "Share of the main point's steps each curve point "
                    "gets.")
 flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate of the joint optimisation.")

@@ -83,6 +83,22 @@ def nwv_matching(d):
     for name, r in d["methods"].items():
         rows.append(f"| {name} | {r['total_cost']:.3f} | {r['pool_pages']} | "
                     f"{r['compression']:.2f}× | {r['seconds']:.3f} s |")
+    b = d.get("brute_force")
+    if b:
+        rows.append(f"\nAgainst brute force on {b['problems']} tiny problems: optimal equals it "
+                    f"in {b['optimal_equals_brute_force']} (dense / sparse solver); greedy is "
+                    f"worse in {b['greedy_worse_in']} ({100 * b['greedy_mean_excess']:.1f}% "
+                    f"mean excess cost).")
+    small = d.get("small_pages")
+    if small:
+        rows += ["", f"| P = {small['page_size']}: network | pages | pool pages | optimal "
+                 f"(sparse) | optimal (dense) | greedy |", "|---|---|---|---|---|---|"]
+        for r in small["networks"]:
+            dense = (f"{r['dense_seconds']:.1f} s, cost {r['dense_cost']:.4g}"
+                     if "dense_seconds" in r else "not run")
+            rows.append(f"| {r['network']} | {r['pages']} | {r['pool_pages']} | "
+                        f"{r['sparse_seconds']:.1f} s, cost {r['sparse_cost']:.4g} | {dense} | "
+                        f"{r['greedy_seconds']:.1f} s, cost {r['greedy_cost']:.4g} |")
     return rows
 
 
