@@ -15,9 +15,9 @@ int32 page tables of every network, groups included) and the same joint
 optimisation (same rounds x steps, distillation from each network's separate
 self, checkpoint selected on the mean VALIDATION accuracy):
   (a) NWV alone: the ten networks matched into one pool (`nwv.virtualize`).
-  (b) MTZ + NWV: each family zipped with MTZ (all neurons but the classifiers
-      shared, Hessian-merged weights, no retraining: the budget goes to (b)'s
-      joint optimisation like (a)'s) into one multi-task group (shared input,
+  (b) MTZ + NWV: each family zipped with MTZ (--share of the hidden neurons,
+      by default all but the classifiers, Hessian-merged weights, no retraining:
+      the budget goes to (b)'s joint optimisation like (a)'s) into one multi-task group (shared input,
       shared layers computed once), the three groups matched into one pool
       (`nwv.combined.virtualize_pools`).
 A pool larger than the byte target is shrunk by merging its cheapest page pairs
@@ -78,6 +78,12 @@ flags.DEFINE_integer("fisher_samples", 256, "Train examples per network for its 
 flags.DEFINE_integer("hessian_samples", 500, "Train examples per network for MTZ Hessians.")
 flags.DEFINE_integer("limit", None, "At most this many examples per split (quick runs).")
 flags.DEFINE_float("epochs_scale", 1.0, "Multiplies every network's epochs (quick runs).")
+flags.DEFINE_string("share", "1.0", "(b): MTZ share of every family's hidden neurons "
+                    "(1.0: all but the classifiers).")
+flags.DEFINE_list("methods", ["nwv", "mtz_nwv"], "Methods of the methods stage: nwv (a), "
+                  "mtz_nwv (b).")
+flags.DEFINE_string("pools_name", "", "Suffix of the saved pool folders (pools/<method>"
+                    "<suffix>), so an ablation keeps the main run's pools.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 
 
@@ -189,7 +195,7 @@ def zipped_groups(nets) -> dict:
         inputs = [mtz.hessian_inputs(m.task, data_dir(), samples=FLAGS.hessian_samples,
                                      seed=FLAGS.seed) for m in group]
         zipped[family] = mtz.zip_models([nets[m.name] for m in group], inputs,
-                                        names=[m.name for m in group], share="1.0",
+                                        names=[m.name for m in group], share=FLAGS.share,
                                         hessian_samples=FLAGS.hessian_samples,
                                         seed=FLAGS.seed)
     return zipped
@@ -290,15 +296,19 @@ def save_pool(rt, name) -> str:
 def run_methods(nets, fishers, zipped, separate_bytes, separate) -> dict:
     target = separate_bytes / FLAGS.compression
     out = {}
-    for key, build in (("nwv", lambda: nwv_state(nets, fishers)),
-                       ("mtz_nwv", lambda: mtz_nwv_state(nets, zipped))):
+    builders = {"nwv": lambda: nwv_state(nets, fishers),
+                "mtz_nwv": lambda: mtz_nwv_state(nets, zipped)}
+    unknown = sorted(set(FLAGS.methods) - set(builders))
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; expected some of {list(builders)}")
+    for key, build in ((k, builders[k]) for k in FLAGS.methods):
         start = time.time()
         pool_state = build()
         fitted = fit_bytes(pool_state, target)
         bench.log(f"({key}) pool {fitted}; optimising")
         rt, summary = optimise(pool_state, log_prefix=f"({key}) ")
         test = evaluate_runtime(rt)
-        folder = save_pool(rt, key)
+        folder = save_pool(rt, key + FLAGS.pools_name)
         out[key] = {"pool": fitted, "compression": separate_bytes / fitted["stored_bytes"],
                     "test_accuracy": test, "drops": drops(separate, test),
                     "optimisation": summary, "pool_dir": folder,
@@ -340,7 +350,7 @@ def run_curve(nets, fishers, zipped, separate_bytes, separate) -> list:
 def run_int8(separate_bytes, separate) -> dict:
     out = {}
     for key in ("nwv", "mtz_nwv"):
-        folder = work("pools", key)
+        folder = work("pools", key + FLAGS.pools_name)
         if not state.exists(folder):
             continue
         rt = nwv.VirtualizedNetworks.load(folder, storage="int8")
@@ -393,20 +403,21 @@ def print_report(report) -> None:
     if "methods" not in report:
         return
     methods = report["methods"]
-    print(f"\n{'network':<18}{'separate':>10}{'NWV':>9}{'MTZ+NWV':>9}")
+    labels = {"nwv": "NWV", "mtz_nwv": "MTZ+NWV"}
+    print(f"\n{'network':<18}{'separate':>10}" + "".join(f"{labels[k]:>9}" for k in methods))
     for name, sep in report["separate"].items():
         row = f"{name:<18}{100 * sep['test_accuracy']:>9.2f}%"
-        for key in ("nwv", "mtz_nwv"):
+        for key in methods:
             row += f"{100 * methods[key]['test_accuracy'][name]:>8.2f}%"
         print(row)
-    for key in ("nwv", "mtz_nwv"):
+    for key in methods:
         m = methods[key]
         print(f"{key}: {m['compression']:.2f}x ({m['pool']['stored_bytes']} bytes), mean drop "
               f"{m['drops']['mean']} pt, worst {m['drops']['worst']} pt")
 
 
 def plot(report, path) -> None:
-    if "curve" not in report or "methods" not in report:
+    if "curve" not in report or set(report.get("methods", {})) != {"nwv", "mtz_nwv"}:
         return
     plt = bench.pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
