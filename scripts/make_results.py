@@ -303,6 +303,8 @@ SECTIONS = [
      resident, ["bench_nwv_resident.png"]),
     ("Ten networks: NWV alone against MTZ + NWV", "bench_ten_networks.json", ten_networks,
      ["bench_ten_networks.png"]),
+    ("Ten networks, ablation: MTZ + NWV with half of each family's neurons shared",
+     "bench_ten_networks_share0.5.json", ten_networks, []),
     ("Deployment: one TFLite / TFLM file per pool", "bench_deploy.json", deploy, []),
     ("Scaling out: joint optimisation under tf.distribute", "bench_distributed.json",
      distributed, []),

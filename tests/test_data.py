@@ -130,3 +130,12 @@ def test_tfds_builders_of_every_task_construct_offline():
     for name in names:
         builder = tfds.builder(name, try_gcs=False)
         assert builder.info.features is not None, name
+
+
+def test_an_undecodable_image_is_named(tmp_path):
+    write_images(str(tmp_path), "mnist", "train", ["0", "1"], 3, (28, 28, 1))
+    bad = tmp_path / "mnist" / "train" / "1" / "broken.png"
+    bad.write_bytes(b"\x89PNG truncated")
+    with pytest.raises(ValueError, match="broken.png: cannot decode this image file"):
+        for _ in data.load("mnist", "train", str(tmp_path), batch_size=2):
+            pass

@@ -145,3 +145,23 @@ def test_a_pool_path_that_is_a_file_is_refused(tmp_path, tiny_data):
     with pytest.raises(ValueError, match="is a file, not a pool directory"):
         state.load_state(str(path))
     assert path.read_text() == "x"
+
+
+def test_bad_manifest_entry_and_file_export_target_are_clear(pool_with_digits, tmp_path):
+    import json
+
+    from nwv import export
+    from nwv.runtime import VirtualizedNetworks
+    runtime = VirtualizedNetworks.load(pool_with_digits)
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        export.export_savedmodel(runtime, str(target))
+    manifest = os.path.join(pool_with_digits, state.MANIFEST)
+    with open(manifest) as handle:
+        content = json.load(handle)
+    content["networks"]["digits"] = ["not", "an", "object"]
+    with open(manifest, "w") as handle:
+        json.dump(content, handle)
+    with pytest.raises(ValueError, match="the entry of network 'digits' is not an object"):
+        state.load_state(pool_with_digits)
