@@ -104,7 +104,7 @@ def run_stock(blob, x) -> np.ndarray:
 
 def separate_files(rt, folder) -> dict:
     """Bytes of one stock TFLite file per network (float32, and dynamic-range int8);
-    each float32 file is checked to compute its network (atol 1e-4)."""
+    each float32 file is checked to compute its network (to 1e-4)."""
     sizes = {"float32": 0, "dynamic_int8": 0}
     for name in rt.task_names:          # a zipped group's members are its files
         model = rt.to_keras(name)
@@ -112,7 +112,8 @@ def separate_files(rt, folder) -> dict:
         for kind in sizes:
             blob = stock_tflite(model, kind == "dynamic_int8")
             if kind == "float32":
-                np.testing.assert_allclose(run_stock(blob, x), model(x).numpy(), atol=1e-4)
+                np.testing.assert_allclose(run_stock(blob, x), model(x).numpy(), rtol=1e-4,
+                                           atol=1e-4)
             sizes[kind] += len(blob)
             with open(os.path.join(folder, f"separate_{name}_{kind}.tflite"), "wb") as handle:
                 handle.write(blob)

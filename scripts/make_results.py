@@ -236,29 +236,29 @@ def ten_networks(d):
             noisy += [pct(m["test_accuracy"][f"{name}_noisy"])
                       for m in d.get("int8", {}).values()]
             rows.append(f"| {name} (noisy, shifted) | | " + " | ".join(noisy) + " |")
-    rows += ["", "| pool | stored bytes | compression | mean drop | worst drop | "
+    rows += ["", "| pool | stored bytes | compression | mean drop (points) | worst drop | "
              "optimisation (best round) | seconds |", "|---|---|---|---|---|---|---|"]
     for key, m in methods.items():
         o = m["optimisation"]
         rows.append(f"| {labels[key]} | {m['pool']['stored_bytes'] / 1e3:.0f} kB | "
-                    f"{m['compression']:.2f}x | {m['drops']['mean']:+.2f} pt | "
-                    f"{m['drops']['worst']:+.2f} pt | {o['config']['rounds']} x "
+                    f"{m['compression']:.2f}x | {m['drops']['mean']:.2f} pt | "
+                    f"{m['drops']['worst']:.2f} pt | {o['config']['rounds']} x "
                     f"{o['config']['steps']} steps ({o['best_round']}) | {m['seconds']:.0f} |")
     for key, m in d.get("int8", {}).items():
         rows.append(f"| {labels[key]}, int8 pages | {m['stored_bytes'] / 1e3:.0f} kB | "
-                    f"{m['compression']:.2f}x | {m['drops']['mean']:+.2f} pt | "
-                    f"{m['drops']['worst']:+.2f} pt | (post-training) | |")
+                    f"{m['compression']:.2f}x | {m['drops']['mean']:.2f} pt | "
+                    f"{m['drops']['worst']:.2f} pt | (post-training) | |")
     if d.get("labels_only"):
         lo = d["labels_only"]
         rows.append(f"| MTZ + NWV, labels only (no distillation) | "
-                    f"{lo['pool']['stored_bytes'] / 1e3:.0f} kB | | {lo['drops']['mean']:+.2f} pt"
-                    f" | {lo['drops']['worst']:+.2f} pt | {lo['optimisation']['best_round']} | |")
+                    f"{lo['pool']['stored_bytes'] / 1e3:.0f} kB | | {lo['drops']['mean']:.2f} pt"
+                    f" | {lo['drops']['worst']:.2f} pt | {lo['optimisation']['best_round']} | |")
     if d.get("curve"):
         rows += ["", "| curve point | compression | mean drop | worst drop | steps |",
                  "|---|---|---|---|---|"]
         for c in sorted(d["curve"], key=lambda c: (c["method"], c["compression"])):
             rows.append(f"| {labels[c['method']]} | {c['compression']:.2f}x | "
-                        f"{c['drops']['mean']:+.2f} pt | {c['drops']['worst']:+.2f} pt | "
+                        f"{c['drops']['mean']:.2f} pt | {c['drops']['worst']:.2f} pt | "
                         f"{c['optimisation_steps']} |")
     timing = methods.get("mtz_nwv", {}).get("family_timing", {})
     if timing:
