@@ -185,7 +185,12 @@ def diagonal_fisher(model: keras.Model, inputs, *, num_samples: int = 256,
 
     totals = [np.zeros(v.shape, np.float64) for v in variables]
     count = 0
-    with _without_remapper():
+    # one trace per network is by design (each has its own function): TensorFlow's
+    # "excessive retracing" warning over several networks is silenced here
+    logger, level = tf.get_logger(), tf.get_logger().level
+    logger.setLevel("ERROR")
+    with _without_remapper(), contextlib.ExitStack() as restore:
+        restore.callback(logger.setLevel, level)
         ds = _as_dataset(inputs).take(int(num_samples)).batch(chunk * replicas)
         if replicas > 1:
             ds = strategy.experimental_distribute_dataset(ds)
