@@ -75,8 +75,8 @@ transposed copy of every kernel). For the micro target, plain Dense layers
 whose kernel exceeds `dense_tile_bytes` (16 kB) run as a sum over blocks of
 kernel rows, each block gathered right before its FULLY_CONNECTED: RAM holds one
 block, not the kernel (measured arenas: results/bench_deploy.json). Tensor names
-other than inputs and outputs are dropped (a third of the graph bytes). `micro_arena_bytes(blob)` finds the smallest TFLM arena that runs
-a micro file.
+other than inputs and outputs are dropped (a third of the graph bytes).
+`micro_arena_bytes(blob)` finds the smallest TFLM arena that runs a micro file.
 """
 from __future__ import annotations
 
