@@ -76,20 +76,19 @@ def stock_tflite(model, dynamic_int8: bool) -> bytes:
     """One network alone as stock TFLite converts it (weights as constants)."""
     import tensorflow as tf
 
-    try:
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    def convert(converter) -> bytes:
         if dynamic_int8:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         with contextlib.redirect_stdout(io.StringIO()):     # Keras's "Saved artifact" lines
             return converter.convert()
+
+    try:
+        return convert(tf.lite.TFLiteConverter.from_keras_model(model))
     except TypeError:
         # zipped members (block-structured layers) fail the Keras path: trace the call
         fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(
             tf.TensorSpec((1, *model.input_shape[1:]), tf.float32))
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], model)
-        if dynamic_int8:
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        return converter.convert()
+        return convert(tf.lite.TFLiteConverter.from_concrete_functions([fn], model))
 
 
 def run_stock(blob, x) -> np.ndarray:
