@@ -106,6 +106,18 @@ def test_one_file_holds_every_network_with_the_pool_once(pool, tmp_path):
     ops = {op for sub in model.subgraphs for op in tflite_ops(model, sub)}
     assert {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE", "GATHER"} <= ops
     assert "BATCH_MATMUL" not in ops and not any(op.startswith("CUSTOM") for op in ops)
+    # one buffer per distinct constant, activations on the empty buffer 0, and every
+    # layer's gathered bias folded into the layer (no ADD reads a layer's output)
+    contents = [bytes(np.asarray(b.data, np.uint8)) for b in model.buffers[1:]]
+    assert all(contents) and len(set(contents)) == len(contents)
+    for sub in model.subgraphs:
+        names_here = tflite_ops(model, sub)
+        made_by = {int(t): name for op, name in zip(sub.operators or [], names_here)
+                   for t in op.outputs}
+        for op, name in zip(sub.operators or [], names_here):
+            if name == "ADD":
+                assert not {made_by.get(int(t)) for t in op.inputs} & {
+                    "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
     # every signature in a fresh process without the project equals the pool runtime
     calls = {n: {"x": inputs[n]} for n in names}
     calls["all_tasks"] = {n: inputs[n] for n in ["left", "right", "digits"]}
