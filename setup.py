@@ -20,7 +20,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "nbclient", "nbformat", "ipykernel", "tflite-micro"],
+        "test": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel", "tflite-micro"],
         # TensorFlow Lite Micro's host interpreter: runs nwv.export_tflite(target="micro")
         "micro": ["tflite-micro"],
     },

@@ -7,12 +7,15 @@ import pytest
 from nbclient import NotebookClient
 
 from tests.conftest import REPO
+from tests.test_readme import readme_demo_args
 from tests.test_scripts import run_script
 
 
 def test_demo_quick_writes_summary_and_figures(tiny_data, tmp_path):
     out = str(tmp_path / "demo")
-    proc = run_script("demo.py", "--quick", f"--data_dir={tiny_data}", f"--out={out}")
+    readme_args = readme_demo_args(tiny_data, out)       # README's main-job line, as written
+    assert f"--out={out}" in readme_args
+    proc = run_script("demo.py", *readme_args, "--quick")
     assert "switch + inference" in proc.stdout
     assert "cuInit" not in proc.stderr and "unsupported characters" not in proc.stderr
     summary = json.load(open(os.path.join(out, "summary.json")))

@@ -43,6 +43,8 @@ def test_readme_commands_run_in_order(tiny_data, tmp_path):
     for script, args in commands:
         if script in ("bench_ten_networks.py", "bench_distributed.py"):
             continue                                    # benchmarks: minutes to hours
+        if script == "demo.py":
+            continue           # run as written by test_demo_and_notebooks (readme_demo_args)
         args = [a.replace("../shared/datasets", tiny_data)
                  .replace("runs/", f"{tmp_path}/runs/").replace("demo_out", f"{tmp_path}/demo")
                 for a in args]
@@ -62,6 +64,13 @@ def test_readme_commands_run_in_order(tiny_data, tmp_path):
     served = tf.saved_model.load(saved)
     missing = [name for name in called if not hasattr(served, name)]
     assert not missing, f"README calls endpoints the SavedModel lacks: {missing}"
+
+
+def readme_demo_args(tiny_data, out):
+    """README's main-job command line (`demo.py`) on tiny data, writing to `out`."""
+    (args,) = [args for script, args in readme_commands() if script == "demo.py"]
+    return [a.replace("../shared/datasets", tiny_data) if not a.startswith("--out=")
+            else f"--out={out}" for a in args]
 
 
 @pytest.mark.parametrize("script", sorted({s for s, _ in readme_commands()}))
