@@ -19,6 +19,7 @@ endpoints are also written as serving signatures (`serving_default` = first).
 from __future__ import annotations
 
 import json
+import keyword
 import os
 import re
 
@@ -31,9 +32,11 @@ ALL_ENDPOINT = "all_tasks"
 
 
 def _endpoint_name(name: str) -> str:
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name == ALL_ENDPOINT:
+    # as nwv.tflite's signatures: `served.<name>(x)` must be valid Python
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or keyword.iskeyword(name) \
+            or name == ALL_ENDPOINT:
         raise ValueError(f"network name {name!r} cannot name a SavedModel endpoint: expected "
-                         f"a Python identifier other than {ALL_ENDPOINT!r}")
+                         f"a Python identifier (not a keyword) other than {ALL_ENDPOINT!r}")
     return name
 
 

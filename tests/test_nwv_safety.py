@@ -165,3 +165,24 @@ def test_bad_manifest_entry_and_file_export_target_are_clear(pool_with_digits, t
         json.dump(content, handle)
     with pytest.raises(ValueError, match="the entry of network 'digits' is not an object"):
         state.load_state(pool_with_digits)
+
+
+@pytest.mark.parametrize("bad", ["class", "two-words"])
+def test_names_that_cannot_be_endpoints_are_refused_by_both_exports(bad, tmp_path):
+    import keras
+
+    import nwv
+    from nwv import export
+    from nwv.runtime import VirtualizedNetworks
+    inp = keras.Input((28, 28, 1))
+    model = keras.Model(inp, keras.layers.Dense(10)(keras.layers.Flatten()(inp)))
+    pool = str(tmp_path / "pool")
+    api.add_network(pool, model, name=bad, task="mnist",
+                    fisher=[np.ones(v.shape, np.float32) for v in model.trainable_variables],
+                    page_size=64)
+    runtime = VirtualizedNetworks.load(pool)
+    with pytest.raises(ValueError, match=f"network name '{bad}' cannot name a SavedModel"):
+        export.export_savedmodel(runtime, str(tmp_path / "sm"))
+    with pytest.raises(ValueError, match=f"network name '{bad}' cannot name a TFLite"):
+        nwv.export_tflite(runtime, str(tmp_path / "pool.tflite"))
+    assert not os.path.exists(tmp_path / "sm") and not os.path.exists(tmp_path / "pool.tflite")
