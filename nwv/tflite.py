@@ -74,7 +74,9 @@ run as TRANSPOSE + FULLY_CONNECTED (TFLM's BATCH_MATMUL would keep a persistent
 transposed copy of every kernel). For the micro target, plain Dense layers
 whose kernel exceeds `dense_tile_bytes` (16 kB) run as a sum over blocks of
 kernel rows, each block gathered right before its FULLY_CONNECTED: RAM holds one
-block, not the kernel (measured arenas: results/bench_deploy.json). Tensor names
+block, not the kernel; dense layers of a zipped network (`mtz.ZippedLayer`)
+likewise multiply each of their shared and own weight blocks tile by tile,
+never assembling a task's kernel (measured arenas: results/bench_deploy.json). Tensor names
 other than inputs and outputs are dropped (a third of the graph bytes).
 `micro_arena_bytes(blob)` finds the smallest TFLM arena that runs a micro file.
 """
@@ -90,6 +92,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mtz import ZippedLayer
 from nwv import quantize as quantize_lib
 from nwv.runtime import VirtualizedNetworks
 
@@ -184,24 +187,64 @@ class _TiledDense(keras.layers.Dense):
     def __init__(self, *, tile_rows, blocks, **config):
         super().__init__(**config)
         self.tile_rows = int(tile_rows)
-        self._blocks = blocks            # {"read": (layer, r0, r1) -> [r1 - r0, units]}
+        self._blocks = blocks            # {"read": (variable, r0, r1) -> [r1 - r0, units]}
 
     def call(self, inputs, training=None):
         depth = int(inputs.shape[-1])
         y = None
         for r0 in range(0, depth, self.tile_rows):
             r1 = min(depth, r0 + self.tile_rows)
-            part = tf.matmul(inputs[:, r0:r1], self._blocks["read"](self, r0, r1))
+            part = tf.matmul(inputs[:, r0:r1], self._blocks["read"](self.kernel, r0, r1))
             y = part if y is None else y + part
         if self.bias is not None:
             y = y + self.bias
         return self.activation(y) if self.activation is not None else y
 
 
+class _TiledZipped(ZippedLayer):
+    """A dense `mtz.ZippedLayer` that never assembles a task's kernel: task t's output
+    group h is sum_g x_g @ block[g, h] over t's input groups g (+ bias_h), each
+    block read from the pool in tiles of about `tile_bytes` of rows. Conv layers
+    run as `ZippedLayer`."""
+
+    def __init__(self, *, tile_bytes, blocks, **config):
+        super().__init__(**config)
+        self.tile_bytes = int(tile_bytes)
+        self._blocks = blocks            # {"read": (variable, r0, r1) -> [r1 - r0, units]}
+
+    def call_task(self, t, x):
+        if self.kind != "dense":
+            return super().call_task(t, x)
+        mine = [(g, n) for g, (owners, n) in enumerate(self.in_groups) if t in owners]
+        cin = sum(n for _, n in mine)
+        pieces, start = {}, 0
+        for g, n in mine:          # x [N, taps * cin] in (tap, channel) order
+            pieces[g] = x if len(mine) == 1 else tf.reshape(
+                tf.reshape(x, [-1, self.taps, cin])[:, :, start:start + n],
+                [-1, self.taps * n])
+            start += n
+        outs = []
+        for h, (owners, units) in enumerate(self.out_groups):
+            if t not in owners:
+                continue
+            rows = max(1, self.tile_bytes // (4 * units))
+            y = None
+            for g, n in mine:
+                for r0 in range(0, self.taps * n, rows):
+                    r1 = min(self.taps * n, r0 + rows)
+                    part = tf.matmul(pieces[g][:, r0:r1],
+                                     self._blocks["read"](self.blocks[g, h], r0, r1))
+                    y = part if y is None else y + part
+            outs.append(y + self.block_biases[h])
+        y = outs[0] if len(outs) == 1 else tf.concat(outs, axis=-1)
+        return self.activation(y)
+
+
 def _tiled_skeleton(model, tile_bytes, blocks):
     """A clone of the skeleton whose plain Dense layers with a kernel above
-    `tile_bytes` are `_TiledDense` (None when there is none, or the clone's
-    variables differ)."""
+    `tile_bytes` are `_TiledDense`, and dense `ZippedLayer`s whose blocks together
+    are above it `_TiledZipped` (None when there is none, or the clone's variables
+    differ)."""
     def flat_input(layer):
         try:
             return len(layer.input.shape) == 2
@@ -209,6 +252,9 @@ def _tiled_skeleton(model, tile_bytes, blocks):
             return False
 
     def big(layer):
+        if type(layer) is ZippedLayer:
+            return layer.kind == "dense" and 4 * sum(
+                int(np.prod(v.shape)) for v in layer.blocks.values()) > tile_bytes
         return (type(layer) is keras.layers.Dense and len(layer.kernel.shape) == 2
                 and flat_input(layer) and not getattr(layer, "lora_enabled", False)
                 and getattr(layer, "quantization_mode", None) is None
@@ -218,6 +264,8 @@ def _tiled_skeleton(model, tile_bytes, blocks):
         return None
 
     def clone(layer):
+        if big(layer) and isinstance(layer, ZippedLayer):
+            return _TiledZipped(tile_bytes=tile_bytes, blocks=blocks, **layer.get_config())
         if big(layer):
             rows = max(1, tile_bytes // (4 * int(layer.kernel.shape[1])))
             return _TiledDense(tile_rows=rows, blocks=blocks, **layer.get_config())
@@ -251,8 +299,11 @@ def _forward(runtime, name, x, pages, table, granularity, *, tile_bytes=0, skele
     if skeleton is not None:
         model = skeleton
         index = {id(v): i for i, v in enumerate(model.trainable_variables)}
-        tiled = {index[id(layer.kernel)]: layer for layer in model.layers
-                 if isinstance(layer, _TiledDense)}
+        for layer in model.layers:
+            if isinstance(layer, _TiledDense):
+                tiled[index[id(layer.kernel)]] = layer
+            elif isinstance(layer, _TiledZipped) and layer.kind == "dense":
+                tiled.update((index[id(v)], layer) for v in layer.blocks.values())
     values = [None] * len(layout.shapes)
     for group in _groups(model, granularity):
         spans = []
@@ -269,14 +320,13 @@ def _forward(runtime, name, x, pages, table, granularity, *, tile_bytes=0, skele
             for i, value in zip(spans, read):
                 values[i] = value
     if tiled:
-        kernel_of = {id(layer): i for i, layer in tiled.items()}
-
-        def read_rows(layer, r0, r1):
-            i = kernel_of[id(layer)]
-            units = int(layout.shapes[i][1])
+        def read_rows(variable, r0, r1):
+            """Rows r0:r1 of a tiled kernel seen as [rows, units] (units its last axis)."""
+            i = index[id(variable)]
+            units = int(layout.shapes[i][-1])
             return _read(pages, table, [(layout.offsets[i] + r0 * units, (r1 - r0) * units,
                                          (r1 - r0, units))], size)[0]
-        for layer in tiled.values():
+        for layer in set(tiled.values()):
             layer._blocks["read"] = read_rows
     if len(model.inputs) > 1:
         x = [x] * len(model.inputs)
@@ -555,7 +605,8 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
         network in one call, one input per network.
       gather: "layer" (default), "variable" or "network": how many pool pages a
         gather reads at once (peak memory vs number of ops).
-      dense_tile_bytes: plain Dense layers whose kernel is larger run as a sum
+      dense_tile_bytes: plain Dense layers whose kernel (zipped dense layers
+        whose weight blocks together) are larger run as a sum
         of products by blocks of kernel rows of about this many bytes, each
         block read from the pool just before it is used (RAM: one block instead
         of the whole kernel, twice). None: 16 kB for target "micro", off (0)

@@ -283,6 +283,29 @@ def test_micro_dense_blocks_lower_the_arena(pool, tmp_path):
     assert arenas[None] < arenas[0] - 10_000
 
 
+def test_micro_zipped_dense_blocks_read_in_tiles_give_the_same_logits(pool, tmp_path):
+    micro = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
+    _, runtime, inputs = pool   # fc1 of the zipped pair: shared and own blocks, 72 rows
+    names = ["left", combined.GROUP]
+    counts = {}
+    for tile in (0, 256):       # 256 bytes: several tiles of rows per block
+        path = tmp_path / f"zipped{tile}.tflite"
+        info = nwv.export_tflite(runtime, str(path), target="micro", names=names,
+                                 dense_tile_bytes=tile)
+        blob = path.read_bytes()
+        model = _model(blob)
+        counts[tile] = sum(tflite_ops(model, sub).count("FULLY_CONNECTED")
+                           for sub in model.subgraphs)
+        interpreter = micro.Interpreter.from_bytes(blob, arena_size=1 << 20)
+        for task, name in enumerate(info["tasks"]):
+            x = inputs[name][:1]
+            width = sum(info["networks"][name]["classes"])
+            expected = np.concatenate(list(_expected(runtime, name, x).values()), axis=-1)
+            np.testing.assert_allclose(tflite.run_micro(interpreter, info, task, x)[:, :width],
+                                       expected, atol=1e-4)
+    assert counts[256] > counts[0] + 4         # the blocks were multiplied tile by tile
+
+
 def test_micro_networks_of_one_architecture_share_a_branch(tmp_path):
     micro = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
     nets = {"a": _digits(3), "b": _digits(4), "c": small_cnn(0)}
