@@ -80,6 +80,9 @@ flags.DEFINE_integer("limit", None, "At most this many examples per split (quick
 flags.DEFINE_float("epochs_scale", 1.0, "Multiplies every network's epochs (quick runs).")
 flags.DEFINE_string("share", "1.0", "(b): MTZ share of every family's hidden neurons "
                     "(1.0: all but the classifiers).")
+flags.DEFINE_integer("zip_retrain_steps", 0, "(b): MTZ joint retraining steps after each "
+                     "zipped layer (distilled with --distill; 0: none). These steps come on "
+                     "top of the joint optimisation budget and are reported.")
 flags.DEFINE_list("methods", ["nwv", "mtz_nwv"], "Methods of the methods stage: nwv (a), "
                   "mtz_nwv (b).")
 flags.DEFINE_string("pools_name", "", "Suffix of the saved pool folders (pools/<method>"
@@ -187,18 +190,31 @@ def nwv_state(nets, fishers, *, pool_pages=None) -> state.PoolDirState:
     return rt.to_state()
 
 
-def zipped_groups(nets) -> dict:
-    """{family: ZippedModel} of every family with more than one member (MTZ, no retraining)."""
-    zipped = {}
+def zipped_groups(nets) -> tuple:
+    """({family: ZippedModel} of every family with more than one member (MTZ; retrained
+    with distillation after each layer when --zip_retrain_steps > 0), {family: the
+    retraining steps run})."""
+    zipped, steps = {}, {}
     for family in dict.fromkeys(m.family for m in members()):
         group = [m for m in members() if m.family == family]
         inputs = [mtz.hessian_inputs(m.task, data_dir(), samples=FLAGS.hessian_samples,
                                      seed=FLAGS.seed) for m in group]
+        retrain = None
+        if FLAGS.zip_retrain_steps > 0:
+            datasets = [data.load(m.task, "train", data_dir(), FLAGS.batch_size,
+                                  seed=FLAGS.seed + i, augment=True, limit=FLAGS.limit)
+                        for i, m in enumerate(group)]
+            retrain = mtz.Retrainer(
+                datasets, steps=FLAGS.zip_retrain_steps, learning_rate=3e-4,
+                multilabel=[data.get(m.task).multilabel for m in group],
+                teachers=[nets[m.name] for m in group] if FLAGS.distill > 0 else None,
+                distill=FLAGS.distill, temperature=FLAGS.temperature)
         zipped[family] = mtz.zip_models([nets[m.name] for m in group], inputs,
                                         names=[m.name for m in group], share=FLAGS.share,
                                         hessian_samples=FLAGS.hessian_samples,
-                                        seed=FLAGS.seed)
-    return zipped
+                                        seed=FLAGS.seed, retrain=retrain)
+        steps[family] = retrain.total_steps if retrain else 0
+    return zipped, steps
 
 
 def mtz_nwv_state(nets, zipped, *, pool_pages=None) -> state.PoolDirState:
@@ -384,7 +400,7 @@ def compute() -> dict:
     fishers = {m.name: nwv.network_fisher(nets[m.name], m.task, data_dir=data_dir(),
                                           source="computed", num_samples=FLAGS.fisher_samples,
                                           seed=FLAGS.seed)[0] for m in members()}
-    zipped = zipped_groups(nets)
+    zipped, report["zip_retrain_steps"] = zipped_groups(nets)
     report["seconds_fisher_and_zip"] = round(time.time() - t, 1)
     if "methods" in FLAGS.stages:
         report["methods"] = run_methods(nets, fishers, zipped, separate_bytes, separate)

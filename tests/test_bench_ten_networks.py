@@ -10,8 +10,12 @@ def test_two_family_run_builds_both_pools_and_evaluate_reads_them(tiny_data, tmp
     run_script("bench_ten_networks.py", f"--data_dir={tiny_data}", f"--work_dir={work}",
                f"--out={out}", "--families=digits,keywords", "--stages=separate,methods",
                "--limit=24", "--epochs_scale=0.01", "--rounds=1", "--steps=2",
-               "--batch_size=8", "--fisher_samples=8", "--hessian_samples=16")
+               "--batch_size=8", "--fisher_samples=8", "--hessian_samples=16",
+               "--zip_retrain_steps=1")
     report = json.load(open(out))
+    # one distilled MTZ retraining step after each zipped layer (nwv_mnist: 5 layers,
+    # nwv_tts: 4), for each of the two networks added to a family's first
+    assert report["zip_retrain_steps"] == {"digits": 10, "keywords": 8}
     assert set(report["separate"]) == {"mnist", "mnist_parity", "mnist_lowhigh",
                                        "tts_commands", "tts_directions", "tts_control"}
     for key in ("nwv", "mtz_nwv"):
