@@ -316,6 +316,8 @@ SECTIONS = [
      "bench_ten_networks_share0.5.json", ten_networks, []),
     ("Ten networks, budget: NWV alone with four times the joint optimisation steps",
      "bench_ten_networks_budget4x.json", ten_networks, []),
+    ("Ten networks, budget: MTZ + NWV with retrained zipping and four times the joint steps",
+     "bench_ten_networks_mtz_retrain.json", ten_networks, []),
     ("Deployment: one TFLite / TFLM file per pool", "bench_deploy.json", deploy, []),
     ("Scaling out: joint optimisation under tf.distribute", "bench_distributed.json",
      distributed, []),
