@@ -16,10 +16,10 @@ optimisation (same rounds x steps, distillation from each network's separate
 self, checkpoint selected on the mean VALIDATION accuracy):
   (a) NWV alone: the ten networks matched into one pool (`nwv.virtualize`).
   (b) MTZ + NWV: each family zipped with MTZ (--share of the hidden neurons,
-      by default all but the classifiers, Hessian-merged weights, no retraining:
-      the budget goes to (b)'s joint optimisation like (a)'s) into one multi-task group (shared input,
-      shared layers computed once), the three groups matched into one pool
-      (`nwv.combined.virtualize_pools`).
+      by default all but the classifiers, Hessian-merged weights; no retraining
+      unless --zip_retrain_steps, whose steps come on top of the joint budget)
+      into one multi-task group (shared input, shared layers computed once), the
+      three groups matched into one pool (`nwv.combined.virtualize_pools`).
 A pool larger than the byte target is shrunk by merging its cheapest page pairs
 (`PoolDirState.shrink`: pages may then be read twice by one network), which is
 how both go below NWV's floor, the largest network.
