@@ -9,10 +9,10 @@ network's batch norms into its convolutions (the plain network NWV pages).
 from mtz.api import ZippedModel, fold_batch_norms, zip_models
 from mtz.layers import InputPad, ZippedLayer
 from mtz.pairing import PairingMethod, ShareSchedule
-from mtz.pipeline import hessian_inputs, zip_trained
+from mtz.pipeline import hessian_inputs, task_retrainer, zip_trained
 from mtz.retrain import Retrainer
 from mtz.zipper import ZipConfig
 
 __all__ = ["InputPad", "PairingMethod", "Retrainer", "ShareSchedule", "ZipConfig",
-           "ZippedLayer", "ZippedModel", "fold_batch_norms", "hessian_inputs", "zip_models",
-           "zip_trained"]
+           "ZippedLayer", "ZippedModel", "fold_batch_norms", "hessian_inputs", "task_retrainer",
+           "zip_models", "zip_trained"]

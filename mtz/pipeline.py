@@ -60,6 +60,35 @@ def accuracies(members, tasks, *, data_dir=None, limit=None) -> dict:
             for m, task, name in zip(members, tasks, member_names(tasks))}
 
 
+def task_retrainer(models, tasks, *, data_dir=None, steps: int, batch_size: int = 64,
+                   learning_rate: float = 3e-4, distill: float = 0.0,
+                   temperature: float = 2.0, seed: int = 0,
+                   limit: int | None = None) -> Retrainer:
+    """The joint retrainer of zipping on the tasks' augmented training splits.
+
+    Args:
+      models: the networks before zipping, one per task (the teachers when
+        `distill` > 0).
+      tasks: the registered task of each model (may repeat).
+      data_dir: local data (None: TFDS).
+      steps: retraining steps after each zipped layer.
+      batch_size, learning_rate: of the retraining (Adam).
+      distill, temperature: distillation from `models` (β = 0: labels only).
+      seed: shuffling seed of the first task (task i: seed + i).
+      limit: at most this many training examples per task.
+    Returns:
+      An `mtz.Retrainer` for `zip_models(retrain=...)`.
+    Raises:
+      ValueError / FileNotFoundError: as `data.load` and `mtz.Retrainer`.
+    """
+    datasets = [data.load(t, "train", data_dir, batch_size, seed=seed + i, augment=True,
+                          limit=limit) for i, t in enumerate(tasks)]
+    return Retrainer(datasets, steps=steps, learning_rate=learning_rate,
+                     multilabel=[data.get(t).multilabel for t in tasks],
+                     teachers=list(models) if distill > 0 else None,
+                     distill=distill, temperature=temperature)
+
+
 def zip_trained(models, tasks, *, data_dir=None, config: ZipConfig | None = None,
                 retrain_steps: int = 100, batch_size: int = 64, learning_rate: float = 3e-4,
                 distill: float = 0.0, temperature: float = 2.0,
@@ -106,12 +135,10 @@ def zip_trained(models, tasks, *, data_dir=None, config: ZipConfig | None = None
         report["records_no_retrain"] = plain.records
     retrainer = None
     if retrain_steps > 0:
-        datasets = [data.load(t, "train", data_dir, batch_size, seed=config.seed + i,
-                              augment=True) for i, t in enumerate(tasks)]
-        retrainer = Retrainer(datasets, steps=retrain_steps, learning_rate=learning_rate,
-                              multilabel=[data.get(t).multilabel for t in tasks],
-                              teachers=list(models) if distill > 0 else None,
-                              distill=distill, temperature=temperature)
+        retrainer = task_retrainer(models, tasks, data_dir=data_dir, steps=retrain_steps,
+                                   batch_size=batch_size, learning_rate=learning_rate,
+                                   distill=distill, temperature=temperature,
+                                   seed=config.seed)
     zipped = zip_models(models, inputs, names=names, config=config, retrain=retrainer,
                         progress=progress)
     report["after_retrain"] = accuracies([zipped.member(i) for i in range(len(tasks))],

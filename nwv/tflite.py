@@ -264,12 +264,12 @@ def _tiled_skeleton(model, tile_bytes, blocks):
         return None
 
     def clone(layer):
-        if big(layer) and isinstance(layer, ZippedLayer):
+        if not big(layer):
+            return layer.__class__.from_config(layer.get_config())
+        if isinstance(layer, ZippedLayer):
             return _TiledZipped(tile_bytes=tile_bytes, blocks=blocks, **layer.get_config())
-        if big(layer):
-            rows = max(1, tile_bytes // (4 * int(layer.kernel.shape[1])))
-            return _TiledDense(tile_rows=rows, blocks=blocks, **layer.get_config())
-        return layer.__class__.from_config(layer.get_config())
+        rows = max(1, tile_bytes // (4 * int(layer.kernel.shape[1])))
+        return _TiledDense(tile_rows=rows, blocks=blocks, **layer.get_config())
 
     try:
         copy = keras.models.clone_model(model, clone_function=clone)

@@ -201,14 +201,11 @@ def zipped_groups(nets) -> tuple:
                                      seed=FLAGS.seed) for m in group]
         retrain = None
         if FLAGS.zip_retrain_steps > 0:
-            datasets = [data.load(m.task, "train", data_dir(), FLAGS.batch_size,
-                                  seed=FLAGS.seed + i, augment=True, limit=FLAGS.limit)
-                        for i, m in enumerate(group)]
-            retrain = mtz.Retrainer(
-                datasets, steps=FLAGS.zip_retrain_steps, learning_rate=3e-4,
-                multilabel=[data.get(m.task).multilabel for m in group],
-                teachers=[nets[m.name] for m in group] if FLAGS.distill > 0 else None,
-                distill=FLAGS.distill, temperature=FLAGS.temperature)
+            retrain = mtz.task_retrainer(
+                [nets[m.name] for m in group], [m.task for m in group], data_dir=data_dir(),
+                steps=FLAGS.zip_retrain_steps, batch_size=FLAGS.batch_size,
+                distill=FLAGS.distill, temperature=FLAGS.temperature, seed=FLAGS.seed,
+                limit=FLAGS.limit)
         zipped[family] = mtz.zip_models([nets[m.name] for m in group], inputs,
                                         names=[m.name for m in group], share=FLAGS.share,
                                         hessian_samples=FLAGS.hessian_samples,
