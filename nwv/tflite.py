@@ -61,8 +61,13 @@ constant buffer is shared by all branches. Batch 1, no variables: the pool
 bytes sit at `info["pool_offset"]` in the file (page j at pool_offset + j * P *
 bytes per weight), so an update can patch them in flash.
 
-Both targets gather pool pages per Keras layer (`gather="layer"`, default): one
-GATHER of the layer's pages, one SPLIT_V into its variables. After conversion
+The micro target gathers pool pages per Keras layer (`gather="layer"`, its
+default): one GATHER of the layer's pages, one SPLIT_V into its variables. The
+tflite target gathers a network's pages at once by default (`gather="network"`:
+one GATHER, one SPLIT_V per network; with int8 pages one CAST, one GATHER of
+the scales and one MUL per network instead of per layer, which keeps an int8
+file's graphs as small as a float file's; the price is one network's float
+weights in the interpreter's arena, a few hundred kB for these networks). After conversion
 the operators are reordered so each layer's gather runs right before the layer
 (the converter puts every gather first) and the tensors renumbered so TFLM's
 greedy planner alternates the copies of a layer's weights between two slots:
@@ -96,12 +101,13 @@ from mtz import ZippedLayer
 from nwv import quantize as quantize_lib
 from nwv.runtime import VirtualizedNetworks
 
-__all__ = ["TARGETS", "GATHERS", "RESERVED", "MICRO_ENTRY", "PAD_LOGIT", "export_tflite",
+__all__ = ["TARGETS", "GATHERS", "DEFAULT_GATHER", "RESERVED", "MICRO_ENTRY", "PAD_LOGIT", "export_tflite",
            "micro_arena_bytes", "micro_arenas", "micro_inputs", "run_micro",
            "largest_buffers"]
 
 TARGETS = ("tflite", "micro")
 GATHERS = ("layer", "variable", "network")
+DEFAULT_GATHER = {"tflite": "network", "micro": "layer"}
 ALL_TASKS, SET_POOL, SET_PAGES = "all_tasks", "set_pool", "set_pages"
 RESERVED = (ALL_TASKS, SET_POOL, SET_PAGES)
 MICRO_ENTRY = "run"
@@ -588,7 +594,7 @@ def _architecture(runtime, name, members, shape) -> str:
 
 def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | None = None,
                   target: str = "tflite", names=None, all_tasks: bool = False,
-                  gather: str = "layer", dense_tile_bytes: int | None = None) -> dict:
+                  gather: str | None = None, dense_tile_bytes: int | None = None) -> dict:
     """Writes ONE TFLite flatbuffer holding the runtime's networks, the pool stored once.
 
     Args:
@@ -603,8 +609,12 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
       names: networks (or groups) to export (default: all, in the runtime's order).
       all_tasks: also write an `all_tasks` signature (tflite target): every
         network in one call, one input per network.
-      gather: "layer" (default), "variable" or "network": how many pool pages a
-        gather reads at once (peak memory vs number of ops).
+      gather: "layer", "variable" or "network": how many pool pages a gather
+        reads at once (peak memory vs number of operators). None: `DEFAULT_GATHER`
+        of the target: "network" for tflite (a phone holds one network's float
+        weights easily; each layer of an int8 file would otherwise cost three
+        more operators: gather of scales, cast, multiply), "layer" for micro
+        (one layer's weights in RAM at a time).
       dense_tile_bytes: plain Dense layers whose kernel (zipped dense layers
         whose weight blocks together) are larger run as a sum
         of products by blocks of kernel rows of about this many bytes, each
@@ -629,6 +639,8 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
     """
     if target not in TARGETS:
         raise ValueError(f"expected target in {list(TARGETS)}, received {target!r}")
+    if target in TARGETS and gather is None:
+        gather = DEFAULT_GATHER[target]
     if gather not in GATHERS:
         raise ValueError(f"expected gather in {list(GATHERS)}, received {gather!r}")
     if os.path.isdir(path):

@@ -149,6 +149,14 @@ def test_int8_pages_match_the_int8_runtime(pool, tmp_path):
     (largest, users), = tflite.largest_buffers(blob, 1)
     assert largest == int8.page_codes.numpy().nbytes and users[0][2] == 9  # INT8 variable
     assert blob.count(int8.page_codes.numpy().tobytes()) == 1
+    # dequantized once per network (one gather of its pages), not once per layer:
+    # the int8 graphs are as small as the float ones
+    model = _model(blob)
+    casts = [tflite_ops(model, sub).count("CAST") for sub in model.subgraphs]
+    assert max(casts) == 1 and sum(casts) == len(info["networks"])
+    per_layer = nwv.export_tflite(runtime, str(tmp_path / "layer.tflite"), quantize="int8",
+                                  gather="layer")
+    assert per_layer["file_bytes"] > info["file_bytes"]
     interpreter = tf.lite.Interpreter(model_content=blob)
     for name in ["left", "digits", combined.GROUP]:
         out = interpreter.get_signature_runner(name)(x=inputs[name])
