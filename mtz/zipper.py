@@ -46,7 +46,13 @@ class ZipConfig:
         "300,100" counts per layer, "eps=0.01" a cost threshold.
       method: `PairingMethod` ("greedy", "optimal" or "random").
       alpha: weight of the zipped network's error (TMC Eq. 2.7-2.8).
-      damping: relative Hessian damping.
+      damping: relative Hessian damping (`mtz.hessian.add_damping`). 1e-3 keeps the
+        merged weights w* = (H_A + H_B)^-1 (H_A a + H_B b) near a and b in the
+        directions few inputs excite: with 1e-6, three keyword networks zipped at
+        share 1.0 got kernels up to 155 (the separate ones: at most 0.7), logits
+        in the hundreds and chance accuracy even after retraining. Chosen on
+        validation (keywords and digits, share 1.0, 100 distilled steps per
+        layer): 1e-3 mean 89.1 / 96.9 %, 1e-2 88.8 / 96.8 %, 1e-1 88.1 / - %.
       hessian_samples: examples per task for the layer-wise Hessians.
       sparse: keep zero weights at zero (pairs keep the mask with more non-zeros).
       per_tap: per-tap Hessian approximation for convolutions.
@@ -57,7 +63,7 @@ class ZipConfig:
         default_factory=lambda: pairing.ShareSchedule.parse("1.0"))
     method: pairing.PairingMethod = pairing.PairingMethod.GREEDY
     alpha: float = 0.5
-    damping: float = 1e-6
+    damping: float = 1e-3
     hessian_samples: int = 1000
     sparse: bool = False
     per_tap: bool = False

@@ -192,8 +192,9 @@ def nwv_state(nets, fishers, *, pool_pages=None) -> state.PoolDirState:
 
 def zipped_groups(nets) -> tuple:
     """({family: ZippedModel} of every family with more than one member (MTZ; retrained
-    with distillation after each layer when --zip_retrain_steps > 0), {family: the
-    retraining steps run})."""
+    with distillation after each layer when --zip_retrain_steps > 0), {family: {"steps":
+    the retraining steps run, "val_accuracy": {member: validation accuracy of the
+    zipped group before it is paged}}})."""
     zipped, steps = {}, {}
     for family in dict.fromkeys(m.family for m in members()):
         group = [m for m in members() if m.family == family]
@@ -210,7 +211,12 @@ def zipped_groups(nets) -> tuple:
                                         names=[m.name for m in group], share=FLAGS.share,
                                         hessian_samples=FLAGS.hessian_samples,
                                         seed=FLAGS.seed, retrain=retrain)
-        steps[family] = retrain.total_steps if retrain else 0
+        steps[family] = {
+            "steps": retrain.total_steps if retrain else 0,
+            "val_accuracy": {m.name: training.evaluate(
+                zipped[family].member_model(m.name), m.task, "validation",
+                data_dir=data_dir(), limit=FLAGS.limit)["accuracy"] for m in group}}
+        bench.log(f"(zip {family}) {steps[family]}")
     return zipped, steps
 
 
@@ -397,7 +403,7 @@ def compute() -> dict:
     fishers = {m.name: nwv.network_fisher(nets[m.name], m.task, data_dir=data_dir(),
                                           source="computed", num_samples=FLAGS.fisher_samples,
                                           seed=FLAGS.seed)[0] for m in members()}
-    zipped, report["zip_retrain_steps"] = zipped_groups(nets)
+    zipped, report["zipped_groups"] = zipped_groups(nets)
     report["seconds_fisher_and_zip"] = round(time.time() - t, 1)
     if "methods" in FLAGS.stages:
         report["methods"] = run_methods(nets, fishers, zipped, separate_bytes, separate)

@@ -271,11 +271,17 @@ def ten_networks(d):
         for family, t in timing.items():
             rows.append(f"| {family} ({len(t['members'])}) | {t['one_call_ms']:.1f} ms | "
                         f"{t['one_at_a_time_ms']:.1f} ms | {t['speedup']:.2f}x |")
-    retrained = {k: v for k, v in d.get("zip_retrain_steps", {}).items() if v}
+    groups = d.get("zipped_groups", {})
+    retrained = {k: g["steps"] for k, g in groups.items() if g["steps"]}
     if retrained and "mtz_nwv" in methods:
         rows.append("\nMTZ + NWV's zipping retrained each family after every zipped layer "
                     "(distilled), on top of the joint budget: " + ", ".join(
                         f"{k} {v} steps" for k, v in retrained.items()) + ".")
+    if groups and "mtz_nwv" in methods:
+        rows.append("Zipped groups before paging (validation accuracy, separate network in "
+                    "brackets): " + "; ".join(
+                        f"{name} {100 * acc:.2f}% ({100 * d['separate'][name]['val_accuracy']:.2f}%)"
+                        for g in groups.values() for name, acc in g["val_accuracy"].items()) + ".")
     rows.append(f"\nWall time {d['seconds'] / 60:.0f} min (separate networks cached; Fishers "
                 f"and zips {d['seconds_fisher_and_zip']:.0f} s).")
     return rows

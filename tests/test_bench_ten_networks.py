@@ -15,7 +15,12 @@ def test_two_family_run_builds_both_pools_and_evaluate_reads_them(tiny_data, tmp
     report = json.load(open(out))
     # one distilled MTZ retraining step after each zipped layer (nwv_mnist: 5 layers,
     # nwv_tts: 4), for each of the two networks added to a family's first
-    assert report["zip_retrain_steps"] == {"digits": 10, "keywords": 8}
+    groups = report["zipped_groups"]
+    assert {f: g["steps"] for f, g in groups.items()} == {"digits": 10, "keywords": 8}
+    # each zipped group is evaluated on validation before it is paged
+    assert set(groups["keywords"]["val_accuracy"]) == {"tts_commands", "tts_directions",
+                                                        "tts_control"}
+    assert all(0 <= v <= 1 for g in groups.values() for v in g["val_accuracy"].values())
     assert set(report["separate"]) == {"mnist", "mnist_parity", "mnist_lowhigh",
                                        "tts_commands", "tts_directions", "tts_control"}
     for key in ("nwv", "mtz_nwv"):

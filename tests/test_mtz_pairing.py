@@ -279,3 +279,26 @@ def test_share_schedule():
         pairing.ShareSchedule("percent", (1,))
     with pytest.raises(Exception):
         s.kind = "count"  # frozen
+
+
+def test_default_damping_keeps_merged_weights_near_the_originals():
+    """Directions few inputs excite, correlated differently in A and B, make the
+    undamped merge w* = (H_A + H_B)^-1 (H_A a + H_B b) explode (what zipped three
+    keyword networks to chance); ZipConfig's damping keeps w* within their range."""
+    from mtz import ZipConfig, hessian
+    rng = np.random.default_rng(0)
+    n, d = 200, 20
+    scale = np.r_[np.ones(10), 1e-3 * np.ones(10)]          # ten weak input directions
+    xa = rng.normal(size=(n, d)) * scale
+    xb = rng.normal(size=(n, d)) * scale
+    xb[:, 10:] += 1e-3 * xb[:, :10]
+    a, b = rng.normal(size=(d, 4)), rng.normal(size=(d, 4))
+    bound = max(np.abs(a).max(), np.abs(b).max())
+
+    def merged(damping):
+        return pairing.merged_weights(a, b, hessian.layer_hessian(xa, bias=False,
+                                                                  damping=damping),
+                                      hessian.layer_hessian(xb, bias=False, damping=damping))
+
+    assert np.abs(merged(1e-6)).max() > 50 * bound
+    assert np.abs(merged(ZipConfig().damping)).max() <= bound
