@@ -436,11 +436,13 @@ def print_report(report) -> None:
 
 
 def plot(report, path) -> None:
-    if "curve" not in report or set(report.get("methods", {})) != {"nwv", "mtz_nwv"}:
+    if not report.get("curve") or not report.get("methods"):
         return
     plt = bench.pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for key, colour, label in (("nwv", "#37c", "NWV alone"), ("mtz_nwv", "#3a7", "MTZ + NWV")):
+        if key not in report["methods"]:
+            continue
         pts = sorted([p for p in report["curve"] if p["method"] == key] +
                      [{**report["methods"][key], "compression": report["methods"][key][
                          "compression"]}], key=lambda p: p["compression"])

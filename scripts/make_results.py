@@ -223,8 +223,10 @@ def ten_networks(d):
     head = "| network | task | separate |" + "".join(
         f" {labels[k]} |" for k in methods) + "".join(
         f" {labels[k]} int8 |" for k in d.get("int8", {}))
-    rows = [f"Ten float32 networks: {d['separate_bytes'] / 1e6:.2f} MB stored separately.", "",
-            head, "|---|---|---|" + "---|" * (len(methods) + len(d.get("int8", {})))]
+    rows = [f"Ten float32 networks: {d['separate_bytes'] / 1e6:.2f} MB stored separately."]
+    if d.get("stale_removed"):
+        rows.append(f"\n{d['stale_removed']}")
+    rows += ["", head, "|---|---|---|" + "---|" * (len(methods) + len(d.get("int8", {})))]
     for name, sep in d["separate"].items():
         cells = [pct(sep["test_accuracy"])]
         cells += [pct(m["test_accuracy"][name]) for m in methods.values()]
@@ -318,8 +320,6 @@ SECTIONS = [
      resident, ["bench_nwv_resident.png"]),
     ("Ten networks: NWV alone against MTZ + NWV", "bench_ten_networks.json", ten_networks,
      ["bench_ten_networks.png"]),
-    ("Ten networks, ablation: MTZ + NWV with half of each family's neurons shared",
-     "bench_ten_networks_share0.5.json", ten_networks, []),
     ("Ten networks, budget: NWV alone with four times the joint optimisation steps",
      "bench_ten_networks_budget4x.json", ten_networks, []),
     ("Ten networks, budget: MTZ + NWV with retrained zipping and four times the joint steps",
