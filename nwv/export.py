@@ -31,13 +31,25 @@ from nwv.runtime import VirtualizedNetworks
 ALL_ENDPOINT = "all_tasks"
 
 
-def _endpoint_name(name: str) -> str:
-    # as nwv.tflite's signatures: `served.<name>(x)` must be valid Python
+def check_endpoint_name(name: str, *, reserved=(), kind: str = "SavedModel endpoint",
+                        hint: str = "") -> str:
+    """`name` if it can name an endpoint of an export, else ValueError.
+
+    The one rule of both exports (SavedModel endpoints, TFLite signatures): an ASCII
+    Python identifier that is not a keyword (`served.<name>(x)` must be valid
+    Python; C and Java runtimes look signatures up by ASCII key) and not in
+    `reserved` (the export's own endpoints).
+    """
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or keyword.iskeyword(name) \
-            or name == ALL_ENDPOINT:
-        raise ValueError(f"network name {name!r} cannot name a SavedModel endpoint: expected "
-                         f"a Python identifier (not a keyword) other than {ALL_ENDPOINT!r}")
+            or name in reserved:
+        raise ValueError(f"network name {name!r} cannot name a {kind}: expected an ASCII "
+                         f"Python identifier (not a keyword) other than {list(reserved)}"
+                         f"{hint}")
     return name
+
+
+def _endpoint_name(name: str) -> str:
+    return check_endpoint_name(name, reserved=(ALL_ENDPOINT,))
 
 
 def export_savedmodel(runtime: VirtualizedNetworks, out_dir: str, *, names=None) -> dict:

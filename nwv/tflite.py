@@ -89,7 +89,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import keyword
 import os
 import tempfile
 
@@ -99,6 +98,7 @@ import tensorflow as tf
 
 from mtz import ZippedLayer
 from nwv import quantize as quantize_lib
+from nwv.export import check_endpoint_name
 from nwv.runtime import VirtualizedNetworks
 
 __all__ = ["TARGETS", "GATHERS", "DEFAULT_GATHER", "RESERVED", "MICRO_ENTRY", "PAD_LOGIT", "export_tflite",
@@ -342,12 +342,10 @@ def _forward(runtime, name, x, pages, table, granularity, *, tile_bytes=0, skele
 
 # --- what to export -------------------------------------------------------------
 def _check_name(name, signature):
-    if signature and (not (name.isidentifier() and not keyword.iskeyword(name))
-                      or name in RESERVED):
-        raise ValueError(f"network name {name!r} cannot name a TFLite signature: expected a "
-                         f"Python identifier other than {list(RESERVED)}; rename the network "
-                         f"in the pool or leave it out with names= (or export target='micro',"
-                         f" which has no signatures)")
+    if signature:
+        check_endpoint_name(name, reserved=RESERVED, kind="TFLite signature",
+                            hint="; rename the network in the pool or leave it out with "
+                                 "names= (or export target='micro', which has no signatures)")
     return name
 
 
