@@ -19,7 +19,8 @@ self, checkpoint selected on the mean VALIDATION accuracy):
       by default all but the classifiers, Hessian-merged weights; no retraining
       unless --zip_retrain_steps, whose steps come on top of the joint budget)
       into one multi-task group (shared input, shared layers computed once), the
-      three groups matched into one pool (`nwv.combined.virtualize_pools`).
+      groups matched into one pool (`nwv.combined.virtualize_pools`), with the
+      networks of the families left out of --zip_families as leftovers (NWV).
 A pool larger than the byte target is shrunk by merging its cheapest page pairs
 (`PoolDirState.shrink`: pages may then be read twice by one network), which is
 how both go below NWV's floor, the largest network.
@@ -80,6 +81,9 @@ flags.DEFINE_integer("limit", None, "At most this many examples per split (quick
 flags.DEFINE_float("epochs_scale", 1.0, "Multiplies every network's epochs (quick runs).")
 flags.DEFINE_string("share", "1.0", "(b): MTZ share of every family's hidden neurons "
                     "(1.0: all but the classifiers).")
+flags.DEFINE_list("zip_families", None, "(b): the families zipped with MTZ (default: every "
+                  "family of --families); the networks of the others are paged with the "
+                  "zipped groups as leftovers (NWV).")
 flags.DEFINE_integer("zip_retrain_steps", 0, "(b): MTZ joint retraining steps after each "
                      "zipped layer (distilled with --distill; 0: none). These steps come on "
                      "top of the joint optimisation budget and are reported.")
@@ -190,13 +194,25 @@ def nwv_state(nets, fishers, *, pool_pages=None) -> state.PoolDirState:
     return rt.to_state()
 
 
+def zip_families() -> list:
+    """The families (b) zips (--zip_families, default every family of --families)."""
+    families = list(dict.fromkeys(m.family for m in members()))
+    if FLAGS.zip_families is None:
+        return families
+    unknown = sorted(set(FLAGS.zip_families) - set(families))
+    if unknown:
+        raise ValueError(f"--zip_families: unknown families {unknown}; expected some of "
+                         f"{families}")
+    return [f for f in families if f in FLAGS.zip_families]
+
+
 def zipped_groups(nets) -> tuple:
-    """({family: ZippedModel} of every family with more than one member (MTZ; retrained
+    """({family: ZippedModel} of every family of `zip_families()` (MTZ; retrained
     with distillation after each layer when --zip_retrain_steps > 0), {family: {"steps":
     the retraining steps run, "val_accuracy": {member: validation accuracy of the
     zipped group before it is paged}}})."""
     zipped, steps = {}, {}
-    for family in dict.fromkeys(m.family for m in members()):
+    for family in zip_families():
         group = [m for m in members() if m.family == family]
         inputs = [mtz.hessian_inputs(m.task, data_dir(), samples=FLAGS.hessian_samples,
                                      seed=FLAGS.seed) for m in group]
@@ -220,9 +236,16 @@ def zipped_groups(nets) -> tuple:
     return zipped, steps
 
 
-def mtz_nwv_state(nets, zipped, *, pool_pages=None) -> state.PoolDirState:
-    """(b): each family's zipped group in a pool, the groups matched into one pool."""
+def mtz_nwv_state(nets, fishers, zipped, *, pool_pages=None) -> state.PoolDirState:
+    """(b): each zipped family's group in a pool, the networks of the families not
+    zipped (leftovers) matched into one more pool (NWV), all matched into one pool."""
+    leftovers = [m for m in members() if m.family not in zipped]
     states = []
+    if leftovers:
+        states.append(nwv.virtualize({m.name: nets[m.name] for m in leftovers},
+                                     tasks={m.name: m.task for m in leftovers},
+                                     fisher={m.name: fishers[m.name] for m in leftovers},
+                                     page_size=FLAGS.page_size).to_state())
     for family, model in zipped.items():
         group = [m for m in members() if m.family == family]
         states.append(combined.zipped_pool_state(
@@ -315,14 +338,17 @@ def save_pool(rt, name) -> str:
 def run_methods(nets, fishers, zipped, separate_bytes, separate) -> dict:
     target = separate_bytes / FLAGS.compression
     out = {}
-    builders = {"nwv": lambda: nwv_state(nets, fishers),
-                "mtz_nwv": lambda: mtz_nwv_state(nets, zipped)}
+    builders = {"nwv": lambda **kw: nwv_state(nets, fishers, **kw),
+                "mtz_nwv": lambda **kw: mtz_nwv_state(nets, fishers, zipped, **kw)}
     unknown = sorted(set(FLAGS.methods) - set(builders))
     if unknown:
         raise ValueError(f"unknown methods {unknown}; expected some of {list(builders)}")
     for key, build in ((k, builders[k]) for k in FLAGS.methods):
         start = time.time()
         pool_state = build()
+        pages = pages_for(target, pool_state)
+        if pages > pool_state.pool.shape[0]:              # room to share less
+            pool_state = build(pool_pages=pages)
         fitted = fit_bytes(pool_state, target)
         bench.log(f"({key}) pool {fitted}; optimising")
         rt, summary = optimise(pool_state, log_prefix=f"({key}) ")
@@ -345,11 +371,11 @@ def run_curve(nets, fishers, zipped, separate_bytes, separate) -> list:
         for key in ("nwv", "mtz_nwv"):
             start = time.time()
             pool_state = (nwv_state(nets, fishers) if key == "nwv"
-                          else mtz_nwv_state(nets, zipped))
+                          else mtz_nwv_state(nets, fishers, zipped))
             pages = pages_for(target, pool_state)
             if pages > pool_state.pool.shape[0]:          # room to share less
                 pool_state = (nwv_state(nets, fishers, pool_pages=pages) if key == "nwv"
-                              else mtz_nwv_state(nets, zipped, pool_pages=pages))
+                              else mtz_nwv_state(nets, fishers, zipped, pool_pages=pages))
             fitted = fit_bytes(pool_state, target)
             rt, summary = optimise(pool_state, steps_scale=FLAGS.curve_budget,
                                    log_prefix=f"(curve {key} {factor:g}x) ")
@@ -381,8 +407,8 @@ def run_int8(separate_bytes, separate) -> dict:
     return out
 
 
-def run_labels_only(nets, zipped, separate_bytes, separate) -> dict:
-    pool_state = mtz_nwv_state(nets, zipped)
+def run_labels_only(nets, fishers, zipped, separate_bytes, separate) -> dict:
+    pool_state = mtz_nwv_state(nets, fishers, zipped)
     fitted = fit_bytes(pool_state, separate_bytes / FLAGS.compression)
     rt, summary = optimise(pool_state, distill=0.0, log_prefix="(labels only) ")
     test = evaluate_runtime(rt)
@@ -392,6 +418,7 @@ def run_labels_only(nets, zipped, separate_bytes, separate) -> dict:
 
 def compute() -> dict:
     start = time.time()
+    zip_families()                                        # bad flags fail before training
     nets = train_separate()
     report = {"flags": bench.script_flags(), "load_average_start": bench.load_average()}
     if FLAGS.stages == ["separate"]:
@@ -412,7 +439,7 @@ def compute() -> dict:
     if "int8" in FLAGS.stages:
         report["int8"] = run_int8(separate_bytes, separate)
     if "labels_only" in FLAGS.stages:
-        report["labels_only"] = run_labels_only(nets, zipped, separate_bytes, separate)
+        report["labels_only"] = run_labels_only(nets, fishers, zipped, separate_bytes, separate)
     report["seconds"] = round(time.time() - start, 1)
     report["load_average_end"] = bench.load_average()
     return report

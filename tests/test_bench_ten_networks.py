@@ -40,3 +40,25 @@ def test_two_family_run_builds_both_pools_and_evaluate_reads_them(tiny_data, tmp
             result = json.loads(proc.stdout.strip().splitlines()[-1])
             assert result["network"] == name and 0 < result["examples"] <= 24
     assert os.path.exists(tmp_path / "ten.png") is False      # no curve: no figure
+
+    # (b) with only the digits zipped: the keyword networks are paged as leftovers
+    left = tmp_path / "left.json"
+    run_script("bench_ten_networks.py", f"--data_dir={tiny_data}", f"--work_dir={work}",
+               f"--out={left}", "--families=digits,keywords", "--stages=separate,methods",
+               "--methods=mtz_nwv", "--zip_families=digits", "--pools_name=_left",
+               "--limit=24", "--epochs_scale=0.01", "--rounds=1", "--steps=2",
+               "--batch_size=8", "--fisher_samples=8", "--hessian_samples=16")
+    report = json.load(open(left))
+    assert set(report["zipped_groups"]) == {"digits"}
+    method = report["methods"]["mtz_nwv"]
+    assert set(method["family_timing"]) == {"digits"}
+    assert method["pool"]["stored_bytes"] <= report["separate_bytes"] / 8
+    assert set(method["test_accuracy"]) >= set(report["separate"])
+    proc = run_script("evaluate.py", f"--weights={work / 'pools' / 'mtz_nwv_left'}",
+                      "--network=tts_control", "--task=tts_control",
+                      f"--data_dir={tiny_data}", "--limit=24")
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["network"] == "tts_control"
+    proc = run_script("bench_ten_networks.py", f"--data_dir={tiny_data}",
+                      f"--work_dir={work}", f"--out={left}", "--families=digits",
+                      "--zip_families=objects", check=False)
+    assert proc.returncode != 0 and "unknown families ['objects']" in proc.stderr
