@@ -226,6 +226,11 @@ def ten_networks(d):
     rows = [f"Ten float32 networks: {d['separate_bytes'] / 1e6:.2f} MB stored separately."]
     if d.get("stale_removed"):
         rows.append(f"\n{d['stale_removed']}")
+    zipped = d.get("flags", {}).get("zip_families")
+    if zipped and "mtz_nwv" in methods:
+        left = sorted({s["family"] for s in d["separate"].values()} - set(zipped))
+        rows.append(f"\nMTZ + NWV zips {', '.join(zipped)}; the networks of "
+                    f"{', '.join(left) or 'no other family'} are paged as leftovers (NWV).")
     rows += ["", head, "|---|---|---|" + "---|" * (len(methods) + len(d.get("int8", {})))]
     for name, sep in d["separate"].items():
         cells = [pct(sep["test_accuracy"])]
@@ -324,6 +329,10 @@ SECTIONS = [
      "bench_ten_networks_budget4x.json", ten_networks, []),
     ("Ten networks, budget: MTZ + NWV with retrained zipping and four times the joint steps",
      "bench_ten_networks_mtz_retrain.json", ten_networks, []),
+    ("Ten networks, ablation: MTZ + NWV zipping the digits only",
+     "bench_ten_networks_zip_digits.json", ten_networks, []),
+    ("Ten networks, ablation: MTZ + NWV zipping the digits and the keywords",
+     "bench_ten_networks_zip_digits_keywords.json", ten_networks, []),
     ("Deployment: one TFLite / TFLM file per pool", "bench_deploy.json", deploy, []),
     ("Scaling out: joint optimisation under tf.distribute", "bench_distributed.json",
      distributed, []),
