@@ -63,11 +63,18 @@ bytes per weight), so an update can patch them in flash.
 
 The micro target gathers pool pages per Keras layer (`gather="layer"`, its
 default): one GATHER of the layer's pages, one SPLIT_V into its variables. The
-tflite target gathers a network's pages at once by default (`gather="network"`:
+tflite target (`gather="auto"`) gathers a network's pages at once (`"network"`:
 one GATHER, one SPLIT_V per network; with int8 pages one CAST, one GATHER of
 the scales and one MUL per network instead of per layer, which keeps an int8
 file's graphs as small as a float file's; the price is one network's float
-weights in the interpreter's arena, a few hundred kB for these networks). After conversion
+weights in the interpreter's arena, a few hundred kB for these networks). A
+float file with zipped networks is also converted with zipped groups and their
+members gathering per layer, and the smaller file kept: their shared layers
+read the same pages, so each shared layer's slice of the page tables is then
+one constant stored once (per network, every member's whole table is stored:
+the ten-network MTZ + NWV file held 28 kB of index constants instead of 8 kB),
+at the price of a few operators per layer (more than the tables save in small
+networks). After conversion
 the operators are reordered so each layer's gather runs right before the layer
 (the converter puts every gather first) and the tensors renumbered so TFLM's
 greedy planner alternates the copies of a layer's weights between two slots:
@@ -106,8 +113,8 @@ __all__ = ["TARGETS", "GATHERS", "DEFAULT_GATHER", "RESERVED", "MICRO_ENTRY", "P
            "largest_buffers"]
 
 TARGETS = ("tflite", "micro")
-GATHERS = ("layer", "variable", "network")
-DEFAULT_GATHER = {"tflite": "network", "micro": "layer"}
+GATHERS = ("auto", "layer", "variable", "network")
+DEFAULT_GATHER = {"tflite": "auto", "micro": "layer"}
 ALL_TASKS, SET_POOL, SET_PAGES = "all_tasks", "set_pool", "set_pages"
 RESERVED = (ALL_TASKS, SET_POOL, SET_PAGES)
 MICRO_ENTRY = "run"
@@ -431,11 +438,19 @@ def _tflite_module(runtime, entries, arrays, granularity, all_tasks, tile_bytes)
                           scales=tf.convert_to_tensor(module.page_scales))
         return _Pages(pool=tf.convert_to_tensor(module.page_pool))
 
+    zipped = {n for group, members in runtime.groups().items() for n in (group, *members)}
+
+    def gather_of(name):
+        """The granularity of one network's gathers ("auto": see the module doc)."""
+        if granularity != "auto":
+            return granularity
+        return "layer" if name in zipped else "network"
+
     def network_fn(name, members):
         table = runtime.page_table(name)
 
         def fn(x):
-            out = _forward(runtime, name, x, pages(), table, granularity,
+            out = _forward(runtime, name, x, pages(), table, gather_of(name),
                            tile_bytes=tile_bytes, skeletons=skeletons)
             return dict(zip(members, out)) if members else {"logits": out}
         return fn
@@ -449,7 +464,7 @@ def _tflite_module(runtime, entries, arrays, granularity, all_tasks, tile_bytes)
     if all_tasks and tasks:
         def run_all(*xs):
             read = pages()
-            return {n: _forward(runtime, n, x, read, runtime.page_table(n), granularity,
+            return {n: _forward(runtime, n, x, read, runtime.page_table(n), gather_of(n),
                                 tile_bytes=tile_bytes, skeletons=skeletons)
                     for (n, _), x in zip(tasks, xs)}
         specs = [tf.TensorSpec((None, *s), tf.float32, name=n) for n, s in tasks]
@@ -502,6 +517,7 @@ def _tflite_module(runtime, entries, arrays, granularity, all_tasks, tile_bytes)
 
 def _micro_module(runtime, entries, arrays, granularity, tile_bytes):
     """One entry point `run(task, x)`; see the module docstring."""
+    granularity = "layer" if granularity == "auto" else granularity
     shapes = [s for _, _, s in entries]
     inputs = [int(np.prod(s)) for s in shapes]
     widths = [sum(_classes(runtime, n, members)) for n, members, _ in entries]
@@ -608,11 +624,14 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
       all_tasks: also write an `all_tasks` signature (tflite target): every
         network in one call, one input per network.
       gather: "layer", "variable" or "network": how many pool pages a gather
-        reads at once (peak memory vs number of operators). None: `DEFAULT_GATHER`
-        of the target: "network" for tflite (a phone holds one network's float
-        weights easily; each layer of an int8 file would otherwise cost three
-        more operators: gather of scales, cast, multiply), "layer" for micro
-        (one layer's weights in RAM at a time).
+        reads at once (peak memory vs number of operators), or "auto". None:
+        `DEFAULT_GATHER` of the target: "auto" for tflite ("network": a phone
+        holds one network's float weights easily, and each layer of an int8 file
+        would otherwise cost three more operators: gather of scales, cast,
+        multiply; a float file with zipped networks is converted a second time
+        with "layer" for zipped groups and their members, whose per-layer table
+        slices are shared, and the smaller file kept), "layer" for micro (one
+        layer's weights in RAM at a time; "auto" means "layer" there).
       dense_tile_bytes: plain Dense layers whose kernel (zipped dense layers
         whose weight blocks together) are larger run as a sum
         of products by blocks of kernel rows of about this many bytes, each
@@ -623,7 +642,9 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
       {"path", "target", "storage" ("float32"|"int8"), "signatures" (tflite: the
       signature keys; micro: [MICRO_ENTRY]), "networks" {name: {"input_shape",
       "classes" (a list: one per output), "members" (groups)}}, "file_bytes",
-      "pool_bytes", "table_bytes", "page_size", "pool_pages"}; micro adds "tasks"
+      "pool_bytes", "table_bytes", "page_size", "pool_pages", "gather" (the one
+      used: "network", "layer", "variable" or "layer for zipped networks")};
+      micro adds "tasks"
       (the networks in the order of the `task` index), "inputs" (the entry
       point's input names in input-index order), "input_size", "output_size",
       "pool_offset" (byte offset of the pool constant in the file), "branches"
@@ -650,18 +671,25 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
     entries = _entries(runtime, names, signatures=target == "tflite")
     extra = {}
     if target == "tflite":
-        module, signatures = _tflite_module(runtime, entries, arrays, gather, all_tasks,
-                                            int(dense_tile_bytes or 0))
+        choices = [gather]
+        if gather == "auto":
+            zipped = {n for g, members in runtime.groups().items() for n in (g, *members)}
+            float_zipped = "codes" not in arrays and any(n in zipped for n, _, _ in entries)
+            choices = ["network", "auto"] if float_zipped else ["network"]
+        blobs = {}
+        for choice in choices:     # "auto": the smaller file of these
+            module, signatures = _tflite_module(runtime, entries, arrays, choice, all_tasks,
+                                                int(dense_tile_bytes or 0))
+            blobs[choice] = _converted(module, signatures, resource_variables=True)
+        gather = min(blobs, key=lambda c: len(blobs[c]))
+        blob = blobs[gather]
         table_bytes = int(sum(4 * runtime.page_table(n).size for n, _, _ in entries))
     else:
+        gather = "layer" if gather == "auto" else gather
         tile = MICRO_TILE_BYTES if dense_tile_bytes is None else int(dense_tile_bytes)
         module, signatures, extra = _micro_module(runtime, entries, arrays, gather, tile)
         table_bytes = extra.pop("table_bytes")
-    try:
-        blob = _convert(module, signatures, resource_variables=target == "tflite")
-        blob = _finish(blob, reorder=True)
-    except Exception as err:  # the converter raises ConverterError and others
-        raise RuntimeError(f"TFLite conversion failed: {err}") from err
+        blob = _converted(module, signatures, resource_variables=False)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     with open(path, "wb") as handle:
@@ -674,12 +702,21 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
                      for n, members, s in entries},
         "file_bytes": len(blob), "pool_bytes": _pool_bytes(arrays),
         "table_bytes": table_bytes, "page_size": runtime.page_size,
-        "pool_pages": int(next(iter(arrays.values())).shape[0])}
+        "pool_pages": int(next(iter(arrays.values())).shape[0]),
+        "gather": "layer for zipped networks" if gather == "auto" else gather}
     if target == "micro":
         main = arrays.get("pool", arrays.get("codes"))
         info.update(tasks=[n for n, _, _ in entries], inputs=_input_order(blob, MICRO_ENTRY),
                     pool_offset=_buffer_offset(blob, main.tobytes()), **extra)
     return info
+
+
+def _converted(module, signatures, *, resource_variables) -> bytes:
+    try:
+        return _finish(_convert(module, signatures, resource_variables=resource_variables),
+                       reorder=True)
+    except Exception as err:  # the converter raises ConverterError and others
+        raise RuntimeError(f"TFLite conversion failed: {err}") from err
 
 
 # --- the flatbuffer after conversion -----------------------------------------------

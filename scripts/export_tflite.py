@@ -30,9 +30,10 @@ flags.DEFINE_enum("target", "tflite", ["tflite", "micro"],
 flags.DEFINE_list("networks", None, "Networks (or zipped groups) to export (default: all).")
 flags.DEFINE_bool("all_tasks", False, "tflite: also an all_tasks signature (every network "
                   "in one call).")
-flags.DEFINE_enum("gather", None, ["layer", "variable", "network"], "Pages gathered at "
-                  "once: per layer, per variable, or the whole network (default: network "
-                  "for tflite, layer for micro).")
+flags.DEFINE_enum("gather", None, ["auto", "layer", "variable", "network"], "Pages "
+                  "gathered at once: per layer, per variable, or the whole network "
+                  "(default auto for tflite: network, but layer for zipped networks in "
+                  "float files; layer for micro).")
 flags.DEFINE_integer("dense_tile_bytes", None, "Dense kernels above this many bytes run in "
                      "blocks of rows read just before use (default: 16 kB for micro, off "
                      "for tflite; 0: off).")

@@ -105,6 +105,16 @@ def test_one_file_holds_every_network_with_the_pool_once(pool, tmp_path):
                for buffer in model.buffers) == 1
     ops = {op for sub in model.subgraphs for op in tflite_ops(model, sub)}
     assert {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE", "GATHER"} <= ops
+    # gather="auto": a plain network gathers its pages at once; with zipped networks
+    # a float file is also built with their gathers per layer, and the smaller kept
+    gathers = {sub.name.decode(): tflite_ops(model, sub).count("GATHER")
+               for sub in model.subgraphs}
+    assert gathers["digits"] == 1
+    sizes = {g: nwv.export_tflite(runtime, str(tmp_path / f"{g}.tflite"), gather=g,
+                                  all_tasks=True)
+             for g in ("network", "layer")}
+    assert info["gather"] == "network"        # these tiny tables cost less than the ops
+    assert info["file_bytes"] == sizes["network"]["file_bytes"] < sizes["layer"]["file_bytes"]
     assert "BATCH_MATMUL" not in ops and not any(op.startswith("CUSTOM") for op in ops)
     # one buffer per distinct constant, activations on the empty buffer 0, and every
     # layer's gathered bias folded into the layer (no ADD reads a layer's output)
