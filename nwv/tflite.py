@@ -108,8 +108,8 @@ from nwv import quantize as quantize_lib
 from nwv.export import check_endpoint_name
 from nwv.runtime import VirtualizedNetworks
 
-__all__ = ["TARGETS", "GATHERS", "DEFAULT_GATHER", "RESERVED", "MICRO_ENTRY", "PAD_LOGIT", "export_tflite",
-           "micro_arena_bytes", "micro_arenas", "micro_inputs", "run_micro",
+__all__ = ["TARGETS", "GATHERS", "DEFAULT_GATHER", "RESERVED", "MICRO_ENTRY", "PAD_LOGIT",
+           "export_tflite", "micro_arena_bytes", "micro_arenas", "micro_inputs", "run_micro",
            "largest_buffers"]
 
 TARGETS = ("tflite", "micro")
