@@ -421,6 +421,11 @@ def _convert(module, signatures, *, resource_variables):
         return converter.convert()
 
 
+def _zipped_names(runtime) -> set:
+    """The zipped groups of `runtime` and their members."""
+    return {n for group, members in runtime.groups().items() for n in (group, *members)}
+
+
 def _tflite_module(runtime, entries, arrays, granularity, all_tasks, tile_bytes):
     module = tf.Module()
     skeletons = {}
@@ -438,7 +443,7 @@ def _tflite_module(runtime, entries, arrays, granularity, all_tasks, tile_bytes)
                           scales=tf.convert_to_tensor(module.page_scales))
         return _Pages(pool=tf.convert_to_tensor(module.page_pool))
 
-    zipped = {n for group, members in runtime.groups().items() for n in (group, *members)}
+    zipped = _zipped_names(runtime)
 
     def gather_of(name):
         """The granularity of one network's gathers ("auto": see the module doc)."""
@@ -517,7 +522,6 @@ def _tflite_module(runtime, entries, arrays, granularity, all_tasks, tile_bytes)
 
 def _micro_module(runtime, entries, arrays, granularity, tile_bytes):
     """One entry point `run(task, x)`; see the module docstring."""
-    granularity = "layer" if granularity == "auto" else granularity
     shapes = [s for _, _, s in entries]
     inputs = [int(np.prod(s)) for s in shapes]
     widths = [sum(_classes(runtime, n, members)) for n, members, _ in entries]
@@ -673,7 +677,7 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
     if target == "tflite":
         choices = [gather]
         if gather == "auto":
-            zipped = {n for g, members in runtime.groups().items() for n in (g, *members)}
+            zipped = _zipped_names(runtime)
             float_zipped = "codes" not in arrays and any(n in zipped for n, _, _ in entries)
             choices = ["network", "auto"] if float_zipped else ["network"]
         blobs = {}

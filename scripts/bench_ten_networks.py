@@ -271,6 +271,23 @@ def pages_for(target_bytes, pool_state) -> int:
     return int((target_bytes - tables) // (4 * FLAGS.page_size))
 
 
+def pool_at(build, target_bytes) -> tuple:
+    """(pool state, `fit_bytes` report) of `build(pool_pages=None | n)` at the byte
+    target: rebuilt with more pages when the natural pool leaves room to share less,
+    shrunk when it is too large."""
+    pool_state = build()
+    pages = pages_for(target_bytes, pool_state)
+    if pages > pool_state.pool.shape[0]:                  # room to share less
+        pool_state = build(pool_pages=pages)
+    return pool_state, fit_bytes(pool_state, target_bytes)
+
+
+def pool_builders(nets, fishers, zipped) -> dict:
+    """{method: build(pool_pages=None) -> PoolDirState} of (a) and (b)."""
+    return {"nwv": lambda **kw: nwv_state(nets, fishers, **kw),
+            "mtz_nwv": lambda **kw: mtz_nwv_state(nets, fishers, zipped, **kw)}
+
+
 # --- joint optimisation and evaluation -----------------------------------------------
 def optimise(pool_state, *, steps_scale=1.0, distill=None, log_prefix="") -> tuple:
     """(runtime with the best pool, optimisation summary) of a pool state."""
@@ -338,18 +355,13 @@ def save_pool(rt, name) -> str:
 def run_methods(nets, fishers, zipped, separate_bytes, separate) -> dict:
     target = separate_bytes / FLAGS.compression
     out = {}
-    builders = {"nwv": lambda **kw: nwv_state(nets, fishers, **kw),
-                "mtz_nwv": lambda **kw: mtz_nwv_state(nets, fishers, zipped, **kw)}
+    builders = pool_builders(nets, fishers, zipped)
     unknown = sorted(set(FLAGS.methods) - set(builders))
     if unknown:
         raise ValueError(f"unknown methods {unknown}; expected some of {list(builders)}")
     for key, build in ((k, builders[k]) for k in FLAGS.methods):
         start = time.time()
-        pool_state = build()
-        pages = pages_for(target, pool_state)
-        if pages > pool_state.pool.shape[0]:              # room to share less
-            pool_state = build(pool_pages=pages)
-        fitted = fit_bytes(pool_state, target)
+        pool_state, fitted = pool_at(build, target)
         bench.log(f"({key}) pool {fitted}; optimising")
         rt, summary = optimise(pool_state, log_prefix=f"({key}) ")
         test = evaluate_runtime(rt)
@@ -366,17 +378,12 @@ def run_methods(nets, fishers, zipped, separate_bytes, separate) -> dict:
 
 def run_curve(nets, fishers, zipped, separate_bytes, separate) -> list:
     points = []
+    builders = pool_builders(nets, fishers, zipped)
     for factor in [float(c) for c in FLAGS.curve]:
         target = separate_bytes / factor
         for key in ("nwv", "mtz_nwv"):
             start = time.time()
-            pool_state = (nwv_state(nets, fishers) if key == "nwv"
-                          else mtz_nwv_state(nets, fishers, zipped))
-            pages = pages_for(target, pool_state)
-            if pages > pool_state.pool.shape[0]:          # room to share less
-                pool_state = (nwv_state(nets, fishers, pool_pages=pages) if key == "nwv"
-                              else mtz_nwv_state(nets, fishers, zipped, pool_pages=pages))
-            fitted = fit_bytes(pool_state, target)
+            pool_state, fitted = pool_at(builders[key], target)
             rt, summary = optimise(pool_state, steps_scale=FLAGS.curve_budget,
                                    log_prefix=f"(curve {key} {factor:g}x) ")
             test = evaluate_runtime(rt)
