@@ -22,6 +22,11 @@ the distillation loss (1 − β) CE + β T² KL(teacher ‖ network) of
 matching (`NetworkSpec.teacher`): the network learns to keep computing what it
 computed alone.
 
+Quantisation-aware (`quantize="int8"`, the straight-through estimator): the
+forward pass and the validation read every gathered page as round(w/s)·s with
+the page's int8 scale s = max|w|/127 and the gradient passes straight to the
+float pool, so the pool kept is the one whose int8 copy validates best.
+
 Schedule: Adam whose state persists across rounds (one optimizer for `joint`,
 one per network for the turns), with ONE learning-rate schedule over the whole
 run (linear warm-up over `warmup` of the steps, then cosine decay to
@@ -71,6 +76,7 @@ __all__ = ["OptimizationMode", "OptimizeConfig", "NonFiniteError", "Checkpoint",
            "optimize_runtime", "optimize_pool", "CHECKPOINT", "HISTORY"]
 
 CHECKPOINT, HISTORY = "optimize_checkpoint.npz", "history.json"
+QUANTIZE = (None, "int8")      # OptimizeConfig.quantize: float32, or int8-aware
 CHECKPOINT_VERSION = 2
 _GRADIENT = "*gradient*"   # not a valid network name (`nwv.state.check_name`)
 
@@ -127,6 +133,11 @@ class OptimizeConfig:
       sync_every: steps per compiled call (one host read of losses and finiteness).
       seed: seeds TF and the data order. augment: train-time augmentation.
       limit: use at most this many examples per split (quick runs, tests).
+      quantize: None (float32) or "int8": quantisation-aware optimisation; every
+        step and every validation reads the pages through int8 rounding with a
+        straight-through gradient (`nwv.quantize.fake_quantize`), so the float pool
+        is trained, and its best round selected, for its int8 copy (per-page scales,
+        as `storage="int8"` and `export_tflite(quantize="int8")` store it).
     """
     mode: OptimizationMode = OptimizationMode.JOINT
     rounds: int = 10
@@ -144,6 +155,7 @@ class OptimizeConfig:
     seed: int = 0
     augment: bool = False
     limit: int | None = None
+    quantize: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "mode", OptimizationMode.parse(self.mode))
@@ -162,6 +174,9 @@ class OptimizeConfig:
             _check_int("patience", self.patience, 1)
         if self.limit is not None:
             _check_int("limit", self.limit, 1)
+        if self.quantize not in QUANTIZE:
+            raise ValueError(f"expected quantize in {list(QUANTIZE)}, received "
+                             f"{self.quantize!r}")
 
     def get_config(self) -> dict:
         """JSON-able dict of the settings."""
@@ -497,11 +512,23 @@ def optimize_runtime(rt: nwv_runtime.VirtualizedNetworks, config: OptimizeConfig
     Raises:
       NonFiniteError naming the network and step; ValueError for missing tasks,
       Fisher or teachers, or a checkpoint written with other settings.
+
+    With `config.quantize="int8"` the runtime runs fake-quantized pages for the
+    run (`set_fake_quant`) and returns to its previous setting afterwards.
     """
-    log = log or (lambda line: None)
     if rt.resident_plan is not None or rt.storage != "float32":
         raise ValueError("joint optimisation trains a float32 pool held in memory; load the "
                          "pool without resident_bytes and with storage='float32'")
+    previous = rt.fake_quant
+    rt.set_fake_quant(config.quantize == "int8")
+    try:
+        return _optimize_runtime(rt, config, data_dir, tasks, checkpoint_dir, resume,
+                                 log or (lambda line: None))
+    finally:
+        rt.set_fake_quant(previous)
+
+
+def _optimize_runtime(rt, config, data_dir, tasks, checkpoint_dir, resume, log):
     training.set_seed(config.seed)
     names = rt.task_names
     tasks = {n: (tasks or {}).get(n) or rt.task(n) for n in names}

@@ -441,6 +441,20 @@ class VirtualizedNetworks:
             raise ValueError(f"a runtime under a RAM budget (resident_bytes) cannot be "
                              f"{what}; load the pool without resident_bytes")
 
+    def set_fake_quant(self, enabled: bool) -> None:
+        """Runs a float32 pool through int8 rounding (straight-through) or not; the
+        compiled `run`/`run_all` functions are dropped so the next call uses it.
+
+        Raises:
+          ValueError: enabling it on an int8 runtime (already int8).
+        """
+        if enabled and self.storage != "float32":
+            raise ValueError("fake quantisation rounds a float32 pool; this runtime already "
+                             f"stores {self.storage} pages")
+        self.fake_quant = bool(enabled)
+        self._run_fns.clear()
+        self._run_all_fns.clear()
+
     def run(self, name: str, x):
         """Logits of network `name` (compiled `tf.function`, one trace per network).
 
@@ -535,6 +549,12 @@ class VirtualizedNetworks:
         if self.storage == "int8":
             return int(self.page_codes.shape.num_elements() + 4 * self.page_scales.shape[0])
         return int(4 * self.page_pool.shape.num_elements())
+
+
+    def table_bytes(self) -> int:
+        """Bytes of the int32 page tables of every network, zipped groups included
+        (what a device stores beside the pool)."""
+        return int(4 * sum(net.table.shape.num_elements() for net in self._nets.values()))
 
 
 def _pool_bytes(pool, storage) -> int:

@@ -406,7 +406,7 @@ def run_int8(separate_bytes, separate) -> dict:
         if not state.exists(folder):
             continue
         rt = nwv.VirtualizedNetworks.load(folder, storage="int8")
-        stored = rt.stored_bytes() + 4 * sum(rt.page_table(n).size for n in rt.names)
+        stored = rt.stored_bytes() + rt.table_bytes()
         test = member_accuracies(lambda name, rt=rt: (lambda x: rt.run(name, x)))
         out[key] = {"stored_bytes": int(stored), "compression": separate_bytes / stored,
                     "test_accuracy": test, "drops": drops(separate, test)}
@@ -415,8 +415,8 @@ def run_int8(separate_bytes, separate) -> dict:
 
 
 def run_labels_only(nets, fishers, zipped, separate_bytes, separate) -> dict:
-    pool_state = mtz_nwv_state(nets, fishers, zipped)
-    fitted = fit_bytes(pool_state, separate_bytes / FLAGS.compression)
+    pool_state, fitted = pool_at(pool_builders(nets, fishers, zipped)["mtz_nwv"],
+                                 separate_bytes / FLAGS.compression)   # as run_methods
     rt, summary = optimise(pool_state, distill=0.0, log_prefix="(labels only) ")
     test = evaluate_runtime(rt)
     return {"method": "mtz_nwv", "distill": 0.0, "pool": fitted, "test_accuracy": test,

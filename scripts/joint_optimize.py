@@ -9,7 +9,8 @@ no penalty). Each round evaluates every network on its validation split, keeps t
 pool with the best mean validation accuracy, writes `optimize_checkpoint.npz` and
 `history.json` into the pool; `--resume` continues after the last completed round with
 identical results (Adam's moments and the one learning-rate schedule of the run are in
-the checkpoint). `--distill=B` adds distillation from each network's original weights.
+the checkpoint). `--distill=B` adds distillation from each network's original weights;
+`--quantize=int8` trains and selects the pool for its int8 pages (straight-through).
 The best pool is saved into the pool directory at the end. Under
 `--strategy=mirrored --cpu_replicas=2` (or several GPUs, or `multi_worker` with
 TF_CONFIG) every step runs on every replica; only the chief writes. The LAST printed
@@ -43,6 +44,8 @@ flags.DEFINE_integer("patience", None, "Stop after this many rounds without a be
 flags.DEFINE_integer("sync_every", 25, "Steps per compiled call (one host sync).")
 flags.DEFINE_integer("batch_size", 64, "Batch size per task, over all replicas.")
 flags.DEFINE_bool("augment", False, "Train-time augmentation of the tasks.")
+flags.DEFINE_enum("quantize", None, ["int8"], "Quantisation-aware optimisation: train and "
+                  "select the pool for its int8 pages (straight-through estimator).")
 flags.DEFINE_integer("limit", None, "Use at most this many examples per split (quick runs).")
 flags.DEFINE_bool("wait", False, "If another process is writing the pool, wait for it "
                   "instead of failing at once.")
@@ -59,7 +62,8 @@ def main(argv):
         learning_rate=FLAGS.learning_rate, schedule=FLAGS.schedule, warmup=FLAGS.warmup,
         batch_size=FLAGS.batch_size, lambda_=FLAGS.lambda_, distill=FLAGS.distill,
         temperature=FLAGS.temperature, patience=FLAGS.patience, sync_every=FLAGS.sync_every,
-        seed=FLAGS.seed, augment=FLAGS.augment, limit=FLAGS.limit)
+        seed=FLAGS.seed, augment=FLAGS.augment, limit=FLAGS.limit,
+        quantize=FLAGS.quantize)
     with _cli.strategy_scope():
         result = optimize.optimize_pool(FLAGS.pool, config, data_dir=FLAGS.data_dir,
                                         resume=FLAGS.resume, wait=FLAGS.wait)

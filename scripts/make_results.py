@@ -217,6 +217,44 @@ def deploy(d):
     return rows
 
 
+def int8_pages(d):
+    tol = d["tolerance_points"]
+    rows = []
+    for label, r in d["pools"].items():
+        comp = (f", {r['int8_compression']:.2f}x less than the networks stored separately "
+                f"in float32" if r.get("int8_compression") else "")
+        rows += [f"**{label}** ({len(r['networks'])} networks): float32 pool + tables "
+                 f"{r['float_stored_bytes'] / 1e3:.0f} kB, int8 {r['int8_stored_bytes'] / 1e3:.0f}"
+                 f" kB{comp}.", ""]
+        qat = "int8_qat" in r
+        rows += ["| network | float32 pool | int8, post-training |"
+                 + (" int8, quantisation-aware | (its float32 pool) |" if qat else ""),
+                 "|---|---|---|" + ("---|---|" if qat else "")]
+        for key, value in r["float"].items():
+            name = key[:-len("_noisy")] + " (noisy, shifted)" if key.endswith("_noisy") else key
+            row = f"| {name} | {pct(value)} | {pct(r['int8_post_training'][key])} |"
+            if qat:
+                row += f" {pct(r['int8_qat'][key])} | {pct(r['qat_float_pool'][key])} |"
+            rows.append(row)
+        rows.append("")
+        for key, what in (("post_training_lost", "post-training"), ("qat_lost",
+                                                                   "quantisation-aware")):
+            if key in r:
+                lost = r[key]
+                rows.append(f"- int8 {what}: worst {lost['worst']:.2f} pt, mean "
+                            f"{lost['mean']:.2f} pt below the float32 pool; every network "
+                            f"within {tol} pt: {'yes' if lost['within_tolerance'] else 'no'}.")
+        if qat:
+            q = r["qat"]
+            cfg = q["config"]
+            rows.append(f"- Quantisation-aware: {cfg['rounds']} x {cfg['steps']} joint steps "
+                        f"(peak learning rate {cfg['learning_rate']:g}, distill "
+                        f"{cfg['distill']}), best round {q['best_round']} on validation, "
+                        f"{q['seconds']:.0f} s.")
+        rows.append("")
+    return rows
+
+
 def ten_networks(d):
     methods = d.get("methods", {})
     labels = {"nwv": "NWV alone", "mtz_nwv": "MTZ + NWV"}
@@ -333,6 +371,8 @@ SECTIONS = [
      "bench_ten_networks_zip_digits.json", ten_networks, []),
     ("Ten networks, ablation: MTZ + NWV zipping the digits and the keywords",
      "bench_ten_networks_zip_digits_keywords.json", ten_networks, []),
+    ("int8 pages: post-training against quantisation-aware", "bench_int8.json", int8_pages,
+     []),
     ("Deployment: one TFLite / TFLM file per pool", "bench_deploy.json", deploy, []),
     ("Scaling out: joint optimisation under tf.distribute", "bench_distributed.json",
      distributed, []),

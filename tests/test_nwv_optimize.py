@@ -1,5 +1,6 @@
 """nwv.optimize on tiny generated data: joint training lowers the loss, resume is
 bit-identical, non-finite values stop the run naming the network."""
+import dataclasses
 import json
 import os
 import shutil
@@ -147,3 +148,28 @@ def test_non_finite_weights_stop_naming_the_network(pool_dir, tiny_data):
         assert np.isnan(rt.pool_array()[only_digits[0], 0])   # restored, not trained on
     with pytest.raises(ValueError, match="round_robin needs every network's Fisher"):
         optimize.optimize_runtime(rt, OptimizeConfig(mode="round_robin"), data_dir=tiny_data, log=None)
+
+
+def test_quantization_aware_run_selects_the_pool_for_its_int8_pages(pool_dir, tiny_data,
+                                                                     tmp_path):
+    folder = _copy(pool_dir, tmp_path, "qat")
+    config = OptimizeConfig(mode="joint", rounds=2, steps=6, batch_size=16,
+                            learning_rate=3e-3, limit=48, seed=0, quantize="int8")
+    assert OptimizeConfig.from_config(config.get_config()) == config
+    with pytest.raises(ValueError, match="expected quantize in"):
+        OptimizeConfig(quantize="int4")
+    before = state.load_state(folder).pool
+    result = optimize.optimize_pool(folder, config, data_dir=tiny_data, log=None)
+    assert result["best_round"] > 0 and not np.array_equal(state.load_state(folder).pool,
+                                                           before)
+    best = result["history"][result["best_round"]]
+    int8 = VirtualizedNetworks.load(folder, storage="int8")   # what export_tflite stores
+    for name, (task, _) in NETS.items():
+        measured = training.evaluate(lambda x, n=name: int8.run(n, x), task, "validation",
+                                     data_dir=tiny_data, limit=48)
+        assert measured["accuracy"] == pytest.approx(best["val_accuracy"][name], abs=1e-9)
+        assert measured["loss"] == pytest.approx(best["val_loss"][name], rel=1e-5)
+    rt = VirtualizedNetworks.load(folder)
+    optimize.optimize_runtime(rt, dataclasses.replace(config, rounds=1, steps=1),
+                              data_dir=tiny_data, log=None)
+    assert rt.fake_quant is False                              # the runtime's own setting

@@ -52,3 +52,24 @@ def test_int8_runtime_runs_the_dequantized_weights_and_exports_them(tmp_path):
         q.stored_bytes()
     served = tf.saved_model.load(str(tmp_path / "sm"))
     np.testing.assert_allclose(served.big(x).numpy(), q.run("big", x).numpy(), atol=1e-6)
+
+
+def test_set_fake_quant_switches_compiled_runs_to_the_int8_weights(tmp_path):
+    import nwv
+    big, small = _dense(0, [16, 8, 3], name="big"), _dense(1, [6, 4], name="small")
+    rt = nwv.virtualize({"big": big, "small": small},
+                        fisher={"big": _fisher(big, 0), "small": _fisher(small, 1)},
+                        page_size=10)
+    rt.save(str(tmp_path / "pool"))
+    q = VirtualizedNetworks.load(str(tmp_path / "pool"), storage="int8")
+    x = np.random.default_rng(3).normal(size=(5, 5)).astype(np.float32)
+    float_logits = rt.run("big", x).numpy()                  # traced without rounding
+    assert not np.allclose(float_logits, q.run("big", x).numpy(), atol=1e-6)
+    rt.set_fake_quant(True)
+    np.testing.assert_allclose(rt.run("big", x).numpy(), q.run("big", x).numpy(), atol=1e-5)
+    both = rt.run_all({"big": x, "small": x})
+    np.testing.assert_allclose(both["small"].numpy(), q.run("small", x).numpy(), atol=1e-5)
+    rt.set_fake_quant(False)
+    np.testing.assert_array_equal(rt.run("big", x).numpy(), float_logits)
+    with pytest.raises(ValueError, match="already stores int8 pages"):
+        q.set_fake_quant(True)

@@ -1,0 +1,166 @@
+r"""int8 pages: post-training quantisation against quantisation-aware joint optimisation.
+
+    python scripts/bench_int8.py --data_dir=../shared/datasets \
+        --pools=runs/ten_networks/pools/nwv_budget4x --labels=ten_nwv --seed=0
+
+For every pool directory of --pools (named by --labels) and every network in it,
+test-carve accuracy (keyword tasks also on their noisy, shifted variant) of:
+
+  * the float32 pool as it is;
+  * its int8 pages after post-training quantisation (symmetric, one scale per
+    page: `VirtualizedNetworks.load(pool, storage="int8")`);
+  * its int8 pages after --qat_rounds x --qat_steps steps of quantisation-aware
+    joint optimisation of a copy of the pool in --work_dir
+    (`OptimizeConfig(quantize="int8")`: every step and every validation reads the
+    pages through int8 rounding, straight-through gradient; distilled from each
+    network's stored teacher; the best round, the post-training pool included,
+    selected on the validation split under int8).
+
+Stored bytes of the int8 pool: codes + per-page scales + int32 page tables;
+compression against the pool's networks stored separately in float32 (their
+teachers' weights). Target (issue 11): every network's int8 accuracy within
+0.3 points of the float pool. Results: results/bench_int8.json; RESULTS.md via
+scripts/make_results.py. Run time on 2 CPU cores: about 5 minutes per ten-network
+pool with the defaults.
+"""
+import os
+import shutil
+import time
+
+import _bench as bench
+import _cli
+import numpy as np
+from absl import flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("pools", ["runs/ten_networks/pools/nwv_budget4x"],
+                  "Pool directories (relative: repo root).")
+flags.DEFINE_list("labels", None, "A name per pool (default: the folder names).")
+flags.DEFINE_string("data_dir", "../shared/datasets", "Data folder (relative: repo root).")
+flags.DEFINE_string("work_dir", "runs/int8", "Where the quantisation-aware copies go: "
+                    "<work_dir>/<label> (relative: repo root).")
+flags.DEFINE_integer("qat_rounds", 2, "Quantisation-aware rounds (0: post-training only).")
+flags.DEFINE_integer("qat_steps", 100, "Joint steps per quantisation-aware round.")
+flags.DEFINE_float("learning_rate", 2e-4, "Peak learning rate of the quantisation-aware "
+                   "optimisation (warm-up, cosine decay).")
+flags.DEFINE_integer("batch_size", 32, "Examples per network and step.")
+flags.DEFINE_float("distill", 0.7, "Distillation weight beta (0: labels only).")
+flags.DEFINE_float("temperature", 2.0, "Distillation temperature T.")
+flags.DEFINE_integer("limit", None, "At most this many examples per split (quick runs).")
+flags.DEFINE_integer("seed", 0, "Random seed (data order).")
+flags.DEFINE_string("out", "results/bench_int8.json", "Result JSON.")
+
+TOLERANCE = 0.3      # points: int8 against the float pool (issue 11)
+
+
+def variants(task: str) -> dict:
+    """{key suffix: task}: the task, and its noisy, shifted variant when one is registered."""
+    import data
+    out = {"": task}
+    if f"{task}_noisy" in data.available():
+        out["_noisy"] = f"{task}_noisy"
+    return out
+
+
+def accuracies(rt) -> dict:
+    """{network (or network_noisy): test accuracy} of every task network of a runtime."""
+    from models import training
+    out = {}
+    for name in rt.task_names:
+        for suffix, task in variants(rt.task(name)).items():
+            out[name + suffix] = training.evaluate(
+                lambda x, n=name: rt.run(n, x), task, "test", data_dir=bench.resolve(
+                    FLAGS.data_dir), limit=FLAGS.limit)["accuracy"]
+    return out
+
+
+def differences(reference: dict, other: dict) -> dict:
+    """Points lost against the float pool, per network and variant, with the worst."""
+    lost = {k: round(100 * (reference[k] - other[k]), 2) for k in reference}
+    return {"per_network": lost, "worst": max(lost.values()),
+            "mean": round(float(np.mean(list(lost.values()))), 3),
+            "within_tolerance": all(v <= TOLERANCE for v in lost.values())}
+
+
+def quantization_aware(pool_dir: str, label: str) -> tuple:
+    """(int8 runtime after quantisation-aware optimisation, summary) of a copy of the pool."""
+    import nwv
+    copy = os.path.join(bench.resolve(FLAGS.work_dir), label)
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(pool_dir, copy, ignore=shutil.ignore_patterns(
+        "optimize_checkpoint.npz", "history.json", "*.lock"))
+    config = nwv.OptimizeConfig(
+        mode="joint", rounds=FLAGS.qat_rounds, steps=FLAGS.qat_steps,
+        learning_rate=FLAGS.learning_rate, batch_size=FLAGS.batch_size,
+        distill=FLAGS.distill, temperature=FLAGS.temperature, seed=FLAGS.seed,
+        limit=FLAGS.limit, augment=True, quantize="int8")
+    start = time.time()
+    result = nwv.optimize_pool(copy, config, data_dir=bench.resolve(FLAGS.data_dir),
+                               log=lambda line: bench.log(f"({label} qat) {line[:150]}"))
+    summary = {"pool": copy, "config": config.get_config(), "best_round": result["best_round"],
+               "mean_val_accuracy_per_round": [h["mean_val_accuracy"]
+                                               for h in result["history"]],
+               "seconds": round(time.time() - start, 1)}
+    return (nwv.VirtualizedNetworks.load(copy, storage="int8"),
+            nwv.VirtualizedNetworks.load(copy), summary)
+
+
+def pool_report(pool_dir: str, label: str) -> dict:
+    import nwv
+    from nwv import state
+    loaded = state.load_state(pool_dir, with_fisher=False, with_teachers=True)
+    teachers = [r.teacher for r in loaded.networks.values() if not r.outputs]
+    separate_bytes = (4 * sum(int(t.size) for t in teachers)
+                      if teachers and all(t is not None for t in teachers) else None)
+    as_float = nwv.VirtualizedNetworks.load(pool_dir)
+    int8 = nwv.VirtualizedNetworks.load(pool_dir, storage="int8")
+    stored = int8.stored_bytes() + int8.table_bytes()
+    report = {"pool": pool_dir, "networks": as_float.task_names,
+              "float_stored_bytes": as_float.stored_bytes() + as_float.table_bytes(),
+              "int8_stored_bytes": stored, "separate_bytes": separate_bytes,
+              "int8_compression": separate_bytes / stored if separate_bytes else None}
+    bench.log(f"({label}) float pool")
+    report["float"] = accuracies(as_float)
+    bench.log(f"({label}) int8, post-training")
+    report["int8_post_training"] = accuracies(int8)
+    report["post_training_lost"] = differences(report["float"], report["int8_post_training"])
+    bench.log(f"({label}) post-training: worst {report['post_training_lost']['worst']} pt")
+    if FLAGS.qat_rounds:
+        qat_int8, qat_float, report["qat"] = quantization_aware(pool_dir, label)
+        report["int8_qat"] = accuracies(qat_int8)
+        report["qat_float_pool"] = accuracies(qat_float)
+        report["qat_lost"] = differences(report["float"], report["int8_qat"])
+        bench.log(f"({label}) quantisation-aware: worst {report['qat_lost']['worst']} pt")
+    return report
+
+
+def main(argv):
+    del argv
+    from models import training
+    start = time.time()
+    training.set_seed(FLAGS.seed)
+    pools = [bench.resolve(p) for p in FLAGS.pools]
+    labels = FLAGS.labels or [os.path.basename(os.path.normpath(p)) for p in pools]
+    if len(labels) != len(pools) or len(set(labels)) != len(labels):
+        raise ValueError(f"--labels: expected one distinct name per pool ({len(pools)}), "
+                         f"received {labels}")
+    report = {"command": "scripts/bench_int8.py", "flags": bench.script_flags(),
+              "tolerance_points": TOLERANCE, "pools": {}}
+    for pool_dir, label in zip(pools, labels):
+        report["pools"][label] = pool_report(pool_dir, label)
+    report["seconds"] = round(time.time() - start, 1)
+    path = bench.write_result(FLAGS.out, report)
+    for label, entry in report["pools"].items():
+        lines = [f"{label}: int8 {entry['int8_stored_bytes']} bytes"
+                 + (f" ({entry['int8_compression']:.2f}x)" if entry["int8_compression"] else "")]
+        for key in ("post_training_lost", "qat_lost"):
+            if key in entry:
+                lines.append(f"  {key}: worst {entry[key]['worst']} pt, mean "
+                             f"{entry[key]['mean']} pt, within {TOLERANCE}: "
+                             f"{entry[key]['within_tolerance']}")
+        print("\n".join(lines))
+    print(f"-> {path} ({report['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    _cli.run(main)
