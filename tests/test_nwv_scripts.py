@@ -95,3 +95,27 @@ def test_api_errors_are_clear(weights, tiny_data, tmp_path, shared_dir):
     with pytest.raises(FileNotFoundError, match="no NWV pool"):
         api.list_networks(str(tmp_path / "missing"))
     assert np.isfinite(api.inspect(pool)["networks"]["ref"]["fisher_mass"]["conv1"])
+
+
+def test_bench_int8_compares_post_training_and_quantization_aware(weights, tiny_data,
+                                                                  tmp_path):
+    pool = str(tmp_path / "pool")
+    for i, (name, task, model_name) in enumerate((("digits", "mnist", "nwv_mnist"),
+                                                  ("objects", "cifar10", "nwv_cifar10"))):
+        api.add_network(pool, weights[name], name=name, task=task, model_name=model_name,
+                        data_dir=tiny_data, page_size=100, fisher_samples=8, seed=i)
+    before = state.load_state(pool).pool
+    out = str(tmp_path / "int8.json")
+    run_script("bench_int8.py", f"--pools={pool}", "--labels=tiny", f"--data_dir={tiny_data}",
+               f"--work_dir={tmp_path / 'work'}", "--qat_rounds=1", "--qat_steps=2",
+               "--limit=16", f"--out={out}")
+    report = json.load(open(out))["pools"]["tiny"]
+    for key in ("float", "int8_post_training", "int8_qat", "qat_float_pool"):
+        assert set(report[key]) == {"digits", "objects"}
+    assert report["int8_stored_bytes"] < report["float_stored_bytes"] / 3
+    assert report["int8_compression"] == pytest.approx(
+        report["separate_bytes"] / report["int8_stored_bytes"])
+    assert report["qat"]["config"]["quantize"] == "int8"
+    assert len(report["qat"]["mean_val_accuracy_per_round"]) == 2
+    assert state.exists(str(tmp_path / "work" / "tiny"))       # the copy was trained,
+    assert state.load_state(pool).pool.tobytes() == before.tobytes()   # not the pool
