@@ -337,7 +337,7 @@ def _match_optimal(costs, occupancy, *, candidates: int = 16,
     # for every network page do not crowd out each page's own; and each pool page's k
     # cheapest network pages after subtracting row then column minima, so such hub pages
     # are priced by their best takers. Row candidates alone left 2.5 M violating pairs
-    # on the reference gsc network at P = 10 (seven rounds); both ways, ~150 (two).
+    # on the reference gsc network at P = 10 (seven rounds); both ways, ~150 (three).
     reduced = weights - weights.min(axis=0)[None, :]
     reduced -= reduced.min(axis=1, keepdims=True)
     np.put_along_axis(mask, np.argpartition(reduced, k - 1, axis=1)[:, :k], True, axis=1)

@@ -550,7 +550,6 @@ class VirtualizedNetworks:
             return int(self.page_codes.shape.num_elements() + 4 * self.page_scales.shape[0])
         return int(4 * self.page_pool.shape.num_elements())
 
-
     def table_bytes(self) -> int:
         """Bytes of the int32 page tables of every network, zipped groups included
         (what a device stores beside the pool)."""

@@ -20,7 +20,7 @@ Stored bytes of the int8 pool: codes + per-page scales + int32 page tables;
 compression against the pool's networks stored separately in float32 (their
 teachers' weights). Target (issue 11): every network's int8 accuracy within
 0.3 points of the float pool. Results: results/bench_int8.json; RESULTS.md via
-scripts/make_results.py. Run time on 2 CPU cores: about 5 minutes per ten-network
+scripts/make_results.py. Run time on 2 CPU cores: 8-11 minutes per ten-network
 pool with the defaults.
 """
 import os
@@ -62,7 +62,7 @@ def variants(task: str) -> dict:
     return out
 
 
-def accuracies(rt) -> dict:
+def carve_accuracies(rt) -> dict:
     """{network (or network_noisy): test accuracy} of every task network of a runtime."""
     from models import training
     out = {}
@@ -120,15 +120,15 @@ def pool_report(pool_dir: str, label: str) -> dict:
               "int8_stored_bytes": stored, "separate_bytes": separate_bytes,
               "int8_compression": separate_bytes / stored if separate_bytes else None}
     bench.log(f"({label}) float pool")
-    report["float"] = accuracies(as_float)
+    report["float"] = carve_accuracies(as_float)
     bench.log(f"({label}) int8, post-training")
-    report["int8_post_training"] = accuracies(int8)
+    report["int8_post_training"] = carve_accuracies(int8)
     report["post_training_lost"] = differences(report["float"], report["int8_post_training"])
     bench.log(f"({label}) post-training: worst {report['post_training_lost']['worst']} pt")
     if FLAGS.qat_rounds:
         qat_int8, qat_float, report["qat"] = quantization_aware(pool_dir, label)
-        report["int8_qat"] = accuracies(qat_int8)
-        report["qat_float_pool"] = accuracies(qat_float)
+        report["int8_qat"] = carve_accuracies(qat_int8)
+        report["qat_float_pool"] = carve_accuracies(qat_float)
         report["qat_lost"] = differences(report["float"], report["int8_qat"])
         bench.log(f"({label}) quantisation-aware: worst {report['qat_lost']['worst']} pt")
     return report
