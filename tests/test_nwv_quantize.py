@@ -32,14 +32,19 @@ def test_fake_quantize_rounds_forward_and_passes_gradients_straight():
     np.testing.assert_allclose(tape.gradient(loss, pool).numpy(), 3.0)
 
 
-def test_int8_runtime_runs_the_dequantized_weights_and_exports_them(tmp_path):
+def _float_and_int8(tmp_path):
+    """(float32 runtime, the same pool loaded with int8 pages) of two small networks."""
     import nwv
     big, small = _dense(0, [16, 8, 3], name="big"), _dense(1, [6, 4], name="small")
     rt = nwv.virtualize({"big": big, "small": small},
                         fisher={"big": _fisher(big, 0), "small": _fisher(small, 1)},
                         page_size=10)
     rt.save(str(tmp_path / "pool"))
-    q = VirtualizedNetworks.load(str(tmp_path / "pool"), storage="int8")
+    return rt, VirtualizedNetworks.load(str(tmp_path / "pool"), storage="int8")
+
+
+def test_int8_runtime_runs_the_dequantized_weights_and_exports_them(tmp_path):
+    rt, q = _float_and_int8(tmp_path)
     assert q.stored_bytes() * 4 < rt.stored_bytes() * 1.6          # ÷4 plus the scales
     x = np.random.default_rng(2).normal(size=(5, 5)).astype(np.float32)
     for name in ("big", "small"):
@@ -55,13 +60,7 @@ def test_int8_runtime_runs_the_dequantized_weights_and_exports_them(tmp_path):
 
 
 def test_set_fake_quant_switches_compiled_runs_to_the_int8_weights(tmp_path):
-    import nwv
-    big, small = _dense(0, [16, 8, 3], name="big"), _dense(1, [6, 4], name="small")
-    rt = nwv.virtualize({"big": big, "small": small},
-                        fisher={"big": _fisher(big, 0), "small": _fisher(small, 1)},
-                        page_size=10)
-    rt.save(str(tmp_path / "pool"))
-    q = VirtualizedNetworks.load(str(tmp_path / "pool"), storage="int8")
+    rt, q = _float_and_int8(tmp_path)
     x = np.random.default_rng(3).normal(size=(5, 5)).astype(np.float32)
     float_logits = rt.run("big", x).numpy()                  # traced without rounding
     assert not np.allclose(float_logits, q.run("big", x).numpy(), atol=1e-6)
