@@ -15,6 +15,7 @@ setup(
         "importlib_resources",  # imported lazily by TFDS when it downloads
         "numpy",
         "scipy",
+        "ortools",  # min-cost flow: optimal page matching on candidate pairs (small pages)
         "absl-py",
         "matplotlib",
         "tqdm",

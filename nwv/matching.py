@@ -292,24 +292,20 @@ _DENSE_ENTRIES = 1 << 21
 
 def _match_optimal(costs, occupancy, *, candidates: int = 16,
                    force_sparse: bool = False) -> np.ndarray:
-    """The optimal assignment under the level quotas, by sparse assignments with pricing.
+    """The optimal assignment under the level quotas, by sparse min-cost flows with pricing.
 
     Same optimum as `_match_optimal_dense`, found on a few candidate pairs per page:
 
-    1. Costs are scaled to [0, 1]; quotas become costs: every page of the fully
-       taken levels gets a bonus larger than any assignment's cost, so a
-       minimum-cost assignment of all network pages takes all of them (a
-       rectangular assignment, no dummy rows).
+    1. Costs are scaled to [0, 1].
     2. Solve the assignment restricted to each page's `candidates` cheapest pool
        pages, each pool page's `candidates` cheapest pages (by reduced costs) and
-       a feasible assignment
-       (`scipy.sparse.csgraph.min_weight_full_bipartite_matching`).
-    3. Certificate: potentials π of the restricted residual graph exist because
-       the restricted matching is optimal (Bellman-Ford with early exit). If every
-       pair (i, j) of the FULL matrix has a non-negative reduced cost
-       c_ij + π_i − π_j, no improving cycle exists in the full residual graph
-       either (its other edges depend only on the matching): by LP duality the
-       matching is optimal for the full problem.
+       a feasible assignment, as a min-cost flow (`_restricted_flow`: network
+       pages -> pool pages -> sink for the partly taken level), which also
+       returns its node potentials π.
+    3. Certificate: if every pair (i, j) of the FULL matrix has a non-negative
+       reduced cost c_ij + π_i − π_j (to 1e-14), no improving cycle exists in the
+       full residual graph either (its other edges depend only on the matching):
+       by LP duality the matching is optimal for the full problem.
     4. Otherwise the violating pairs, and the cheapest pairs of the pages and pool
        pages they touch, join the candidates and step 2 repeats; it ends because
        candidates only grow (at worst to the full matrix).
@@ -324,11 +320,6 @@ def _match_optimal(costs, occupancy, *, candidates: int = 16,
     scale = float(weights.max(initial=0.0))
     if scale > 0:
         weights /= scale
-    shift = 1.0
-    if full.size:
-        weights[:, :full.size] -= n + 1.0     # the bonus: more than any assignment costs
-        shift += n + 1.0
-    weights += shift                          # every edge > 0: explicit zeros are no edges
     k = min(candidates, cols.size)
     kc = min(candidates, n)
     mask = np.zeros(weights.shape, bool)
@@ -346,12 +337,13 @@ def _match_optimal(costs, occupancy, *, candidates: int = 16,
     np.put_along_axis(mask, np.argpartition(reduced, kc - 1, axis=0)[:kc], True, axis=0)
     mask[np.arange(n), np.arange(n)] = True   # a feasible assignment: a full matching exists
     while True:
-        col_of_row = _sparse_assignment(weights, mask)
-        potentials = _potentials(weights, mask, col_of_row, full.size)
+        col_of_row, potentials = _restricted_flow(weights, mask, full.size)
         np.add(weights, potentials[:n, None], out=reduced)
         reduced -= potentials[None, n:n + cols.size]
-        reduced[np.arange(n), col_of_row] = 0.0
-        bad = reduced < -1e-12
+        # Candidate pairs are certified by the restricted flow itself (its potentials
+        # hold to its last integer step); the others must price at >= -1e-14 (scaled
+        # costs: the float resolution of potentials around 1, so round-off never loops).
+        bad = (reduced < -1e-14) & ~mask
         if not bad.any():
             return cols[col_of_row]
         # Every violating pair, and the k cheapest pairs under the new potentials of the
@@ -362,43 +354,87 @@ def _match_optimal(costs, occupancy, *, candidates: int = 16,
         mask[np.argpartition(reduced[:, columns], kc - 1, axis=0)[:kc], columns[None, :]] = True
 
 
-def _sparse_assignment(weights, mask) -> np.ndarray:
-    """Column of each row in the minimum-cost assignment restricted to `mask`."""
-    from scipy.sparse import csr_matrix
-    from scipy.sparse.csgraph import min_weight_full_bipartite_matching
-
-    rows, cols = np.nonzero(mask)
-    graph = csr_matrix((weights[rows, cols], (rows, cols)), shape=weights.shape)
-    row_ind, col_ind = min_weight_full_bipartite_matching(graph)
-    out = np.empty(weights.shape[0], np.int64)
-    out[row_ind] = col_ind
-    return out
+# Integer cost range of one min-cost-flow stage: its potentials stay exact in int64
+# (|π| <= nodes · 2^40 < 2^63 for up to 2^22 nodes).
+_FLOW_BITS = 40
 
 
-def _potentials(weights, mask, col_of_row, n_full: int) -> np.ndarray:
-    """Shortest-path potentials [rows, columns, sink] of the restricted residual graph.
+def _restricted_flow(weights, mask, n_full: int, *, stages: int = 2):
+    """Minimum-cost assignment restricted to `mask`, and its node potentials.
 
-    Edges: unmatched candidate i -> j (c_ij), matched j -> i (-c_ij), a free pool
-    page j -> sink (0), sink -> a taken pool page of the partly taken level (0);
-    every node starts at distance 0 (a virtual source), so π_b <= π_a + w_ab.
+    The problem as a min-cost flow: each network page i (supply 1) sends one unit
+    to a pool page j along a candidate arc (cost w_ij); the first `n_full` pool
+    pages (a fully taken level) each absorb one unit, the others pass theirs to a
+    sink (arc cost 0, capacity 1) that absorbs the rest. OR-Tools' cost-scaling
+    solver (`ortools.graph.python.min_cost_flow`) needs integer costs, so the
+    float problem is solved in stages: stage s rounds the costs reduced by the
+    potentials so far to 2^40 steps of a quantum q_s, solves them exactly, and
+    takes the integer problem's exact potentials (`bellman_ford` in int64) into π.
+    After a stage an unused arc's reduced cost is >= −q_s/2 and a used one's
+    <= q_s/2, so an arc above (arcs + 2)·q_s is in no optimum and one below minus
+    that is in every optimum: reduced costs are clipped to that range, and the
+    next quantum is ~2^-23 of the last: the second stage reaches float64
+    resolution.
+
+    Args:
+      weights: [n, m] float64 costs in [0, 1].
+      mask: [n, m] bool candidate pairs, holding a full matching.
+      n_full: pool pages (the first ones) that must all be taken.
+
+    Returns:
+      (col_of_row [n] int64, potentials [n + m + 1] float64: network pages, pool
+      pages, sink), with w_ij + π_i − π_(n+j) >= −1e-12 on every candidate pair
+      and 0 on the matched ones (to float round-off).
+
+    Raises:
+      ValueError: the candidates hold no full matching.
     """
+    from ortools.graph.python import min_cost_flow
+
     n, m = weights.shape
     sink = n + m
     rows, cols = np.nonzero(mask)
-    matched = col_of_row[rows] == cols
-    taken = np.zeros(m, bool)
-    taken[col_of_row] = True
-    free = np.flatnonzero(~taken)
-    swap = np.flatnonzero(taken)
-    swap = swap[swap >= n_full]              # fully taken pages must stay taken
-    src = np.concatenate([rows[~matched], n + cols[matched], n + free,
-                          np.full(swap.size, sink)])
-    dst = np.concatenate([n + cols[~matched], rows[matched], np.full(free.size, sink),
-                          n + swap])
-    w = np.concatenate([weights[rows[~matched], cols[~matched]],
-                        -weights[rows[matched], cols[matched]],
-                        np.zeros(free.size + swap.size)])
-    return bellman_ford(n + m + 1, src, dst, w)
+    cost = weights[rows, cols]
+    swap = np.arange(n_full, m)                     # pool pages that pass to the sink
+    tails = np.concatenate([rows, n + swap])
+    heads = np.concatenate([n + cols, np.full(swap.size, sink)])
+    family = np.concatenate([np.zeros(rows.size, bool), np.ones(swap.size, bool)])
+    arc_cost = np.concatenate([cost, np.zeros(swap.size)])
+    supplies = np.concatenate([np.ones(n, np.int64), np.zeros(m, np.int64), [0]])
+    supplies[n:n + n_full] = -1
+    supplies[sink] = -(n - n_full)
+    potentials = np.zeros(n + m + 1)
+    cap = np.inf
+    for _ in range(stages):
+        reduced = np.clip(arc_cost + potentials[tails] - potentials[heads], -cap, cap)
+        # Shift each family to start at 0 (every flow sends n units through the
+        # first and n − n_full through the second: the same constant for all flows).
+        shift = np.array([reduced[~family].min(initial=0.0), reduced[family].min(initial=0.0)])
+        reduced -= shift[family.astype(np.int64)]
+        top = float(reduced.max(initial=0.0))
+        if top <= 4 * np.finfo(np.float64).eps * (1.0 + np.abs(potentials).max()):
+            break                                   # every arc tight: nothing left to resolve
+        quantum = top / 2.0 ** _FLOW_BITS
+        integer_cost = np.rint(reduced / quantum).astype(np.int64)
+        flow = min_cost_flow.SimpleMinCostFlow()
+        arcs = flow.add_arcs_with_capacity_and_unit_cost(
+            tails, heads, np.ones(tails.size, np.int64), integer_cost)
+        flow.set_nodes_supplies(np.arange(n + m + 1), supplies)
+        status = flow.solve()
+        if status != flow.OPTIMAL:
+            raise ValueError(f"the candidate pairs hold no full matching (min-cost flow: "
+                             f"{status})")
+        used = flow.flows(arcs) > 0
+        # Residual graph: unused arcs forward, used arcs backward at minus their cost.
+        dist = bellman_ford(n + m + 1, np.where(used, heads, tails), np.where(used, tails, heads),
+                            np.where(used, -integer_cost, integer_cost))
+        potentials += quantum * dist
+        potentials[:n] -= shift[0]                  # the shifts as potentials: rows only
+        potentials[sink] += shift[1]                # send, the sink only receives
+        cap = (tails.size + 2) * quantum
+        col_of_row = np.empty(n, np.int64)
+        col_of_row[rows[used[:rows.size]]] = cols[used[:rows.size]]
+    return col_of_row, potentials
 
 
 def bellman_ford(nodes: int, src, dst, weights) -> np.ndarray:
@@ -406,19 +442,22 @@ def bellman_ford(nodes: int, src, dst, weights) -> np.ndarray:
 
     Vectorised passes (each relaxes every edge) that stop as soon as a pass
     changes nothing: with potentials close to final (as here) a few dozen passes,
-    not the |V| of a textbook run.
+    not the |V| of a textbook run. Exact in integers.
 
     Args:
-      nodes: node count; src, dst, weights: [E] edges src -> dst.
+      nodes: node count; src, dst, weights: [E] edges src -> dst (float or int).
     Returns:
-      [nodes] float64 distances (<= 0).
+      [nodes] distances (<= 0), of the weights' dtype.
     Raises:
       ValueError: a negative cycle (no distances exist).
     """
+    weights = np.asarray(weights)
+    if weights.dtype.kind not in "iu":
+        weights = weights.astype(np.float64)
     order = np.argsort(dst, kind="stable")
-    src, dst, weights = src[order], dst[order], np.asarray(weights, np.float64)[order]
+    src, dst, weights = src[order], dst[order], weights[order]
     heads, starts = np.unique(dst, return_index=True)
-    dist = np.zeros(nodes)
+    dist = np.zeros(nodes, weights.dtype)
     for _ in range(nodes + 1):
         best = np.minimum.reduceat(dist[src] + weights, starts)
         improved = best < dist[heads]
@@ -448,8 +487,9 @@ def match_network(pool: PoolState, w_net_pages, f_net_pages,
       w_net_pages, f_net_pages: [n, P] the network's pages and their Fisher.
       method: MatchingMethod or "optimal" (default) / "greedy".
       solver: how "optimal" is solved, with the same optimum: "dense" (one
-        assignment on the full matrix), "sparse" (candidate pairs priced by an
-        LP-duality certificate, `_match_optimal`), "auto" (sparse above 2M pairs).
+        assignment on the full matrix), "sparse" (min-cost flows on candidate
+        pairs priced by an LP-duality certificate, `_match_optimal`), "auto"
+        (sparse above 2M pairs).
 
     Returns:
       (page_table [n] int64 injective into the new pool, new PoolState

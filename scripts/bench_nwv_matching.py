@@ -134,8 +134,8 @@ def print_table(result):
 
 def small_pages() -> dict:
     """Optimal matching at `small_page_size` of the five networks added largest first:
-    the sparse solver (candidate pairs + LP certificate) against one dense assignment,
-    each timed, with the costs they reach (equal up to round-off)."""
+    the sparse solver (min-cost flows on candidate pairs + LP certificate) against one
+    dense assignment, each timed, with the costs they reach (equal up to round-off)."""
     size = FLAGS.small_page_size
     ref_dir = bench.resolve(FLAGS.reference_dir)
     paged = {n: (pages.paginate(models.read_npz(f"{ref_dir}/{n}.npz"), size)[0],

@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 import pytest
+from scipy.optimize import linear_sum_assignment
 
 from nwv import matching, pages
 from nwv.matching import MatchingMethod, PoolState
@@ -201,13 +202,34 @@ def test_sparse_optimal_with_certificate_equals_the_dense_assignment(monkeypatch
         costs = rng.random((n, m)) ** 3
         if trial % 3 == 0:
             costs[:, : m // 3] = 0.0                     # ties
+        elif trial % 3 == 1:                             # 14 decades: below the flow's
+            costs = 10.0 ** rng.uniform(-14, 0, (n, m))  # integer step of 2^-40
         occupancy = rng.integers(0, 3, m)
         dense = matching._match_optimal_dense(costs, occupancy)
         sparse = matching._match_optimal(costs.copy(), occupancy, candidates=2)
         assert len(set(sparse.tolist())) == n
         assert sorted(occupancy[sparse]) == sorted(occupancy[dense])   # same level quotas
         np.testing.assert_allclose(costs[np.arange(n), sparse].sum(),
-                                   costs[np.arange(n), dense].sum(), rtol=1e-12, atol=1e-12)
+                                   costs[np.arange(n), dense].sum(), rtol=1e-12,
+                                   atol=1e-12 if trial % 3 != 1 else 1e-13)
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_restricted_flow_resolves_costs_below_its_integer_step(swap):
+    """Cost differences of 1e-14 against a range of 1 vanish in the first integer stage
+    (step 2^-40 ≈ 9e-13); the second stage, on the reduced costs, finds the optimum
+    whichever way the first stage broke the tie, with potentials that certify it."""
+    costs = np.array([[3e-14, 1e-14, 1.0],
+                      [1e-14, 3e-14, 1.0],
+                      [1.0, 1.0, 0.0]])
+    if swap:
+        costs = costs[:, [1, 0, 2]]
+    col_of_row, potentials = matching._restricted_flow(costs, np.ones((3, 3), bool), 3)
+    rows, best = linear_sum_assignment(costs)
+    np.testing.assert_array_equal(col_of_row, best)
+    reduced = costs + potentials[:3, None] - potentials[None, 3:6]
+    assert reduced.min() >= -1e-20
+    np.testing.assert_allclose(reduced[rows, col_of_row], 0.0, atol=1e-20)
 
 
 def test_bellman_ford_stops_early_and_detects_negative_cycles():
@@ -216,3 +238,6 @@ def test_bellman_ford_stops_early_and_detects_negative_cycles():
     np.testing.assert_allclose(dist, [0.0, -1.0, 0.0, -5.0])
     with pytest.raises(ValueError, match="negative cycle"):
         matching.bellman_ford(2, np.array([0, 1]), np.array([1, 0]), np.array([-1.0, 0.5]))
+    exact = matching.bellman_ford(3, np.array([0, 1]), np.array([1, 2]),
+                                  np.array([-(2 ** 60), 2 ** 60 - 1]))
+    assert exact.dtype == np.int64 and exact.tolist() == [0, -(2 ** 60), -1]   # no rounding
