@@ -383,11 +383,12 @@ def _restricted_flow(weights, mask, n_full: int, *, stages: int = 2):
 
     Returns:
       (col_of_row [n] int64, potentials [n + m + 1] float64: network pages, pool
-      pages, sink), with w_ij + π_i − π_(n+j) >= −1e-12 on every candidate pair
-      and 0 on the matched ones (to float round-off).
+      pages, sink), with reduced costs w_ij + π_i − π_(n+j) >= −q/2 on every
+      candidate pair and within q/2 of 0 on the matched ones, q the last stage's
+      quantum (float round-off aside).
 
     Raises:
-      ValueError: the candidates hold no full matching.
+      ValueError: the candidates hold no full matching, or the solver failed.
     """
     from ortools.graph.python import min_cost_flow
 
@@ -404,7 +405,7 @@ def _restricted_flow(weights, mask, n_full: int, *, stages: int = 2):
     supplies[n:n + n_full] = -1
     supplies[sink] = -(n - n_full)
     potentials = np.zeros(n + m + 1)
-    cap = np.inf
+    cap, col_of_row = np.inf, None
     for _ in range(stages):
         reduced = np.clip(arc_cost + potentials[tails] - potentials[heads], -cap, cap)
         # Shift each family to start at 0 (every flow sends n units through the
@@ -412,18 +413,21 @@ def _restricted_flow(weights, mask, n_full: int, *, stages: int = 2):
         shift = np.array([reduced[~family].min(initial=0.0), reduced[family].min(initial=0.0)])
         reduced -= shift[family.astype(np.int64)]
         top = float(reduced.max(initial=0.0))
-        if top <= 4 * np.finfo(np.float64).eps * (1.0 + np.abs(potentials).max()):
+        if col_of_row is not None and \
+                top <= 4 * np.finfo(np.float64).eps * (1.0 + np.abs(potentials).max()):
             break                                   # every arc tight: nothing left to resolve
-        quantum = top / 2.0 ** _FLOW_BITS
+        quantum = top / 2.0 ** _FLOW_BITS if top > 0 else 1.0
         integer_cost = np.rint(reduced / quantum).astype(np.int64)
         flow = min_cost_flow.SimpleMinCostFlow()
         arcs = flow.add_arcs_with_capacity_and_unit_cost(
             tails, heads, np.ones(tails.size, np.int64), integer_cost)
         flow.set_nodes_supplies(np.arange(n + m + 1), supplies)
         status = flow.solve()
+        if status == flow.INFEASIBLE:
+            raise ValueError("the candidate pairs hold no full matching of the network's "
+                             "pages")
         if status != flow.OPTIMAL:
-            raise ValueError(f"the candidate pairs hold no full matching (min-cost flow: "
-                             f"{status})")
+            raise ValueError(f"OR-Tools min-cost flow failed on the page matching: {status}")
         used = flow.flows(arcs) > 0
         # Residual graph: unused arcs forward, used arcs backward at minus their cost.
         dist = bellman_ford(n + m + 1, np.where(used, heads, tails), np.where(used, tails, heads),
