@@ -95,6 +95,7 @@ NETWORKS = {
                                DERIVED_EPOCHS),
     "tts_control": NetSpec("tts_control", "tts_control", "nwv_tts", None, TTS_EPOCHS),
     "cifar10_b": NetSpec("cifar10_b", "cifar10", "nwv_cifar10", None, DERIVED_EPOCHS, 1),
+    "mnist_b": NetSpec("mnist_b", "mnist", "nwv_mnist", None, DERIVED_EPOCHS, 1),
 }
 
 

@@ -145,7 +145,11 @@ def demo(d):
 
 
 def nwv_sweeps(d):
-    rows = ["| run | mode | λ | " + " | ".join(d["original_test_accuracy"]) + " | mean | seconds |",
+    rows = [f"Networks {', '.join(d['fisher'])}: the originals are short trainings (see the "
+            f"script), compared here setting against setting; pools of "
+            f"{d['page_size']['100']['compression']:.2f}×, {d['flags']['rounds']} × "
+            f"{d['flags']['steps']} steps each, test carves.", "",
+            "| run | mode | λ | " + " | ".join(d["original_test_accuracy"]) + " | mean | seconds |",
             "|---|---|---|" + "---|" * len(d["original_test_accuracy"]) + "---|---|",
             "| originals | | | " + " | ".join(pct(v) for v in d["original_test_accuracy"].values())
             + " | | |"]
