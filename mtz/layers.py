@@ -167,7 +167,18 @@ class InputPad(keras.layers.Layer):
         return [(0, 0)] + spatial + [(0, self.target_shape[-1] - shape[-1])]
 
     def call(self, x):
-        return ops.pad(x, self._pads(x.shape))
+        pads = self._pads(x.shape)
+        if any(p != (0, 0) for p in pads[:-1]):
+            x = ops.pad(x, pads[:-1] + [(0, 0)])
+        extra = pads[-1][1]
+        if not extra:
+            return x
+        # Channels by concatenating zeros, not a PAD: TensorFlow 2.21's oneDNN graph
+        # rewrite fuses a PAD into the CONV_2D that reads it as if it padded space only
+        # ("input depth must be evenly divisible by filter depth" inside tf.function on
+        # CPUs where oneDNN is on), and the concatenation is the same numbers.
+        zeros = ops.repeat(ops.zeros_like(x[..., :1]), extra, axis=-1)
+        return ops.concatenate([x, zeros], axis=-1)
 
     def compute_output_shape(self, input_shape):
         self._pads(input_shape)

@@ -2,12 +2,14 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from keras import layers
 
 import models
 import mtz
 from mtz import keras_build
 from mtz.graph import parse_chain
+from mtz.layers import InputPad
 from tests.test_mtz_zip import _check_members, inputs_for, small_mlp
 
 
@@ -166,6 +168,19 @@ def _gray_rgb_cnn(seed, channels):
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(8, activation="relu", name="fc1")(x)
     return keras.Model(inp, layers.Dense(4, name="logits")(x))
+
+
+@pytest.mark.parametrize("shape", [(10, 10, 1), (8, 9, 2)])
+def test_input_pad_before_a_conv_inside_tf_function(shape):
+    """InputPad then Conv2D in a traced function (as probes and training run them) equals
+    eager execution: TensorFlow's oneDNN rewrite mis-fuses a channel PAD into a CONV_2D."""
+    inp = keras.Input(shape)
+    x = InputPad((10, 10, 3))(inp)
+    model = keras.Model(inp, layers.Conv2D(4, 3, activation="relu")(x))
+    xb = np.random.default_rng(0).normal(size=(2, *shape)).astype(np.float32)
+    eager = model(xb)
+    assert eager.shape == (2, 8, 8, 4)
+    np.testing.assert_allclose(tf.function(model)(xb), eager, atol=1e-6)
 
 
 def test_gray_and_rgb_conv_nets(tmp_path):
