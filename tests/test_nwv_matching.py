@@ -234,6 +234,11 @@ def test_restricted_flow_resolves_costs_below_its_integer_step(swap):
     np.testing.assert_allclose(reduced[rows, col_of_row], 0.0, atol=1e-20)
 
 
+def test_restricted_flow_names_candidates_without_a_full_matching():
+    with pytest.raises(ValueError, match="no full matching"):
+        matching._restricted_flow(np.ones((2, 2)), np.array([[True, False], [True, False]]), 0)
+
+
 def test_bellman_ford_stops_early_and_detects_negative_cycles():
     dist = matching.bellman_ford(4, np.array([0, 1, 2]), np.array([1, 2, 3]),
                                  np.array([-1.0, 2.0, -5.0]))
