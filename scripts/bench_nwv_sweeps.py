@@ -14,9 +14,9 @@ network (optimal matching unless said).
     (`nwv.matching.virtualize_pages` on the paged weights and Fisher, largest network
     first; greedy and optimal, each the fastest of up to 3 runs while they take under
     5 s in all; optimal at P = 10 solves ~5,900 x 5,900 assignments on candidate
-    pairs, about 8 s for the three networks), then a short joint optimisation (`nwv.optimize_runtime`) from the
-    optimally matched pool and the test-carve accuracy of every network
-    (validation-selected round).
+    pairs, about 8 s for the three networks), then a short joint optimisation
+    (`nwv.optimize_runtime`) from the optimally matched pool and the test-carve
+    accuracy of every network (validation-selected round).
   * λ in 0.1, 1, 10, 100 for round_robin at P = 100 (the original scheme: turns, with
     the penalty λ Σ F_other (w − w_other)², F the Fisher pages each network's
     `nwv.NetworkSpec` carries).
