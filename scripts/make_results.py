@@ -369,6 +369,8 @@ SECTIONS = [
      ["bench_ten_networks.png"]),
     ("Ten networks, budget: NWV alone with four times the joint optimisation steps",
      "bench_ten_networks_budget4x.json", ten_networks, []),
+    ("Ten networks, budget: NWV alone with sixteen times the joint optimisation steps",
+     "bench_ten_networks_budget16x.json", ten_networks, []),
     ("Ten networks, budget: MTZ + NWV with retrained zipping and four times the joint steps",
      "bench_ten_networks_mtz_retrain.json", ten_networks, []),
     ("Ten networks, ablation: MTZ + NWV zipping the digits only",
