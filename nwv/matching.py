@@ -395,25 +395,25 @@ def _restricted_flow(weights, mask, n_full: int, *, stages: int = 2):
     n, m = weights.shape
     sink = n + m
     rows, cols = np.nonzero(mask)
-    cost = weights[rows, cols]
+    cost, k = weights[rows, cols], rows.size
     swap = np.arange(n_full, m)                     # pool pages that pass to the sink
-    tails = np.concatenate([rows, n + swap])
-    heads = np.concatenate([n + cols, np.full(swap.size, sink)])
-    family = np.concatenate([np.zeros(rows.size, bool), np.ones(swap.size, bool)])
+    tails = np.concatenate([rows, n + swap])        # arcs [:k] page -> pool page,
+    heads = np.concatenate([n + cols, np.full(swap.size, sink)])   # [k:] pool -> sink
     arc_cost = np.concatenate([cost, np.zeros(swap.size)])
     supplies = np.concatenate([np.ones(n, np.int64), np.zeros(m, np.int64), [0]])
     supplies[n:n + n_full] = -1
     supplies[sink] = -(n - n_full)
     potentials = np.zeros(n + m + 1)
-    cap, col_of_row = np.inf, None
+    cap, used = np.inf, None
     for _ in range(stages):
         reduced = np.clip(arc_cost + potentials[tails] - potentials[heads], -cap, cap)
         # Shift each family to start at 0 (every flow sends n units through the
         # first and n − n_full through the second: the same constant for all flows).
-        shift = np.array([reduced[~family].min(initial=0.0), reduced[family].min(initial=0.0)])
-        reduced -= shift[family.astype(np.int64)]
+        shift = (reduced[:k].min(initial=0.0), reduced[k:].min(initial=0.0))
+        reduced[:k] -= shift[0]
+        reduced[k:] -= shift[1]
         top = float(reduced.max(initial=0.0))
-        if col_of_row is not None and \
+        if used is not None and \
                 top <= 4 * np.finfo(np.float64).eps * (1.0 + np.abs(potentials).max()):
             break                                   # every arc tight: nothing left to resolve
         quantum = top / 2.0 ** _FLOW_BITS if top > 0 else 1.0
@@ -436,8 +436,8 @@ def _restricted_flow(weights, mask, n_full: int, *, stages: int = 2):
         potentials[:n] -= shift[0]                  # the shifts as potentials: rows only
         potentials[sink] += shift[1]                # send, the sink only receives
         cap = (tails.size + 2) * quantum
-        col_of_row = np.empty(n, np.int64)
-        col_of_row[rows[used[:rows.size]]] = cols[used[:rows.size]]
+    col_of_row = np.empty(n, np.int64)
+    col_of_row[rows[used[:k]]] = cols[used[:k]]
     return col_of_row, potentials
 
 
