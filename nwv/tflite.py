@@ -50,7 +50,12 @@ the task's page table (`tables[task]`, one int32 constant [tasks, max_pages])
 and runs the task's branch: one IF op per architecture in sequence, each branch
 a subgraph shared by the tasks of that architecture (networks with the same
 Keras configuration and page layout differ only in the table they read;
-`info["branches"]` lists them). TFLM plans each branch in its own scope, so
+`info["branches"]` lists them). A network whose last layer is a Dense
+classifier on flat features runs as two branches, its body (every layer
+but the classifier) and its classifier, so networks that differ only in the
+number of classes (mnist and mnist_parity) share the body branch and each
+runs its small classifier branch (`info["classifiers"]`); this halved the
+arena of the ten-network pool. TFLM plans each branch in its own scope, so
 their activation buffers share the arena; what grows with the branches is
 their op and tensor records (tens of kB per branch for the NWV reference
 CNNs), so `micro_arena_bytes` is the largest network's need plus those. The pool
@@ -68,8 +73,8 @@ one GATHER, one SPLIT_V per network; with int8 pages one CAST, one GATHER of
 the scales and one MUL per network instead of per layer, which keeps an int8
 file's graphs as small as a float file's; the price is one network's float
 weights in the interpreter's arena, a few hundred kB for these networks). A
-float file with zipped networks is also converted with zipped groups and their
-members gathering per layer, and the smaller file kept: their shared layers
+file with zipped networks (float or int8 pages) is also converted with zipped
+groups and their members gathering per layer, and the smaller file kept: their shared layers
 read the same pages, so each shared layer's slice of the page tables is then
 one constant stored once (per network, every member's whole table is stored:
 the ten-network MTZ + NWV file held 28 kB of index constants instead of 8 kB),
@@ -294,11 +299,38 @@ def _tiled_skeleton(model, tile_bytes, blocks):
     return copy
 
 
-def _forward(runtime, name, x, pages, table, granularity, *, tile_bytes=0, skeletons=None):
+def _classifier_split(model):
+    """The number k of the model's trainable variables before its classifier, when
+    the model is `body -> Dense` (the Dense layer last, the model's one output, on
+    a [batch, features] input, its variables the last ones): the body
+    (`keras.Model(inputs, classifier.input)`) reads variables [0, k), the classifier
+    [k, n). None when the model is not of that form (zipped layers, several
+    outputs, a classifier on a non-flat input)."""
+    try:
+        last = model.layers[-1]
+        if (type(last) not in (keras.layers.Dense, _TiledDense) or len(model.outputs) != 1
+                or model.outputs[0] is not last.output or len(last.input.shape) != 2):
+            return None
+        variables, own = model.trainable_variables, last.trainable_variables
+        k = len(variables) - len(own)
+        if k <= 0 or [id(v) for v in variables[k:]] != [id(v) for v in own]:
+            return None
+        body = keras.Model(model.inputs, last.input)
+        if [id(v) for v in body.trainable_variables] != [id(v) for v in variables[:k]]:
+            return None
+        return k
+    except (AttributeError, ValueError, TypeError, IndexError):
+        return None
+
+
+def _forward(runtime, name, x, pages, table, granularity, *, tile_bytes=0, skeletons=None,
+             part=None):
     """The network's outputs on x, its weights gathered from `pages` through `table`
     (numpy: constant slices of it; a tensor: slices of that tensor): one gather and
     one split per group of variables (`_groups`); with `tile_bytes`, plain Dense
-    kernels above it are read and multiplied in blocks of rows (`_TiledDense`)."""
+    kernels above it are read and multiplied in blocks of rows (`_TiledDense`).
+    `part`: None (the whole network), "body" (the features [1, F] its classifier
+    reads; `_classifier_split`) or "classifier" (x: those features)."""
     model, layout = runtime.model(name), runtime.layout(name)
     size = layout.page_size
     blocks = {}
@@ -318,9 +350,16 @@ def _forward(runtime, name, x, pages, table, granularity, *, tile_bytes=0, skele
             elif isinstance(layer, _TiledZipped) and layer.kind == "dense":
                 tiled.update((index[id(v)], layer) for v in layer.blocks.values())
     values = [None] * len(layout.shapes)
+    split = _classifier_split(model) if part else None
+    if part and split is None:
+        raise ValueError(f"network {name!r} has no body -> classifier split")
+    wanted = (range(len(values)) if part is None else
+              range(split) if part == "body" else range(split, len(values)))
     for group in _groups(model, granularity):
         spans = []
         for i in group:
+            if i not in wanted:
+                continue
             if i in tiled:
                 values[i] = tf.zeros(layout.shapes[i], tf.float32)   # unused: pruned
             elif layout.sizes[i] == 0:
@@ -341,6 +380,11 @@ def _forward(runtime, name, x, pages, table, granularity, *, tile_bytes=0, skele
                                          (r1 - r0, units))], size)[0]
         for layer in set(tiled.values()):
             layer._blocks["read"] = read_rows
+    if part == "body":
+        body = keras.Model(model.inputs, model.layers[-1].input)
+        return body.stateless_call(values[:split], [], x, training=False)[0]
+    if part == "classifier":
+        return model.layers[-1].stateless_call(values[split:], [], x, training=False)[0]
     if len(model.inputs) > 1:
         x = [x] * len(model.inputs)
     outputs, _ = model.stateless_call(values, [], x, training=False)
@@ -545,16 +589,56 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes):
             out = _forward(runtime, name, xi, pages, row, granularity,
                            tile_bytes=tile_bytes, skeletons=skeletons)
             out = tf.concat(list(out), axis=-1) if members else out
-            if widths[i] < max_out:
-                out = tf.concat([out, tf.fill([1, max_out - widths[i]], PAD_LOGIT)], axis=-1)
-            return out
+            return _pad_columns(out, max_out, PAD_LOGIT)
         return fn
 
-    # tasks of one architecture share a branch: only the selected table differs
-    branches = {}
+    def body(i):
+        name, _, shape = entries[i]
+
+        def fn(x, row):
+            pages = _Pages(**{k: tf.constant(v[:, None] if k == "scales" else v)
+                              for k, v in arrays.items()})
+            xi = tf.reshape(tf.slice(x, [0, 0], [1, inputs[i]]), (1, *shape))
+            out = _forward(runtime, name, xi, pages, row, granularity, tile_bytes=tile_bytes,
+                           skeletons=skeletons, part="body")
+            return _pad_columns(out, max_features, 0.0)
+        return fn
+
+    def classifier(i):
+        name = entries[i][0]
+
+        def fn(features, row):
+            pages = _Pages(**{k: tf.constant(v[:, None] if k == "scales" else v)
+                              for k, v in arrays.items()})
+            out = _forward(runtime, name, features[:, :features_of[i]], pages, row,
+                           granularity, tile_bytes=tile_bytes, skeletons=skeletons,
+                           part="classifier")
+            return _pad_columns(out, max_out, PAD_LOGIT)
+        return fn
+
+    # tasks of one architecture share a branch: only the selected table differs;
+    # networks that differ only in their classifier (body -> Dense, e.g. 10 and 2
+    # classes) share a body branch, then run their classifier's branch
+    branches, bodies, classifiers, features_of = {}, {}, {}, {}
     for i, (name, members, shape) in enumerate(entries):
-        branches.setdefault(_architecture(runtime, name, members, shape), []).append(i)
-    branches = list(branches.values())
+        split = None if members else _classifier_split(runtime.model(name))
+        if split is None:
+            branches.setdefault(_architecture(runtime, name, members, shape), []).append(i)
+            continue
+        key = _architecture(runtime, name, members, shape, body_only=split)
+        bodies.setdefault(key, []).append(i)
+        classifiers.setdefault((key, _architecture(runtime, name, members, shape,
+                                                   classifier_only=split)), []).append(i)
+        features_of[i] = int(runtime.layout(name).shapes[split][0])
+    branches, bodies, classifiers = (list(d.values()) for d in (branches, bodies,
+                                                                  classifiers))
+    max_features = max(features_of.values(), default=0)
+
+    def chosen_of(index, tasks):
+        chosen = tf.equal(index, tasks[0])
+        for other in tasks[1:]:
+            chosen = tf.logical_or(chosen, tf.equal(index, other))
+        return chosen
 
     def run(task, x):
         index = tf.reshape(task, [])
@@ -563,15 +647,23 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes):
         start = tf.clip_by_value(task, 0, len(entries) - 1)
         row = tf.reshape(tf.slice(tf.constant(padded), tf.concat([start, [0]], 0),
                                   [1, max_pages]), [max_pages])
-        # one IF per architecture in sequence, each passing the logits on when not
+        # one IF per architecture in sequence, each passing its input on when not
         # its tasks: TFLM plans each branch in its own scope, so their buffers share
         # memory (each branch's op and tensor records stay in the arena)
         logits = tf.fill([1, max_out], float("nan"))
+        if bodies:
+            features = tf.zeros([1, max_features])
+            for tasks in bodies:
+                features = tf.cond(chosen_of(index, tasks),
+                                   (lambda i: lambda: body(i)(x, row))(tasks[0]),
+                                   (lambda held: lambda: tf.identity(held))(features))
+            for tasks in classifiers:
+                logits = tf.cond(chosen_of(index, tasks),
+                                 (lambda i: lambda: classifier(i)(features, row))(tasks[0]),
+                                 (lambda held: lambda: tf.identity(held))(logits))
         for tasks in branches:
-            chosen = tf.equal(index, tasks[0])
-            for other in tasks[1:]:
-                chosen = tf.logical_or(chosen, tf.equal(index, other))
-            logits = tf.cond(chosen, (lambda i: lambda: branch(i)(x, row))(tasks[0]),
+            logits = tf.cond(chosen_of(index, tasks),
+                             (lambda i: lambda: branch(i)(x, row))(tasks[0]),
                              (lambda held: lambda: tf.identity(held))(logits))
         return {"logits": logits}
 
@@ -581,13 +673,24 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes):
                                            autograph=False).get_concrete_function()}
     return tf.Module(), signatures, {
         "input_size": max_in, "output_size": max_out, "table_bytes": int(padded.nbytes),
-        "branches": [[entries[i][0] for i in tasks] for tasks in branches]}
+        "branches": [[entries[i][0] for i in tasks] for tasks in bodies + branches],
+        "classifiers": [[entries[i][0] for i in tasks] for tasks in classifiers]}
 
 
-def _architecture(runtime, name, members, shape) -> str:
+def _pad_columns(values, width, fill):
+    """values [1, w] padded with `fill` to [1, width]."""
+    missing = width - int(values.shape[-1])
+    if missing <= 0:
+        return values
+    return tf.concat([values, tf.fill([1, missing], fill)], axis=-1)
+
+
+def _architecture(runtime, name, members, shape, *, body_only=None,
+                  classifier_only=None) -> str:
     """A key equal for networks that compute the same function of (pages, table):
     the same Keras configuration (but the model's name) and the same page layout;
-    a group is its own."""
+    a group is its own. `body_only=k`: of the network but its classifier (the
+    last layer, variables from k on); `classifier_only=k`: of that classifier."""
     if members:
         return f"group:{name}"
     model = runtime.model(name)
@@ -605,8 +708,16 @@ def _architecture(runtime, name, members, shape) -> str:
         return value
 
     layout = runtime.layout(name)
-    return json.dumps([canonical(model.get_config()), list(shape),
-                       [list(s) for s in layout.shapes], layout.page_size,
+    config, shapes = canonical(model.get_config()), [list(s) for s in layout.shapes]
+    offsets = [int(o) for o in layout.offsets]
+    if body_only is not None:      # the classifier's entry keeps its class and links
+        config["layers"][-1] = {k: v for k, v in config["layers"][-1].items()
+                                if k not in ("config", "build_config")}
+        shapes, offsets = shapes[:body_only], offsets[:body_only]
+    if classifier_only is not None:
+        config = config["layers"][-1]
+        shapes, offsets = shapes[classifier_only:], offsets[classifier_only:]
+    return json.dumps([config, list(shape), shapes, offsets, layout.page_size,
                        layout.aligned], sort_keys=True, default=str)
 
 
@@ -632,7 +743,7 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
         `DEFAULT_GATHER` of the target: "auto" for tflite ("network": a phone
         holds one network's float weights easily, and each layer of an int8 file
         would otherwise cost three more operators: gather of scales, cast,
-        multiply; a float file with zipped networks is converted a second time
+        multiply; a file with zipped networks is converted a second time
         with "layer" for zipped groups and their members, whose per-layer table
         slices are shared, and the smaller file kept), "layer" for micro (one
         layer's weights in RAM at a time; "auto" means "layer" there).
@@ -652,7 +763,9 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
       (the networks in the order of the `task` index), "inputs" (the entry
       point's input names in input-index order), "input_size", "output_size",
       "pool_offset" (byte offset of the pool constant in the file), "branches"
-      (lists of tasks that share one branch: the same architecture).
+      (lists of tasks that share one branch: the same architecture, or the same
+      body before their classifiers), "classifiers" (lists of tasks that share
+      one classifier branch after their body's).
     Raises:
       ValueError: (tflite target) a network name that is not a Python identifier
         or is reserved, an unknown target / quantize / gather, an input shape
@@ -678,8 +791,8 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
         choices = [gather]
         if gather == "auto":
             zipped = _zipped_names(runtime)
-            float_zipped = "codes" not in arrays and any(n in zipped for n, _, _ in entries)
-            choices = ["network", "auto"] if float_zipped else ["network"]
+            any_zipped = any(n in zipped for n, _, _ in entries)
+            choices = ["network", "auto"] if any_zipped else ["network"]
         blobs = {}
         for choice in choices:     # "auto": the smaller file of these
             module, signatures = _tflite_module(runtime, entries, arrays, choice, all_tasks,

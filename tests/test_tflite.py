@@ -21,12 +21,12 @@ SLACK = 64 * 1024   # graphs, signatures and metadata on top of the pool and tab
 pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
 
 
-def _digits(seed=3):
+def _digits(seed=3, classes=10):
     keras.utils.set_random_seed(seed)
     inp = keras.Input((28, 28, 1))
     h = keras.layers.Conv2D(4, 3, strides=2, activation="relu", name="conv")(inp)
     h = keras.layers.Flatten(name="flatten")(h)
-    return keras.Model(inp, keras.layers.Dense(10, name="logits")(h), name="digits")
+    return keras.Model(inp, keras.layers.Dense(classes, name="logits")(h), name="digits")
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_one_file_holds_every_network_with_the_pool_once(pool, tmp_path):
     ops = {op for sub in model.subgraphs for op in tflite_ops(model, sub)}
     assert {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE", "GATHER"} <= ops
     # gather="auto": a plain network gathers its pages at once; with zipped networks
-    # a float file is also built with their gathers per layer, and the smaller kept
+    # a file (float or int8) is also built with their gathers per layer, the smaller kept
     gathers = {sub.name.decode(): tflite_ops(model, sub).count("GATHER")
                for sub in model.subgraphs}
     assert gathers["digits"] == 1
@@ -258,9 +258,14 @@ def test_micro_entry_point_runs_every_network(pool, tmp_path, int8):
     assert sorted(info["inputs"]) == ["task", "x"] and info["signatures"] == ["run"]
     blob = path.read_bytes()
     main = reference.page_codes.numpy() if int8 else runtime.page_pool.numpy()
-    # the pool is one constant buffer (flash) shared by every branch, at pool_offset
+    # the pool is one constant buffer (flash) shared by every branch, at pool_offset:
+    # the zipped networks and the group have their own; digits (conv -> Dense) a
+    # body branch and a classifier branch
+    assert sorted(map(sorted, info["branches"])) == [["digits"], ["left"], ["right"],
+                                                     [combined.GROUP]]
+    assert info["classifiers"] == [["digits"]]
     (largest, users), = tflite.largest_buffers(blob, 1)
-    assert largest == main.nbytes and len({u[0] for u in users}) == len(info["tasks"])
+    assert largest == main.nbytes and len({u[0] for u in users}) == 5
     assert blob.count(main.tobytes()) == 1 and info["pool_offset"] % 16 == 0
     assert blob[info["pool_offset"]:info["pool_offset"] + main.nbytes] == main.tobytes()
     model = _model(blob)
@@ -326,15 +331,17 @@ def test_micro_zipped_dense_blocks_read_in_tiles_give_the_same_logits(pool, tmp_
 
 def test_micro_networks_of_one_architecture_share_a_branch(tmp_path):
     micro = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
-    nets = {"a": _digits(3), "b": _digits(4), "c": small_cnn(0)}
+    nets = {"a": _digits(3), "b": _digits(4), "c": small_cnn(0), "d": _digits(5, classes=2)}
     runtime = nwv.virtualize(nets, fisher={n: [np.ones(v.shape, np.float32)
                                                for v in m.trainable_variables]
                                            for n, m in nets.items()}, page_size=16)
     path = tmp_path / "micro.tflite"
     info = nwv.export_tflite(runtime, str(path), target="micro")
-    assert sorted(map(sorted, info["branches"])) == [["a", "b"], ["c"]]
-    blob = path.read_bytes()
-    assert tflite_ops(_model(blob), _model(blob).subgraphs[0]).count("IF") == 2
+    # d differs from a and b in its classifier only (2 classes): it shares their body
+    assert sorted(map(sorted, info["branches"])) == [["a", "b", "d"], ["c"]]
+    assert sorted(map(sorted, info["classifiers"])) == [["a", "b"], ["c"], ["d"]]
+    blob = path.read_bytes()   # one IF per body and per classifier
+    assert tflite_ops(_model(blob), _model(blob).subgraphs[0]).count("IF") == 5
     interpreter = micro.Interpreter.from_bytes(blob, arena_size=1 << 20)
     rng = np.random.default_rng(0)
     for task, name in enumerate(info["tasks"]):  # a and b differ: each reads its own table
@@ -343,13 +350,15 @@ def test_micro_networks_of_one_architecture_share_a_branch(tmp_path):
         np.testing.assert_allclose(tflite.run_micro(interpreter, info, task, x)[:, :width],
                                    runtime.run(name, x).numpy(), atol=1e-4)
     arenas = {}
-    for names in (["a", "c"], ["a", "b", "c"]):
+    for names in (["a", "c"], ["a", "b", "c"], ["a", "b", "c", "d"]):
         path = tmp_path / f"{''.join(names)}.tflite"
         nwv.export_tflite(runtime, str(path), target="micro", names=names)
         arenas["".join(names)] = tflite.micro_arena_bytes(path.read_bytes())
     # a second network of a's architecture adds its table row, not a branch's records
-    # (c's own branch costs about 8 kB of op and tensor records here)
+    # (c's own branch costs about 8 kB of op and tensor records here); d only the
+    # records of its classifier branch
     assert arenas["abc"] - arenas["ac"] <= 1024
+    assert arenas["abcd"] - arenas["abc"] <= 3072
 
 
 def _script(*args):
