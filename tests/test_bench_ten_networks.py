@@ -11,7 +11,7 @@ def test_two_family_run_builds_both_pools_and_evaluate_reads_them(tiny_data, tmp
                f"--out={out}", "--families=digits,keywords", "--stages=separate,methods",
                "--limit=24", "--epochs_scale=0.01", "--rounds=1", "--steps=2",
                "--batch_size=8", "--fisher_samples=8", "--hessian_samples=16",
-               "--zip_retrain_steps=1")
+               "--zip_families=digits,keywords", "--zip_retrain_steps=1")
     report = json.load(open(out))
     # one distilled MTZ retraining step after each zipped layer (nwv_mnist: 5 layers,
     # nwv_tts: 4), for each of the two networks added to a family's first
@@ -41,11 +41,11 @@ def test_two_family_run_builds_both_pools_and_evaluate_reads_them(tiny_data, tmp
             assert result["network"] == name and 0 < result["examples"] <= 24
     assert os.path.exists(tmp_path / "ten.png") is False      # no curve: no figure
 
-    # (b) with only the digits zipped: the keyword networks are paged as leftovers
+    # (b) by default zips the digits only: the keyword networks are paged as leftovers
     left = tmp_path / "left.json"
     run_script("bench_ten_networks.py", f"--data_dir={tiny_data}", f"--work_dir={work}",
                f"--out={left}", "--families=digits,keywords", "--stages=separate,methods",
-               "--methods=mtz_nwv", "--zip_families=digits", "--pools_name=_left",
+               "--methods=mtz_nwv", "--pools_name=_left", "--zip_retrain_steps=0",
                "--limit=24", "--epochs_scale=0.01", "--rounds=1", "--steps=2",
                "--batch_size=8", "--fisher_samples=8", "--hessian_samples=16")
     report = json.load(open(left))
