@@ -369,7 +369,7 @@ SECTIONS = [
      ["bench_ten_networks.png"]),
     ("Ten networks, budget: NWV alone with 8 x 200 joint steps",
      "bench_ten_networks_budget4x.json", ten_networks, []),
-    ("Ten networks, budget: NWV alone with 16 x 400 joint steps",
+    ("Ten networks, budget: NWV alone and MTZ + NWV with 16 x 400 joint steps",
      "bench_ten_networks_budget16x.json", ten_networks, []),
     ("Ten networks, budget: MTZ + NWV zipping every family (retrained), 8 x 200 joint steps",
      "bench_ten_networks_mtz_retrain.json", ten_networks, []),
