@@ -577,42 +577,38 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes):
         padded[i, :t.size] = t
     skeletons = {}
 
+    def branch_pages():
+        # constants made inside a branch belong to it (never an IF operand, which
+        # TFLM would copy into the arena); the converter shares their buffer.
+        return _Pages(**{k: tf.constant(v[:, None] if k == "scales" else v)
+                         for k, v in arrays.items()})
+
+    def task_input(x, i):
+        return tf.reshape(tf.slice(x, [0, 0], [1, inputs[i]]), (1, *entries[i][2]))
+
     def branch(i):
-        name, members, shape = entries[i]
+        name, members, _ = entries[i]
 
         def fn(x, row):
-            # constants made here belong to this branch (never an IF operand, which
-            # TFLM would copy into the arena); the converter shares their buffer.
-            pages = _Pages(**{k: tf.constant(v[:, None] if k == "scales" else v)
-                              for k, v in arrays.items()})
-            xi = tf.reshape(tf.slice(x, [0, 0], [1, inputs[i]]), (1, *shape))
-            out = _forward(runtime, name, xi, pages, row, granularity,
+            out = _forward(runtime, name, task_input(x, i), branch_pages(), row, granularity,
                            tile_bytes=tile_bytes, skeletons=skeletons)
             out = tf.concat(list(out), axis=-1) if members else out
             return _pad_columns(out, max_out, PAD_LOGIT)
         return fn
 
     def body(i):
-        name, _, shape = entries[i]
-
         def fn(x, row):
-            pages = _Pages(**{k: tf.constant(v[:, None] if k == "scales" else v)
-                              for k, v in arrays.items()})
-            xi = tf.reshape(tf.slice(x, [0, 0], [1, inputs[i]]), (1, *shape))
-            out = _forward(runtime, name, xi, pages, row, granularity, tile_bytes=tile_bytes,
-                           skeletons=skeletons, part="body")
+            out = _forward(runtime, entries[i][0], task_input(x, i), branch_pages(), row,
+                           granularity, tile_bytes=tile_bytes, skeletons=skeletons,
+                           part="body")
             return _pad_columns(out, max_features, 0.0)
         return fn
 
     def classifier(i):
-        name = entries[i][0]
-
         def fn(features, row):
-            pages = _Pages(**{k: tf.constant(v[:, None] if k == "scales" else v)
-                              for k, v in arrays.items()})
-            out = _forward(runtime, name, features[:, :features_of[i]], pages, row,
-                           granularity, tile_bytes=tile_bytes, skeletons=skeletons,
-                           part="classifier")
+            out = _forward(runtime, entries[i][0], features[:, :features_of[i]],
+                           branch_pages(), row, granularity, tile_bytes=tile_bytes,
+                           skeletons=skeletons, part="classifier")
             return _pad_columns(out, max_out, PAD_LOGIT)
         return fn
 
