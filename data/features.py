@@ -69,14 +69,19 @@ def place_in_noise(audio, seed, *, length: int, noise_probability: float = 0.8,
     offset = tf.random.stateless_uniform([], seeds[0], 0, length - n + 1, tf.int32)
     word = audio * tf.random.stateless_uniform([], seeds[1], gain[0], gain[1])
     placed = tf.pad(word, [[offset, length - n - offset]])
-    white = tf.random.stateless_normal([length], seeds[2])
     brown = tf.random.stateless_uniform([], seeds[3]) < brown_probability
-    noise = tf.where(brown, brown_noise(seeds[2], length), white)
     snr = tf.random.stateless_uniform([], seeds[4], snr_db[0], snr_db[1])
-    power = tf.reduce_mean(tf.square(word)) + 1e-9
-    scale = tf.sqrt(power / (tf.reduce_mean(tf.square(noise)) + 1e-12) / 10.0 ** (snr / 10.0))
     noisy = tf.random.stateless_uniform([], seeds[5]) < noise_probability
-    return tf.clip_by_value(placed + tf.where(noisy, scale, 0.0) * noise, -1.0, 1.0)
+
+    def with_noise():             # only the noise a clip uses is drawn (tf.cond)
+        noise = tf.cond(brown, lambda: brown_noise(seeds[2], length),
+                        lambda: tf.random.stateless_normal([length], seeds[2]))
+        power = tf.reduce_mean(tf.square(word)) + 1e-9
+        scale = tf.sqrt(power / (tf.reduce_mean(tf.square(noise)) + 1e-12)
+                        / 10.0 ** (snr / 10.0))
+        return placed + scale * noise
+
+    return tf.clip_by_value(tf.cond(noisy, with_noise, lambda: placed), -1.0, 1.0)
 
 
 def content_seed(x):

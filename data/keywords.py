@@ -33,9 +33,9 @@ def augment(audio, seed):
     """A quarter of the clips clean (padded to 1 s), the others with the word anywhere in
     the second, 80% of those over noise at 5-30 dB SNR (training only)."""
     seeds = tf.random.experimental.stateless_split(seed, 2)
-    clean = features.fix_length(audio, SAMPLE_RATE)
-    placed = features.place_in_noise(audio, seeds[0], length=SAMPLE_RATE)
-    return tf.where(tf.random.stateless_uniform([], seeds[1]) < CLEAN_SHARE, clean, placed)
+    return tf.cond(tf.random.stateless_uniform([], seeds[1]) < CLEAN_SHARE,
+                   lambda: features.fix_length(audio, SAMPLE_RATE),
+                   lambda: features.place_in_noise(audio, seeds[0], length=SAMPLE_RATE))
 
 
 def noisy_preprocess(audio):

@@ -139,3 +139,26 @@ def test_an_undecodable_image_is_named(tmp_path):
     with pytest.raises(ValueError, match="broken.png: cannot decode this image file"):
         for _ in data.load("mnist", "train", str(tmp_path), batch_size=2):
             pass
+
+
+def test_word_placed_in_noise_keeps_the_word_and_the_snr_range():
+    import tensorflow as tf
+    from data import features, keywords
+    word = 0.1 * np.sin(np.arange(1, 4001, dtype=np.float32) / 7.0)   # no zero sample
+    for i in range(8):
+        seed = tf.constant([i, 5], tf.int64)
+        clean = features.place_in_noise(word, seed, length=16000, noise_probability=0.0).numpy()
+        start = int(np.flatnonzero(clean)[0])
+        gain = clean[start + 1] / word[1]
+        np.testing.assert_allclose(clean[start:start + 4000], gain * word, rtol=1e-5, atol=1e-7)
+        assert 0.3 <= gain <= 1.0 and not clean[:start].any() and not clean[start + 4000:].any()
+        noisy = features.place_in_noise(word, seed, length=16000, noise_probability=1.0).numpy()
+        noise = noisy - clean                    # same seed: same place and gain
+        snr = 10 * np.log10(np.mean((gain * word) ** 2) / np.mean(noise ** 2))
+        assert 4.9 < snr < 30.1, snr
+        np.testing.assert_array_equal(
+            noisy, features.place_in_noise(word, seed, length=16000,
+                                           noise_probability=1.0).numpy())
+    kept = [np.array_equal(keywords.augment(word, tf.constant([i, 1], tf.int64)).numpy(),
+                           features.fix_length(word, 16000).numpy()) for i in range(200)]
+    assert 0.15 < np.mean(kept) < 0.35          # CLEAN_SHARE = 0.25 of clips untouched
