@@ -55,7 +55,11 @@ classifier on flat features runs as two branches, its body (every layer
 but the classifier) and its classifier, so networks that differ only in the
 number of classes (mnist and mnist_parity) share the body branch and each
 runs its small classifier branch (`info["classifiers"]`); this halved the
-arena of the ten-network pool. TFLM plans each branch in its own scope, so
+arena of the ten-network pool. A zipped network exported with its group runs
+the group's branch with the group's table and keeps its own columns of the
+group's row (moved to the front, the rest `PAD_LOGIT`), so a group and its
+members cost one branch (ten-network MTZ + NWV pool, int8: arena 271 -> 159 kB,
+float 217 -> 136 kB). TFLM plans each branch in its own scope, so
 their activation buffers share the arena; what grows with the branches is
 their op and tensor records (tens of kB per branch for the NWV reference
 CNNs), so `micro_arena_bytes` is the largest network's need plus those. The pool
@@ -570,7 +574,12 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes):
     inputs = [int(np.prod(s)) for s in shapes]
     widths = [sum(_classes(runtime, n, members)) for n, members, _ in entries]
     max_in, max_out = max(inputs), max(widths)
-    tables = [runtime.page_table(n) for n, _, _ in entries]
+    # a zipped network whose group is exported runs the group's branch with the
+    # group's table, then keeps its own columns (`columns`): no branch of its own
+    group_of, column_offset = _routed_members(entries, runtime)
+    own = [i for i in range(len(entries)) if i not in group_of]
+    row_of = [own.index(group_of.get(i, i)) for i in range(len(entries))]
+    tables = [runtime.page_table(entries[i][0]) for i in own]
     max_pages = max(t.size for t in tables)
     padded = np.zeros((len(tables), max_pages), np.int32)
     for i, t in enumerate(tables):
@@ -617,6 +626,8 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes):
     # classes) share a body branch, then run their classifier's branch
     branches, bodies, classifiers, features_of = {}, {}, {}, {}
     for i, (name, members, shape) in enumerate(entries):
+        if i in group_of:
+            continue
         split = None if members else _classifier_split(runtime.model(name))
         if split is None:
             branches.setdefault(_architecture(runtime, name, members, shape), []).append(i)
@@ -626,6 +637,8 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes):
         classifiers.setdefault((key, _architecture(runtime, name, members, shape,
                                                    classifier_only=split)), []).append(i)
         features_of[i] = int(runtime.layout(name).shapes[split][0])
+    for i, g in group_of.items():               # after the group: tasks[0] is the group
+        next(tasks for tasks in branches.values() if tasks[0] == g).append(i)
     branches, bodies, classifiers = (list(d.values()) for d in (branches, bodies,
                                                                   classifiers))
     max_features = max(features_of.values(), default=0)
@@ -641,6 +654,8 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes):
         # the task's page table: a SLICE of the tables (TFLM's GATHER reads no int32);
         # the row index is clamped, a task outside [0, tasks) leaves NaN logits
         start = tf.clip_by_value(task, 0, len(entries) - 1)
+        if group_of:                            # members read their group's row
+            start = tf.slice(tf.constant(row_of, tf.int32), start, [1])
         row = tf.reshape(tf.slice(tf.constant(padded), tf.concat([start, [0]], 0),
                                   [1, max_pages]), [max_pages])
         # one IF per architecture in sequence, each passing its input on when not
@@ -661,6 +676,9 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes):
             logits = tf.cond(chosen_of(index, tasks),
                              (lambda i: lambda: branch(i)(x, row))(tasks[0]),
                              (lambda held: lambda: tf.identity(held))(logits))
+        if group_of:
+            logits = _task_columns(logits, task, [column_offset.get(i, 0)
+                                                  for i in range(len(entries))], widths)
         return {"logits": logits}
 
     specs = [tf.TensorSpec((1,), tf.int32, name="task"),
@@ -671,6 +689,36 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes):
         "input_size": max_in, "output_size": max_out, "table_bytes": int(padded.nbytes),
         "branches": [[entries[i][0] for i in tasks] for tasks in bodies + branches],
         "classifiers": [[entries[i][0] for i in tasks] for tasks in classifiers]}
+
+
+def _routed_members(entries, runtime):
+    """({member's entry index: its group's}, {member's entry index: its first column in
+    the group's logits}) for the zipped networks exported with their group."""
+    index = {name: i for i, (name, _, _) in enumerate(entries)}
+    group_of, offset = {}, {}
+    for g, (_, members, _) in enumerate(entries):
+        start = 0
+        for member, classes in zip(members or (), _classes(runtime, None, members)
+                                   if members else ()):
+            if member in index:
+                group_of[index[member]], offset[index[member]] = g, start
+            start += classes
+    return group_of, offset
+
+
+def _task_columns(logits, task, offsets, widths):
+    """logits [1, W] -> [1, W]: columns offsets[task] .. + widths[task] moved to the
+    front, the others `PAD_LOGIT` (a zipped network's logits within its group's
+    row); a task outside [0, tasks) keeps its (NaN) row. TFLM ops: SLICE of
+    constants by the task, CONCATENATION, SLICE, SELECT_V2."""
+    width = int(logits.shape[-1])
+    # index 0 and tasks + 1: a task out of range (offset 0, every column kept)
+    pick = tf.clip_by_value(task, -1, len(offsets)) + 1
+    offset = tf.slice(tf.constant([0, *offsets, 0], tf.int32), pick, [1])
+    keep = tf.slice(tf.constant([width, *widths, width], tf.int32), pick, [1])
+    wide = tf.concat([logits, tf.fill([1, width], PAD_LOGIT)], axis=-1)
+    moved = tf.slice(wide, tf.concat([tf.zeros([1], tf.int32), offset], 0), [1, width])
+    return tf.where(tf.range(width)[tf.newaxis] < keep, moved, PAD_LOGIT)
 
 
 def _pad_columns(values, width, fill):

@@ -259,13 +259,13 @@ def test_micro_entry_point_runs_every_network(pool, tmp_path, int8):
     blob = path.read_bytes()
     main = reference.page_codes.numpy() if int8 else runtime.page_pool.numpy()
     # the pool is one constant buffer (flash) shared by every branch, at pool_offset:
-    # the zipped networks and the group have their own; digits (conv -> Dense) a
-    # body branch and a classifier branch
-    assert sorted(map(sorted, info["branches"])) == [["digits"], ["left"], ["right"],
-                                                     [combined.GROUP]]
+    # the zipped networks run their group's branch and keep their columns; digits
+    # (conv -> Dense) a body branch and a classifier branch
+    assert sorted(map(sorted, info["branches"])) == [["digits"],
+                                                     ["left", "right", combined.GROUP]]
     assert info["classifiers"] == [["digits"]]
     (largest, users), = tflite.largest_buffers(blob, 1)
-    assert largest == main.nbytes and len({u[0] for u in users}) == 5
+    assert largest == main.nbytes and len({u[0] for u in users}) == 3
     assert blob.count(main.tobytes()) == 1 and info["pool_offset"] % 16 == 0
     assert blob[info["pool_offset"]:info["pool_offset"] + main.nbytes] == main.tobytes()
     model = _model(blob)
@@ -286,7 +286,8 @@ def test_micro_entry_point_runs_every_network(pool, tmp_path, int8):
         expected = np.concatenate(list(_expected(reference, name, x).values()), axis=-1)
         np.testing.assert_allclose(out[:, :widths[name]], expected, atol=1e-4)
         assert np.all(out[:, widths[name]:] == tflite.PAD_LOGIT)
-    assert np.all(np.isnan(tflite.run_micro(interpreter, info, len(info["tasks"]), x)))
+    for bad in (len(info["tasks"]), -1):
+        assert np.all(np.isnan(tflite.run_micro(interpreter, info, bad, x)))
     arena = tflite.micro_arena_bytes(blob)
     assert 0 < arena < 1 << 20
     micro.Interpreter.from_bytes(blob, arena_size=arena)     # the measured arena works
