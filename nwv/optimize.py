@@ -27,6 +27,13 @@ forward pass and the validation read every gathered page as round(w/s)·s with
 the page's int8 scale s = max|w|/127 and the gradient passes straight to the
 float pool, so the pool kept is the one whose int8 copy validates best.
 
+Balance (`balance` = η > 0, joint mode): the goal is every network near its
+original accuracy, not the best mean, so each round weights the networks'
+losses by w_n ∝ exp(η g_n), g_n the network's validation gap in points to its
+teacher after the previous round (`balance_weights`; the weights average 1):
+networks with slack (above their original) yield shared capacity to those
+below it, as in group DRO (Sagawa et al. 2020) with validation gaps.
+
 Schedule: Adam whose state persists across rounds (one optimizer for `joint`,
 one per network for the turns), with ONE learning-rate schedule over the whole
 run (linear warm-up over `warmup` of the steps, then cosine decay to
@@ -73,7 +80,7 @@ from nwv import runtime as nwv_runtime
 from nwv import state
 
 __all__ = ["OptimizationMode", "OptimizeConfig", "NonFiniteError", "Checkpoint",
-           "optimize_runtime", "optimize_pool", "CHECKPOINT", "HISTORY"]
+           "optimize_runtime", "optimize_pool", "balance_weights", "CHECKPOINT", "HISTORY"]
 
 CHECKPOINT, HISTORY = "optimize_checkpoint.npz", "history.json"
 QUANTIZE = (None, "int8")      # OptimizeConfig.quantize: float32, or int8-aware
@@ -133,6 +140,12 @@ class OptimizeConfig:
       sync_every: steps per compiled call (one host read of losses and finiteness).
       seed: seeds TF and the data order. augment: train-time augmentation.
       limit: use at most this many examples per split (quick runs, tests).
+      balance: η >= 0, joint mode: each round weights network n's loss by
+        w_n ∝ exp(η g_n) (clipped, `balance_weights`; mean 1), g_n its gap in
+        points (its teacher's validation accuracy minus its own after the previous
+        round), so networks further below their original get more of the shared
+        pages' gradient and those above it less (0: equal weights, Σ_n L_n). The teachers' accuracies
+        are measured once, on validation, and kept in the history (round 0).
       quantize: None (float32) or "int8": quantisation-aware optimisation; every
         step and every validation reads the pages through int8 rounding with a
         straight-through gradient (`nwv.quantize.fake_quantize`), so the float pool
@@ -156,6 +169,7 @@ class OptimizeConfig:
     augment: bool = False
     limit: int | None = None
     quantize: str | None = None
+    balance: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "mode", OptimizationMode.parse(self.mode))
@@ -170,6 +184,11 @@ class OptimizeConfig:
         _check_range("lambda_", self.lambda_, 0.0, np.inf)
         _check_range("distill", self.distill, 0.0, 1.0)
         _check_range("temperature", self.temperature, 0.0, np.inf, low_open=True)
+        _check_range("balance", self.balance, 0.0, np.inf)
+        if self.balance and self.mode is not OptimizationMode.JOINT:
+            raise ValueError(f"balance weights the networks' losses in one joint step; "
+                             f"mode {self.mode.value!r} trains one network at a time "
+                             f"(use mode='joint' or balance=0)")
         if self.patience is not None:
             _check_int("patience", self.patience, 1)
         if self.limit is not None:
@@ -308,6 +327,11 @@ class _Trainer:
                 optimizer.build([rt.page_pool])
         self.tables = {n: tf.constant(rt.page_table(n)) for n in self.names}
         self._blocks = {}
+        self.loss_weights = None
+        if config.balance:
+            with self.strategy.scope():
+                self.loss_weights = tf.Variable(tf.ones([len(self.names)]), trainable=False,
+                                                name="loss_weights")
 
     # --- losses ---------------------------------------------------------------
     def _loss(self, name, x, y):
@@ -330,7 +354,11 @@ class _Trainer:
         pages_ok = {n: self._pages_finite(n) for n in self.names}   # the weights it read
         with tf.GradientTape() as tape:
             per = {n: self._loss(n, *batches[n]) for n in self.names}
-            total = tf.add_n(list(per.values()))
+            if self.loss_weights is None:
+                total = tf.add_n(list(per.values()))
+            else:
+                total = tf.add_n([self.loss_weights[i] * per[n]
+                                  for i, n in enumerate(self.names)])
         grad = tf.convert_to_tensor(tape.gradient(total, pool))
         with tf.control_dependencies(list(pages_ok.values())):
             optimizer.apply_gradients([(grad, pool)])
@@ -420,8 +448,11 @@ class _Trainer:
                 {n: v / config.steps for n, v in penalties.items()})
 
     # --- rounds -------------------------------------------------------------------
-    def joint_round(self, r):
-        """One joint round; returns (train loss, penalty) per network."""
+    def joint_round(self, r, weights=None):
+        """One joint round; returns (train loss, penalty) per network. `weights`:
+        {name: loss weight} (config.balance), else equal."""
+        if self.loss_weights is not None:
+            self.loss_weights.assign([weights[n] for n in self.names])
         iterators = {n: self._iterator(n, r, i) for i, n in enumerate(self.names)}
         train, _ = self._run_steps("joint", lambda b, t: self._joint_step(b), self.names,
                                    iterators, None, f"round {r}")
@@ -486,11 +517,51 @@ def _evaluate(rt, tasks, data_dir, config, round_index, train_loss, penalty, sec
             "learning_rate": lr, "seconds": round(seconds, 3)}
 
 
+BALANCE_CAP = 4.0   # exp(η g) is clipped to [1/cap, cap]: at most cap² between two networks
+
+
+def balance_weights(reference: dict, accuracy: dict, eta: float) -> dict:
+    """Loss weights {name: w_n}, w_n = N e_n / Σ_m e_m with e_n = exp(η g_n) clipped to
+    [1 / BALANCE_CAP, BALANCE_CAP] and the gap g_n = 100 (reference_n − accuracy_n) in
+    points (`OptimizeConfig.balance`). The clip keeps the first rounds, when every
+    network is far below its original (tens of points after matching), from
+    training the single worst one.
+
+    >>> w = balance_weights({"a": 0.9, "b": 0.9}, {"a": 0.9, "b": 0.88}, 0.5)
+    >>> round(w["a"], 3), round(w["b"], 3), round(w["a"] + w["b"], 6)
+    (0.538, 1.462, 2.0)
+    >>> w = balance_weights({"a": 0.9, "b": 0.9, "c": 0.9}, {"a": 0.3, "b": 0.5, "c": 1.0}, 0.5)
+    >>> [round(w[n], 3) for n in "abc"]          # a and b both at the cap, c at 1/cap
+    [1.455, 1.455, 0.091]
+    """
+    names = list(reference)
+    gaps = np.array([100.0 * (reference[n] - accuracy[n]) for n in names])
+    cap = np.log(BALANCE_CAP)
+    logits = np.clip(eta * gaps, -cap, cap)
+    weights = np.exp(logits - logits.max())
+    weights = len(names) * weights / weights.sum()
+    return {n: float(w) for n, w in zip(names, weights)}
+
+
+def _reference_accuracy(rt, tasks, data_dir, config) -> dict:
+    """{name: validation accuracy of the network's teacher (its original weights)}."""
+    missing = [n for n in tasks if rt.spec(n).teacher is None]
+    if missing:
+        raise ValueError(f"balance={config.balance} compares every network with its "
+                         f"original (teacher) accuracy; {missing} have no teacher (pools "
+                         f"saved before teachers were stored: re-add those networks)")
+    return {n: training.evaluate(lambda x, n=n: rt.spec(n).teacher(x, training=False),
+                                 tasks[n], "validation", data_dir=data_dir,
+                                 limit=config.limit)["accuracy"] for n in tasks}
+
+
 def _meta_key(rt, config, names) -> dict:
     """What a checkpoint must agree on to be resumed: the settings (but patience, and
     rounds when the learning rate does not depend on them), the tables, the pool shape."""
     key = config.get_config()
     key.pop("patience")
+    if not config.balance:       # checkpoints written before balance existed resume
+        key.pop("balance")
     if config.schedule == "constant":
         key.pop("rounds")
     key["networks"] = {n: rt.page_table(n).tolist() for n in names}
@@ -572,6 +643,9 @@ def _optimize_runtime(rt, config, data_dir, tasks, checkpoint_dir, resume, log):
     else:
         history = [_evaluate(rt, tasks, data_dir, config, 0, {}, {}, 0.0,
                              trainer.learning_rate())]
+        if config.balance:
+            history[0]["reference_val_accuracy"] = _reference_accuracy(rt, tasks, data_dir,
+                                                                       config)
         best, best_round = pool.numpy().copy(), 0
         anchors = {n: pool.numpy().copy() for n in names} if penalised else {}
         save()
@@ -588,7 +662,10 @@ def _optimize_runtime(rt, config, data_dir, tasks, checkpoint_dir, resume, log):
         moments = {k: [v.numpy() for v in o.variables] for k, o in trainer.optimizers.items()}
         try:
             if config.mode is OptimizationMode.JOINT:
-                train_loss, penalty = trainer.joint_round(r)
+                weights = (balance_weights(history[0]["reference_val_accuracy"],
+                                           history[-1]["val_accuracy"], config.balance)
+                           if config.balance else None)
+                train_loss, penalty = trainer.joint_round(r, weights)
             else:
                 train_loss, penalty = trainer.turns_round(r, weights, anchors)
         except NonFiniteError as err:
@@ -601,6 +678,8 @@ def _optimize_runtime(rt, config, data_dir, tasks, checkpoint_dir, resume, log):
                                  f"--learning_rate or check the data)") from None
         entry = _evaluate(rt, tasks, data_dir, config, r, train_loss, penalty,
                           time.time() - start, trainer.learning_rate())
+        if config.balance:
+            entry["loss_weights"] = weights
         history.append(entry)
         if entry["mean_val_accuracy"] > history[best_round]["mean_val_accuracy"]:
             best, best_round = pool.numpy().copy(), len(history) - 1

@@ -10,7 +10,8 @@ pool with the best mean validation accuracy, writes `optimize_checkpoint.npz` an
 `history.json` into the pool; `--resume` continues after the last completed round with
 identical results (Adam's moments and the one learning-rate schedule of the run are in
 the checkpoint). `--distill=B` adds distillation from each network's original weights;
-`--quantize=int8` trains and selects the pool for its int8 pages (straight-through).
+`--quantize=int8` trains and selects the pool for its int8 pages (straight-through);
+`--balance=ETA` weights the networks' losses towards those furthest below their original.
 The best pool is saved into the pool directory at the end. Under
 `--strategy=mirrored --cpu_replicas=2` (or several GPUs, or `multi_worker` with
 TF_CONFIG) every step runs on every replica; only the chief writes. The LAST printed
@@ -39,6 +40,8 @@ flags.DEFINE_float("warmup", 0.05, "Share of all steps spent warming up.")
 flags.DEFINE_float("distill", 0.0, "Weight beta of distillation from each network's "
                    "original weights (0: labels only).")
 flags.DEFINE_float("temperature", 2.0, "Distillation temperature T.")
+flags.DEFINE_float("balance", 0.0, "joint: weight each network's loss by exp(balance x its "
+                   "validation gap in points to its original weights), capped (0: equal).")
 flags.DEFINE_integer("patience", None, "Stop after this many rounds without a better mean "
                      "validation accuracy.")
 flags.DEFINE_integer("sync_every", 25, "Steps per compiled call (one host sync).")
@@ -63,7 +66,7 @@ def main(argv):
         batch_size=FLAGS.batch_size, lambda_=FLAGS.lambda_, distill=FLAGS.distill,
         temperature=FLAGS.temperature, patience=FLAGS.patience, sync_every=FLAGS.sync_every,
         seed=FLAGS.seed, augment=FLAGS.augment, limit=FLAGS.limit,
-        quantize=FLAGS.quantize)
+        quantize=FLAGS.quantize, balance=FLAGS.balance)
     with _cli.strategy_scope():
         result = optimize.optimize_pool(FLAGS.pool, config, data_dir=FLAGS.data_dir,
                                         resume=FLAGS.resume, wait=FLAGS.wait)

@@ -173,3 +173,38 @@ def test_quantization_aware_run_selects_the_pool_for_its_int8_pages(pool_dir, ti
     optimize.optimize_runtime(rt, dataclasses.replace(config, rounds=1, steps=1),
                               data_dir=tiny_data, log=None)
     assert rt.fake_quant is False                              # the runtime's own setting
+
+
+def test_balance_weights_each_round_by_the_validation_gap(pool_dir, tiny_data, tmp_path):
+    folder = _copy(pool_dir, tmp_path, "balance")
+    config = OptimizeConfig(mode="joint", rounds=2, steps=3, batch_size=16, limit=48, seed=0,
+                            balance=0.5)
+    history = optimize.optimize_pool(folder, config, data_dir=tiny_data, log=None)["history"]
+    reference = history[0]["reference_val_accuracy"]          # the teachers, once
+    assert set(reference) == set(NETS) and "loss_weights" not in history[0]
+    for before, entry in zip(history, history[1:]):
+        weights = optimize.balance_weights(reference, before["val_accuracy"], 0.5)
+        assert entry["loss_weights"] == pytest.approx(weights)
+        assert sum(weights.values()) == pytest.approx(len(NETS))
+        gap = {n: reference[n] - before["val_accuracy"][n] for n in NETS}
+        behind = max(gap, key=gap.get)
+        assert weights[behind] >= max(weights.values()) - 1e-9
+    with pytest.raises(ValueError, match="balance weights the networks' losses in one joint"):
+        OptimizeConfig(mode="round_robin", balance=0.5)
+    with pytest.raises(ValueError, match="expected balance >= 0"):
+        OptimizeConfig(balance=-1.0)
+
+
+def test_a_zero_loss_weight_leaves_the_network_s_own_pages_alone(pool_dir, tiny_data):
+    config = OptimizeConfig(mode="joint", rounds=1, steps=3, batch_size=8, limit=16,
+                            learning_rate=1e-2, balance=1.0)
+    changed = {}
+    for weight in (0.0, 2.0):
+        rt = VirtualizedNetworks.load(pool_dir)
+        own = sorted(set(rt.page_table("digits")) - set(rt.page_table("objects")))
+        assert own                       # pages only digits reads
+        trainer = optimize._Trainer(rt, config, tiny_data, {n: NETS[n][0] for n in NETS})
+        before = rt.page_pool.numpy().copy()
+        trainer.joint_round(1, {"digits": weight, "objects": 2.0 - weight})
+        changed[weight] = not np.array_equal(rt.page_pool.numpy()[own], before[own])
+    assert changed == {0.0: False, 2.0: True}
