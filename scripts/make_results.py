@@ -259,6 +259,11 @@ def int8_pages(d):
     return rows
 
 
+def balanced(config) -> str:
+    """', balance η' of an optimisation config that balanced its losses, else ''."""
+    return f", balance {config['balance']:g}" if config.get("balance") else ""
+
+
 def ten_networks(d):
     methods = d.get("methods", {})
     labels = {"nwv": "NWV alone", "mtz_nwv": "MTZ + NWV"}
@@ -292,16 +297,20 @@ def ten_networks(d):
         rows.append(f"| {labels[key]} | {m['pool']['stored_bytes'] / 1e3:.0f} kB | "
                     f"{m['compression']:.2f}x | {m['drops']['mean']:.2f} pt | "
                     f"{m['drops']['worst']:.2f} pt | {o['config']['rounds']} x "
-                    f"{o['config']['steps']} steps ({o['best_round']}) | {m['seconds']:.0f} |")
+                    f"{o['config']['steps']} steps{balanced(o['config'])} ({o['best_round']}) "
+                    f"| {m['seconds']:.0f} |")
     for key, m in d.get("int8", {}).items():
         rows.append(f"| {labels[key]}, int8 pages | {m['stored_bytes'] / 1e3:.0f} kB | "
                     f"{m['compression']:.2f}x | {m['drops']['mean']:.2f} pt | "
                     f"{m['drops']['worst']:.2f} pt | (post-training) | |")
-    if d.get("labels_only"):
-        lo = d["labels_only"]
-        rows.append(f"| MTZ + NWV, labels only (no distillation) | "
-                    f"{lo['pool']['stored_bytes'] / 1e3:.0f} kB | | {lo['drops']['mean']:.2f} pt"
-                    f" | {lo['drops']['worst']:.2f} pt | {lo['optimisation']['best_round']} | |")
+    other = d.get("compare_distill") or d.get("labels_only")
+    if other:
+        beta = other.get("distill", 0.0)
+        what = f"β = {beta:g}" if beta else "labels only (no distillation)"
+        rows.append(f"| MTZ + NWV, {what} | "
+                    f"{other['pool']['stored_bytes'] / 1e3:.0f} kB | | "
+                    f"{other['drops']['mean']:.2f} pt | {other['drops']['worst']:.2f} pt | "
+                    f"{other['optimisation']['best_round']} | |")
     rows += ["", "| pool | mean validation accuracy after each round |", "|---|---|"]
     for key, m in methods.items():
         rounds = m["optimisation"].get("mean_val_accuracy_per_round", [])
@@ -365,11 +374,16 @@ SECTIONS = [
      ["nwv_page_size.png", "nwv_convergence.png"]),
     ("Two-level pages: RAM budget against switch latency", "bench_nwv_resident.json",
      resident, ["bench_nwv_resident.png"]),
-    ("Ten networks: NWV alone against MTZ + NWV", "bench_ten_networks.json", ten_networks,
+    ("Ten networks: NWV alone against MTZ + NWV (defaults: 16 x 400 joint steps, labels "
+     "only, balanced losses)", "bench_ten_networks.json", ten_networks,
      ["bench_ten_networks.png"]),
     ("Ten networks, budget: NWV alone with 8 x 200 joint steps",
      "bench_ten_networks_budget4x.json", ten_networks, []),
-    ("Ten networks, budget: NWV alone and MTZ + NWV with 16 x 400 joint steps",
+    ("Ten networks, ablation: distillation (beta 0.7) in the joint optimisation, 16 x 400 "
+     "joint steps, balanced losses; labels only at equal budget",
+     "bench_ten_networks_distill.json", ten_networks, []),
+    ("Ten networks, ablation: NWV alone and MTZ + NWV with 16 x 400 joint steps, "
+     "distillation (beta 0.7), equal loss weights (no balance)",
      "bench_ten_networks_budget16x.json", ten_networks, []),
     ("Ten networks, budget: MTZ + NWV zipping every family (retrained), 8 x 200 joint steps",
      "bench_ten_networks_mtz_retrain.json", ten_networks, []),

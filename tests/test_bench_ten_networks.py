@@ -44,7 +44,8 @@ def test_two_family_run_builds_both_pools_and_evaluate_reads_them(tiny_data, tmp
     # (b) by default zips the digits only: the keyword networks are paged as leftovers
     left = tmp_path / "left.json"
     run_script("bench_ten_networks.py", f"--data_dir={tiny_data}", f"--work_dir={work}",
-               f"--out={left}", "--families=digits,keywords", "--stages=separate,methods",
+               f"--out={left}", "--families=digits,keywords",
+               "--stages=separate,methods,compare_distill",
                "--methods=mtz_nwv", "--pools_name=_left", "--zip_retrain_steps=0",
                "--limit=24", "--epochs_scale=0.01", "--rounds=1", "--steps=2",
                "--batch_size=8", "--fisher_samples=8", "--hessian_samples=16")
@@ -54,6 +55,13 @@ def test_two_family_run_builds_both_pools_and_evaluate_reads_them(tiny_data, tmp
     assert set(method["family_timing"]) == {"digits"}
     assert method["pool"]["stored_bytes"] <= report["separate_bytes"] / 8
     assert set(method["test_accuracy"]) >= set(report["separate"])
+    # defaults: labels only, balanced; the comparison: (b) again, distilled, same budget
+    main, other = method["optimisation"]["config"], report["compare_distill"]
+    assert (main["distill"], main["balance"]) == (0.0, 0.5)
+    assert other["distill"] == other["optimisation"]["config"]["distill"] == 0.7
+    assert {k: v for k, v in other["optimisation"]["config"].items() if k != "distill"} == {
+        k: v for k, v in main.items() if k != "distill"}
+    assert other["pool"] == method["pool"]
     proc = run_script("evaluate.py", f"--weights={work / 'pools' / 'mtz_nwv_left'}",
                       "--network=tts_control", "--task=tts_control",
                       f"--data_dir={tiny_data}", "--limit=24")
