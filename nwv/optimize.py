@@ -144,8 +144,9 @@ class OptimizeConfig:
         w_n ∝ exp(η g_n) (clipped, `balance_weights`; mean 1), g_n its gap in
         points (its teacher's validation accuracy minus its own after the previous
         round), so networks further below their original get more of the shared
-        pages' gradient and those above it less (0: equal weights, Σ_n L_n). The teachers' accuracies
-        are measured once, on validation, and kept in the history (round 0).
+        pages' gradient and those above it less (0: equal weights, Σ_n L_n). The
+        teachers' accuracies are measured once, on validation, and kept in the
+        history (round 0).
       quantize: None (float32) or "int8": quantisation-aware optimisation; every
         step and every validation reads the pages through int8 rounding with a
         straight-through gradient (`nwv.quantize.fake_quantize`), so the float pool
@@ -662,10 +663,10 @@ def _optimize_runtime(rt, config, data_dir, tasks, checkpoint_dir, resume, log):
         moments = {k: [v.numpy() for v in o.variables] for k, o in trainer.optimizers.items()}
         try:
             if config.mode is OptimizationMode.JOINT:
-                weights = (balance_weights(history[0]["reference_val_accuracy"],
-                                           history[-1]["val_accuracy"], config.balance)
-                           if config.balance else None)
-                train_loss, penalty = trainer.joint_round(r, weights)
+                loss_weights = (balance_weights(history[0]["reference_val_accuracy"],
+                                                history[-1]["val_accuracy"], config.balance)
+                                if config.balance else None)
+                train_loss, penalty = trainer.joint_round(r, loss_weights)
             else:
                 train_loss, penalty = trainer.turns_round(r, weights, anchors)
         except NonFiniteError as err:
@@ -679,7 +680,7 @@ def _optimize_runtime(rt, config, data_dir, tasks, checkpoint_dir, resume, log):
         entry = _evaluate(rt, tasks, data_dir, config, r, train_loss, penalty,
                           time.time() - start, trainer.learning_rate())
         if config.balance:
-            entry["loss_weights"] = weights
+            entry["loss_weights"] = loss_weights
         history.append(entry)
         if entry["mean_val_accuracy"] > history[best_round]["mean_val_accuracy"]:
             best, best_round = pool.numpy().copy(), len(history) - 1

@@ -575,7 +575,7 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes):
     widths = [sum(_classes(runtime, n, members)) for n, members, _ in entries]
     max_in, max_out = max(inputs), max(widths)
     # a zipped network whose group is exported runs the group's branch with the
-    # group's table, then keeps its own columns (`columns`): no branch of its own
+    # group's table, then keeps its own columns (`_task_columns`): no branch of its own
     group_of, column_offset = _routed_members(entries, runtime)
     own = [i for i in range(len(entries)) if i not in group_of]
     row_of = [own.index(group_of.get(i, i)) for i in range(len(entries))]
