@@ -697,12 +697,12 @@ def _routed_members(entries, runtime):
     index = {name: i for i, (name, _, _) in enumerate(entries)}
     group_of, offset = {}, {}
     for g, (_, members, _) in enumerate(entries):
-        start = 0
-        for member, classes in zip(members or (), _classes(runtime, None, members)
-                                   if members else ()):
+        if not members:
+            continue
+        starts = np.cumsum([0, *_classes(runtime, None, members)])
+        for member, start in zip(members, starts):
             if member in index:
-                group_of[index[member]], offset[index[member]] = g, start
-            start += classes
+                group_of[index[member]], offset[index[member]] = g, int(start)
     return group_of, offset
 
 

@@ -1,9 +1,8 @@
 r"""int8 pages: post-training quantisation against quantisation-aware joint optimisation.
 
     python scripts/bench_int8.py --data_dir=../shared/datasets \
-        --pools=runs/demo_out/pool,runs/ten_networks/pools/nwv_budget16x,\
-runs/ten_networks/pools/mtz_nwv_budget16x \
-        --labels=demo,ten_nwv_16x,ten_mtz_nwv_16x --seed=0
+        --pools=runs/demo_out/pool,runs/ten_networks/pools/nwv,\
+runs/ten_networks/pools/mtz_nwv --labels=demo,ten_nwv,ten_mtz_nwv --seed=0
 
 For every pool directory of --pools (named by --labels) and every network in it,
 test-carve accuracy (keyword tasks also on their noisy, shifted variant) of:
@@ -23,7 +22,7 @@ compression against the pool's networks stored separately in float32 (their
 teachers' weights). Target (issue 11): every network's int8 accuracy within
 0.3 points of the float pool. Results: results/bench_int8.json; RESULTS.md via
 scripts/make_results.py. Run time on 2 CPU cores: about a minute per ten-network
-pool with the defaults (2.7 minutes for the three pools above).
+pool with the defaults (2.5 minutes for the three pools above).
 """
 import os
 import shutil
