@@ -97,13 +97,19 @@ whose kernel exceeds `dense_tile_bytes` (16 kB) run as a sum over blocks of
 kernel rows, each block gathered right before its FULLY_CONNECTED: RAM holds one
 block, not the kernel; dense layers of a zipped network (`mtz.ZippedLayer`)
 likewise multiply each of their shared and own weight blocks tile by tile,
-never assembling a task's kernel (measured arenas: results/bench_deploy.json). Tensor names
+never assembling a task's kernel (measured arenas: results/bench_deploy.json). A
+zipped group's branch runs its tasks one after the other, and the converter
+reads a shared layer's weights once for all of them: those reads are given to
+each task again (`_rematerialize`, kept where the estimated peak drops by
+`REMAT_MIN_BYTES`), so a shared kernel is not held from task 0's layer to task
+1's (the demo's zipped MNIST pair: arena 286 -> 160 kB float). Tensor names
 other than inputs and outputs are dropped (a third of the graph bytes).
 `micro_arena_bytes(blob)` finds the smallest TFLM arena that runs a micro file.
 """
 from __future__ import annotations
 
 import contextlib
+import copy as copy_module
 import json
 import os
 import tempfile
@@ -850,7 +856,7 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
         tile = MICRO_TILE_BYTES if dense_tile_bytes is None else int(dense_tile_bytes)
         module, signatures, extra = _micro_module(runtime, entries, arrays, gather, tile)
         table_bytes = extra.pop("table_bytes")
-        blob = _converted(module, signatures, resource_variables=False)
+        blob = _converted(module, signatures, resource_variables=False, rematerialize=True)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     with open(path, "wb") as handle:
@@ -872,10 +878,10 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
     return info
 
 
-def _converted(module, signatures, *, resource_variables) -> bytes:
+def _converted(module, signatures, *, resource_variables, rematerialize=False) -> bytes:
     try:
         return _finish(_convert(module, signatures, resource_variables=resource_variables),
-                       reorder=True)
+                       reorder=True, rematerialize=rematerialize)
     except Exception as err:  # the converter raises ConverterError and others
         raise RuntimeError(f"TFLite conversion failed: {err}") from err
 
@@ -935,6 +941,117 @@ def _memory_order(subgraph):
     return [ops[i] for i in order]
 
 
+_TYPE_BYTES = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 9: 1, 10: 8, 11: 16, 16: 4}
+_NO_REMAT = ("IF", "WHILE", "CALL_ONCE")   # control flow: never given private copies
+REMAT_MIN_BYTES = 4096
+
+
+def _tensor_bytes(tensor) -> int:
+    return int(np.prod(_ints(tensor.shape))) * _TYPE_BYTES.get(tensor.type, 4)
+
+
+def _peak_bytes(subgraph, constant) -> int:
+    """Estimated activation memory of a subgraph in `_memory_order`: the largest sum
+    of the bytes of the tensors alive at once (inputs and results from their
+    producer, or the start, to their last reader; constants excluded)."""
+    ops = _memory_order(subgraph)
+    tensors = subgraph.tensors or []
+    last = {}
+    for k, op in enumerate(ops):
+        for t in _ints(op.inputs) + _ints(op.outputs):
+            last[t] = k
+    for t in _ints(subgraph.outputs):
+        last[t] = len(ops)
+    live = {t for t in _ints(subgraph.inputs) if t not in constant}
+    peak = 0
+    for k, op in enumerate(ops):
+        live.update(t for t in _ints(op.outputs) if t not in constant)
+        peak = max(peak, sum(_tensor_bytes(tensors[t]) for t in live))
+        live = {t for t in live if last.get(t, -1) > k}
+    return peak
+
+
+def _rematerialize(model, subgraph, opnames) -> bool:
+    """Gives a layer its own copy of weight reads it shares with an earlier layer
+    where that lowers the subgraph's estimated peak memory (`_peak_bytes`) by
+    `REMAT_MIN_BYTES` or more (True if any).
+
+    Weight reads are the operators computed from constants and integer subgraph
+    inputs only (the page-table row): gathers of pool pages, their reshapes,
+    slices, concatenations, transposes, dequantization. The converter computes a
+    read once for all its readers (common subexpressions), so the shared layers
+    of a zipped group, read for task 0 and again for task 1, kept every shared
+    kernel in RAM from task 0's layer to task 1's (the demo's zipped MNIST pair:
+    251 kB of arena). Reading the pages again from flash costs a few operators
+    and the copy's own transient buffers, so each copy is kept only where the
+    estimate says it pays (rematerialization, greedily, reader by reader)."""
+    ops = list(subgraph.operators or [])
+    tensors = list(subgraph.tensors or [])
+    producer = {t: k for k, op in enumerate(ops) for t in _ints(op.outputs)}
+    constant = {t for t, tensor in enumerate(tensors)
+                if model.buffers[tensor.buffer].data is not None
+                and len(model.buffers[tensor.buffer].data) > 0}
+    roots = constant | {t for t in _ints(subgraph.inputs) if tensors[t].type == 2}  # int32
+    static, static_ops = set(roots), set()
+    for k, op in enumerate(ops):             # the converter's order is topological
+        outputs = _ints(op.outputs)
+        if outputs and opnames[op.opcodeIndex] not in _NO_REMAT and all(
+                t in static for t in _ints(op.inputs) if t >= 0):
+            static_ops.add(k)
+            static.update(outputs)
+
+    def cone(k):
+        """The weight-read operators k needs (upward closed)."""
+        seen, stack = set(), [k]
+        while stack:
+            for t in _ints(ops[stack.pop()].inputs):
+                p = producer.get(t)
+                if t >= 0 and t not in roots and p in static_ops and p not in seen:
+                    seen.add(p)
+                    stack.append(p)
+        return seen
+
+    def peak():
+        subgraph.operators, subgraph.tensors = ops, tensors
+        return _peak_bytes(subgraph, constant)
+
+    best, claimed, changed = None, set(), False
+    for k in range(len(ops)):              # the original operators (copies are appended)
+        if k in static_ops or opnames[ops[k].opcodeIndex] in _NO_REMAT:
+            continue
+        mine = cone(k)
+        shared = mine & claimed
+        claimed |= mine
+        if not shared:
+            continue
+        best = peak() if best is None else best
+        readers = [k] + sorted(mine - shared)
+        saved = [(r, ops[r].inputs) for r in readers]
+        size = (len(ops), len(tensors))
+        fresh = {}
+        for p in sorted(shared):             # topological: inputs are copied first
+            clone = copy_module.deepcopy(ops[p])
+            clone.inputs = [fresh.get(t, t) for t in _ints(clone.inputs)]
+            outputs = []
+            for t in _ints(ops[p].outputs):
+                fresh[t] = len(tensors)
+                tensors.append(copy_module.deepcopy(tensors[t]))
+                outputs.append(fresh[t])
+            clone.outputs = outputs
+            ops.append(clone)
+        for r in readers:
+            ops[r].inputs = [fresh.get(t, t) for t in _ints(ops[r].inputs)]
+        trial = peak()
+        if trial <= best - REMAT_MIN_BYTES:
+            best, changed = trial, True
+            continue
+        for r, inputs in saved:              # not worth it: undo
+            ops[r].inputs = inputs
+        del ops[size[0]:], tensors[size[1]:]
+    subgraph.operators, subgraph.tensors = ops, tensors
+    return changed
+
+
 def _renumber(subgraph, index, signatures):
     """Renumbers the tensors of a subgraph, the last produced first. TFLM's greedy
     planner places larger buffers first and, among equal sizes, higher tensor numbers
@@ -975,8 +1092,10 @@ def _take_tensors(subgraph, index, signatures, order) -> None:
                 tensor_map.tensorIndex = new[int(tensor_map.tensorIndex)]
 
 
-def _finish(blob: bytes, *, reorder: bool) -> bytes:
-    """The converter's flatbuffer with (1) operators in a low-memory order (`reorder`),
+def _finish(blob: bytes, *, reorder: bool, rematerialize: bool = False) -> bytes:
+    """The converter's flatbuffer with (1) operators in a low-memory order (`reorder`;
+    with `rematerialize`, weight reads shared by distant readers copied first:
+    `_rematerialize`),
     (2) the names of tensors other than the subgraphs' inputs and outputs removed
     (about a third of the graph bytes; signatures name their tensors themselves),
     (3) a bias ADD after a CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED without bias
@@ -995,6 +1114,8 @@ def _finish(blob: bytes, *, reorder: bool) -> bytes:
         ops = subgraph.operators or []
         if reorder and "model_control_dependencies" not in meta and not any(
                 opnames[op.opcodeIndex] in _KEEP_ORDER for op in ops):
+            if rematerialize:
+                _rematerialize(model, subgraph, opnames)
             subgraph.operators = _memory_order(subgraph)
             _renumber(subgraph, index, model.signatureDefs)
         if _fuse_bias_adds(model, subgraph, opnames):

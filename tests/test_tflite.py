@@ -15,7 +15,7 @@ import nwv
 from nwv import combined, quantize, tflite
 from nwv.runtime import VirtualizedNetworks
 from tests.conftest import REPO
-from tests.test_mtz_zip import inputs_for, permuted_copy, small_cnn
+from tests.test_mtz_zip import inputs_for, permuted_copy, small_cnn, small_mlp
 
 SLACK = 64 * 1024   # graphs, signatures and metadata on top of the pool and tables
 pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
@@ -328,6 +328,37 @@ def test_micro_zipped_dense_blocks_read_in_tiles_give_the_same_logits(pool, tmp_
             np.testing.assert_allclose(tflite.run_micro(interpreter, info, task, x)[:, :width],
                                        expected, atol=1e-4)
     assert counts[256] > counts[0] + 4         # the blocks were multiplied tile by tile
+
+
+def test_micro_zipped_group_reads_its_shared_weights_again_for_each_task(tmp_path,
+                                                                        monkeypatch):
+    """The shared dense blocks of a zipped pair (55 kB kernels, read in 16 kB tiles)
+    are read again from the pool for task 1 instead of staying in RAM from task 0's
+    layer to task 1's: a smaller arena and the same logits."""
+    micro = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
+    a, b = (small_mlp(seed, units=(96, 48), inputs=(12, 12, 1)) for seed in (0, 1))
+    x = inputs_for(a, n=6)
+    zipped = mtz.zip_models([a, b], [x, x], share="0.75", names=["left", "right"])
+    combined.save_zipped(str(tmp_path), zipped, page_size=16,
+                         fisher_inputs={"left": x, "right": x}, fisher_samples=8)
+    runtime = VirtualizedNetworks.load(str(tmp_path))
+    arenas, gathers = {}, {}
+    for remat in (True, False):
+        if not remat:
+            monkeypatch.setattr(tflite, "REMAT_MIN_BYTES", 1 << 40)   # never pays
+        path = tmp_path / f"group{remat}.tflite"
+        info = nwv.export_tflite(runtime, str(path), target="micro", names=[combined.GROUP])
+        blob = path.read_bytes()
+        model = _model(blob)
+        gathers[remat] = sum(tflite_ops(model, sub).count("GATHER") for sub in model.subgraphs)
+        arenas[remat] = tflite.micro_arena_bytes(blob)
+        interpreter = micro.Interpreter.from_bytes(blob, arena_size=1 << 20)
+        expected = np.concatenate(list(_expected(runtime, combined.GROUP, x[:1]).values()),
+                                  axis=-1)
+        np.testing.assert_allclose(tflite.run_micro(interpreter, info, 0, x[:1])[:, :10],
+                                   expected, atol=1e-4)
+    assert gathers[True] > gathers[False]
+    assert arenas[True] <= arenas[False] - 4096
 
 
 def test_micro_networks_of_one_architecture_share_a_branch(tmp_path):
