@@ -345,6 +345,37 @@ def ten_networks(d):
     return rows
 
 
+def ten_networks_equal_budget(d):
+    e = d["equal_budget"]
+    labels = {"nwv": "NWV alone", "mtz_nwv": "MTZ + NWV"}
+    pools = e.get("pools", {})
+    steps = ""
+    flags = d.get("flags", {})
+    if flags.get("rounds") and flags.get("steps"):
+        steps = f" ({flags['rounds']} x {flags['steps']} steps of {flags.get('batch_size')})"
+    rows = [f"Each network alone, trained on from its separate weights with the joint "
+            f"optimisation's budget and recipe{steps}, nothing shared, its best round "
+            f"selected on its own validation accuracy: the control for what the pooled "
+            f"networks owe to extra training rather than to sharing. The pools are the "
+            f"ones saved by the main run.", "",
+            "| network | separate | alone, equal budget (best round) |" + "".join(
+                f" {labels[k]} | drop vs alone |" for k in pools),
+            "|---|---|---|" + "---|---|" * len(pools)]
+    for name, sep in d["separate"].items():
+        alone = e["networks"][name]
+        cells = [pct(sep["test_accuracy"]),
+                 f"{pct(alone['test_accuracy'])} ({alone['best_round']})"]
+        for p in pools.values():
+            cells += [pct(p["test_accuracy"][name]), f"{p['drops']['per_network'][name]:.2f}"]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    rows += ["", "| against the alone networks | mean drop | worst drop |", "|---|---|---|",
+             f"| separate networks | {e['separate_drops']['mean']:.2f} pt | "
+             f"{e['separate_drops']['worst']:.2f} pt |"]
+    rows += [f"| {labels[k]} | {p['drops']['mean']:.2f} pt | {p['drops']['worst']:.2f} pt |"
+             for k, p in pools.items()]
+    return rows
+
+
 def distributed(d):
     m = d["machine"]
     rows = [f"{len(d['networks'])} networks on {m['cpu_model']} ({m['usable_cpus']} usable "
@@ -377,6 +408,8 @@ SECTIONS = [
     ("Ten networks: NWV alone against MTZ + NWV (defaults: 16 x 400 joint steps, labels "
      "only, balanced losses)", "bench_ten_networks.json", ten_networks,
      ["bench_ten_networks.png"]),
+    ("Ten networks, control: each network alone with the joint budget",
+     "bench_ten_networks_equal_budget.json", ten_networks_equal_budget, []),
     ("Ten networks, budget: NWV alone with 8 x 200 joint steps",
      "bench_ten_networks_budget4x.json", ten_networks, []),
     ("Ten networks, ablation: distillation (beta 0.7) in the joint optimisation, 16 x 400 "

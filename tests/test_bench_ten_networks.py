@@ -41,6 +41,27 @@ def test_two_family_run_builds_both_pools_and_evaluate_reads_them(tiny_data, tmp
             assert result["network"] == name and 0 < result["examples"] <= 24
     assert os.path.exists(tmp_path / "ten.png") is False      # no curve: no figure
 
+    # the control: each network alone, same budget and recipe, nothing shared; the
+    # saved pools' drops are taken against those networks
+    alone = tmp_path / "alone.json"
+    run_script("bench_ten_networks.py", f"--data_dir={tiny_data}", f"--work_dir={work}",
+               f"--out={alone}", "--families=digits,keywords", "--stages=equal_budget",
+               "--limit=24", "--epochs_scale=0.01", "--rounds=1", "--steps=2",
+               "--batch_size=8", "--fisher_samples=8")
+    control = json.load(open(alone))["equal_budget"]
+    assert set(control["networks"]) == set(report["separate"])
+    assert set(control["pools"]) == {"nwv", "mtz_nwv"}
+    for name, net in control["networks"].items():
+        assert net["best_round"] in (0, 1)
+        manifest = json.load(open(work / "pools" / "alone" / name / "manifest.json"))
+        assert list(manifest["networks"]) == [name]              # nothing shared
+        assert manifest["pool_pages"] == manifest["networks"][name]["pages"]
+        for key, pool in control["pools"].items():
+            drop = 100 * (net["test_accuracy"] - pool["test_accuracy"][name])
+            assert abs(pool["drops"]["per_network"][name] - drop) < 0.01
+        if net["best_round"] == 0:                               # its separate weights
+            assert control["separate_drops"]["per_network"][name] == 0
+
     # (b) by default zips the digits only: the keyword networks are paged as leftovers
     left = tmp_path / "left.json"
     run_script("bench_ten_networks.py", f"--data_dir={tiny_data}", f"--work_dir={work}",
@@ -70,3 +91,7 @@ def test_two_family_run_builds_both_pools_and_evaluate_reads_them(tiny_data, tmp
                       f"--work_dir={work}", f"--out={left}", "--families=digits",
                       "--zip_families=objects", check=False)
     assert proc.returncode != 0 and "unknown families ['objects']" in proc.stderr
+    proc = run_script("bench_ten_networks.py", f"--data_dir={tiny_data}",
+                      f"--work_dir={work}", f"--out={left}", "--families=digits",
+                      "--stages=separate,equal", check=False)
+    assert proc.returncode != 0 and "unknown stages ['equal']" in proc.stderr
