@@ -38,15 +38,18 @@ class DemoConfig:
     """Settings of `run_demo`; `quick()` gives the one-minute variant used by tests.
 
     Every task here exists in TensorFlow Datasets, so the default runs with or
-    without `--data_dir`. Epochs reach each network's validation plateau under a
-    cosine schedule (measured on the shared data).
+    without `--data_dir`. The separate networks train with batches of 32 under a
+    cosine schedule for the epochs after which the ten-network benchmark's
+    networks of the same architectures stop gaining on validation (with batches
+    of 128 and 6 / 5 / 15 epochs, mnist and cifar10 stopped 1 and 4 points short).
     """
 
     zip_tasks: tuple = ("mnist", "mnist_parity")
     other_tasks: tuple = ("cifar10",)
     epochs: dict = dataclasses.field(default_factory=lambda: {
-        "mnist": 6, "mnist_parity": 5, "cifar10": 15, "tts_commands": 60})
+        "mnist": 12, "mnist_parity": 10, "cifar10": 30, "tts_commands": 60})
     default_epochs: int = 10
+    batch_size: int = 32
     limit: int | None = None
     share: str = "0.9"
     retrain_steps: int = 200
@@ -73,7 +76,7 @@ def _train(task, out_dir, data_dir, config):
     folder = _bench.trained(
         task, model, data_dir=data_dir, cache_dir="", epochs=config.epochs_for(task),
         seed=config.seed, limit=config.limit, overrides=_bench.class_overrides(model, task),
-        learning_rate=2e-3 if task.startswith("tts") else 1e-3,
+        learning_rate=1e-3, batch_size=config.batch_size,
         folder=os.path.join(out_dir, "nets", task), progress=f"training {task}",
         log=lambda line: tqdm.write(line))
     return artifacts.load_model(folder)

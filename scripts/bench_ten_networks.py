@@ -1,10 +1,13 @@
 """Ten networks in three families: NWV alone against MTZ + NWV, at equal bytes and budget.
 
     python scripts/bench_ten_networks.py --data_dir=../shared/datasets --work_dir=runs/ten
+    # the control (after the run above: it reads the saved pools)
+    python scripts/bench_ten_networks.py --data_dir=../shared/datasets --work_dir=runs/ten \
+        --stages=equal_budget --out=results/bench_ten_networks_equal_budget.json
 
-The ten networks, trained separately from ../shared/datasets (validation-selected
-epoch, cached in `<work_dir>/separate/<name>`, each a train.py artifact whose
-metrics.json names its task):
+The ten networks, trained separately from ../shared/datasets (batches of 32,
+validation-selected epoch, cached in `<work_dir>/separate/<name>`, each a train.py
+artifact whose metrics.json names its task):
   digits:   mnist, mnist_parity, mnist_lowhigh                  (nwv_mnist)
   objects:  cifar10, cifar10_vehicles, cifar10_animals, cifar10_b (nwv_cifar10;
             cifar10_b is a second cifar10 network, another seed)
@@ -40,8 +43,8 @@ the same pools with int8 pages (post-training, per-page scales; compression
 against ten float32 networks); labels-only against distillation at equal budget
 for (b) (stage compare_distill); each network alone trained on from its separate
 weights with the joint run's budget and recipe, the control for what the extra
-training rather than sharing gives (stage equal_budget); wall time of every stage. `<work_dir>/pools/nwv` and
-`<work_dir>/pools/mtz_nwv` keep the >= 8x pools (networks named as in
+training rather than sharing gives (stage equal_budget); wall time of every stage.
+`<work_dir>/pools/nwv` and `<work_dir>/pools/mtz_nwv` keep the >= 8x pools (networks named as in
 separate/), which `scripts/evaluate.py --weights=POOL --network=NAME --task=TASK`
 reads. Results: results/bench_ten_networks.json, .png; RESULTS.md via
 scripts/make_results.py.
