@@ -1042,7 +1042,11 @@ def _rematerialize(model, subgraph, opnames) -> bool:
         for r in readers:
             ops[r].inputs = [fresh.get(t, t) for t in _ints(ops[r].inputs)]
         trial = peak()
-        if trial <= best - REMAT_MIN_BYTES:
+        if trial <= best - REMAT_MIN_BYTES:   # keep: the copies are k's weight reads
+            copies = range(size[0], len(ops))
+            producer.update((t, c) for c in copies for t in _ints(ops[c].outputs))
+            static_ops.update(copies)
+            claimed.update(copies)
             best, changed = trial, True
             continue
         for r, inputs in saved:              # not worth it: undo
