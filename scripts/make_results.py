@@ -410,19 +410,25 @@ SECTIONS = [
      ["bench_ten_networks.png"]),
     ("Ten networks, control: each network alone with the joint budget",
      "bench_ten_networks_equal_budget.json", ten_networks_equal_budget, []),
-    ("Ten networks, budget: NWV alone with 8 x 200 joint steps",
+    ("Ten networks, budget (earlier separate networks, batches of 128): NWV alone with "
+     "8 x 200 joint steps",
      "bench_ten_networks_budget4x.json", ten_networks, []),
-    ("Ten networks, ablation: distillation (beta 0.7) in the joint optimisation, 16 x 400 "
-     "joint steps, balanced losses; labels only at equal budget",
+    ("Ten networks, ablation (earlier separate networks, batches of 128): distillation "
+     "(beta 0.7) in the joint optimisation, 16 x 400 joint steps, balanced losses; labels "
+     "only at equal budget",
      "bench_ten_networks_distill.json", ten_networks, []),
-    ("Ten networks, ablation: NWV alone and MTZ + NWV with 16 x 400 joint steps, "
-     "distillation (beta 0.7), equal loss weights (no balance)",
+    ("Ten networks, ablation (earlier separate networks, batches of 128): NWV alone and "
+     "MTZ + NWV with 16 x 400 joint steps, distillation (beta 0.7), equal loss weights "
+     "(no balance)",
      "bench_ten_networks_budget16x.json", ten_networks, []),
-    ("Ten networks, budget: MTZ + NWV zipping every family (retrained), 8 x 200 joint steps",
+    ("Ten networks, budget (earlier separate networks, batches of 128): MTZ + NWV zipping "
+     "every family (retrained), 8 x 200 joint steps",
      "bench_ten_networks_mtz_retrain.json", ten_networks, []),
-    ("Ten networks, ablation: MTZ + NWV zipping the digits only, 8 x 200 joint steps",
+    ("Ten networks, ablation (earlier separate networks, batches of 128): MTZ + NWV "
+     "zipping the digits only, 8 x 200 joint steps",
      "bench_ten_networks_zip_digits.json", ten_networks, []),
-    ("Ten networks, ablation: MTZ + NWV zipping the digits and the keywords, 8 x 200 joint steps",
+    ("Ten networks, ablation (earlier separate networks, batches of 128): MTZ + NWV "
+     "zipping the digits and the keywords, 8 x 200 joint steps",
      "bench_ten_networks_zip_digits_keywords.json", ten_networks, []),
     ("int8 pages: post-training against quantisation-aware", "bench_int8.json", int8_pages,
      []),
