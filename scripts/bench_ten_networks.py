@@ -44,10 +44,10 @@ against ten float32 networks); labels-only against distillation at equal budget
 for (b) (stage compare_distill); each network alone trained on from its separate
 weights with the joint run's budget and recipe, the control for what the extra
 training rather than sharing gives (stage equal_budget); wall time of every stage.
-`<work_dir>/pools/nwv` and `<work_dir>/pools/mtz_nwv` keep the >= 8x pools (networks named as in
-separate/), which `scripts/evaluate.py --weights=POOL --network=NAME --task=TASK`
-reads. Results: results/bench_ten_networks.json, .png; RESULTS.md via
-scripts/make_results.py.
+`<work_dir>/pools/nwv` and `<work_dir>/pools/mtz_nwv` keep the >= 8x pools
+(networks named as in separate/), which `scripts/evaluate.py --weights=POOL
+--network=NAME --task=TASK` reads (equal_budget: `<work_dir>/pools/alone/<name>`).
+Results: results/bench_ten_networks.json, .png; RESULTS.md via scripts/make_results.py.
 """
 import dataclasses
 import json
