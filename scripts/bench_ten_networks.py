@@ -198,6 +198,14 @@ def member_accuracies(call_for, split="test") -> dict:
     return out
 
 
+def add_tests(report, tests) -> None:
+    """Puts `member_accuracies` into report[name] as "test_accuracy" (and
+    "test_noisy" for the keyword networks' noisy variants)."""
+    for name, value in tests.items():
+        key = name[:-len("_noisy")] if name.endswith("_noisy") else name
+        report[key]["test_noisy" if name.endswith("_noisy") else "test_accuracy"] = value
+
+
 def separate_report(nets) -> dict:
     report = {}
     for member in members():
@@ -209,10 +217,7 @@ def separate_report(nets) -> dict:
             "best_epoch": metrics["best_epoch"], "val_accuracy": metrics["val_accuracy"],
             "train_seconds": metrics["train_seconds"],
             "val_accuracy_last_epochs": metrics["history"]["val_accuracy"][-3:]}
-    tests = member_accuracies(lambda name: nets[name])
-    for name, value in tests.items():
-        key = name[:-len("_noisy")] if name.endswith("_noisy") else name
-        report[key]["test_noisy" if name.endswith("_noisy") else "test_accuracy"] = value
+    add_tests(report, member_accuracies(lambda name: nets[name]))
     return report
 
 
@@ -462,33 +467,28 @@ def run_equal_budget(nets, fishers, separate) -> dict:
     own VALIDATION accuracy): the control that tells what the pooled networks gain from
     the extra training rather than from sharing. Also the saved pools' drops against
     these equal-budget networks."""
-    networks = {}
+    runtimes, networks = {}, {}
     for member in members():
         single = nwv.virtualize({member.name: nets[member.name]},
                                 tasks={member.name: member.task},
                                 fisher={member.name: fishers[member.name]},
                                 page_size=FLAGS.page_size)
-        rt, summary = optimise(single.to_state(), log_prefix=f"(alone {member.name}) ")
+        runtimes[member.name], summary = optimise(single.to_state(),
+                                                  log_prefix=f"(alone {member.name}) ")
         networks[member.name] = {
-            "test_accuracy": training.evaluate(
-                lambda x, rt=rt, n=member.name: rt.run(n, x), member.task, "test",
-                data_dir=data_dir(), limit=FLAGS.limit)["accuracy"],
-            "best_round": summary["best_round"], "val_accuracy": summary["val_accuracy"][
-                member.name], "seconds": summary["seconds"]}
-        save_pool(rt, os.path.join("alone", member.name))
-        bench.log(f"(alone {member.name}) {networks[member.name]}")
-    baseline = {name: {"test_accuracy": v["test_accuracy"]} for name, v in networks.items()}
+            "best_round": summary["best_round"],
+            "val_accuracy": summary["val_accuracy"][member.name], "seconds": summary["seconds"]}
+        save_pool(runtimes[member.name], os.path.join("alone", member.name))
+    add_tests(networks, member_accuracies(lambda name: (lambda x: runtimes[name].run(name, x))))
+    bench.log(f"(alone) {networks}")
     out = {"networks": networks, "pools": {},   # drops: alone - separate, as the pools'
-           "separate_drops": drops(baseline, {m.name: separate[m.name]["test_accuracy"]
+           "separate_drops": drops(networks, {m.name: separate[m.name]["test_accuracy"]
                                               for m in members()})}
     for key in ("nwv", "mtz_nwv"):
         folder = work("pools", key + FLAGS.pools_name)
         if state.exists(folder):
-            rt = nwv.VirtualizedNetworks.load(folder)
-            test = {m.name: training.evaluate(
-                lambda x, rt=rt, n=m.name: rt.run(n, x), m.task, "test",
-                data_dir=data_dir(), limit=FLAGS.limit)["accuracy"] for m in members()}
-            out["pools"][key] = {"test_accuracy": test, "drops": drops(baseline, test)}
+            test = evaluate_runtime(nwv.VirtualizedNetworks.load(folder))
+            out["pools"][key] = {"test_accuracy": test, "drops": drops(networks, test)}
             bench.log(f"({key} against alone) drops {out['pools'][key]['drops']}")
     return out
 
