@@ -264,9 +264,12 @@ def balanced(config) -> str:
     return f", balance {config['balance']:g}" if config.get("balance") else ""
 
 
+TEN_METHODS = {"nwv": "NWV alone", "mtz_nwv": "MTZ + NWV"}   # bench_ten_networks' keys
+
+
 def ten_networks(d):
     methods = d.get("methods", {})
-    labels = {"nwv": "NWV alone", "mtz_nwv": "MTZ + NWV"}
+    labels = TEN_METHODS
     head = "| network | task | separate |" + "".join(
         f" {labels[k]} |" for k in methods) + "".join(
         f" {labels[k]} int8 |" for k in d.get("int8", {}))
@@ -347,7 +350,7 @@ def ten_networks(d):
 
 def ten_networks_equal_budget(d):
     e = d["equal_budget"]
-    labels = {"nwv": "NWV alone", "mtz_nwv": "MTZ + NWV"}
+    labels = TEN_METHODS
     pools = e.get("pools", {})
     steps = ""
     flags = d.get("flags", {})
