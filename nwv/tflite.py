@@ -45,9 +45,11 @@ x holds the network's input flattened (C order) in its first prod(input_shape)
 entries (the rest is ignored) and the logits are padded with `PAD_LOGIT` (the
 lowest float32, so argmax and softmax over the whole row are those of the
 network); a group's row is its members' logits concatenated; a task index
-outside [0, tasks) returns NaN logits. The graph selects
-the task's page table (`tables[task]`, one int32 constant [tasks, max_pages])
-and runs the task's branch: one IF op per architecture in sequence, each branch
+outside [0, tasks) returns NaN logits. The graph slices
+the task's page table from the tables stored one after the other (no padding;
+two int8 planes, entry = 256 high + low, while the pool has at most 32,640
+pages: two bytes an entry, as TFLM's SLICE and CAST read int8 but not int16;
+else int32) at the task's offset, and runs the task's branch: one IF op per architecture in sequence, each branch
 a subgraph shared by the tasks of that architecture (networks with the same
 Keras configuration and page layout differ only in the table they read;
 `info["branches"]` lists them). A network whose last layer is a Dense
@@ -68,7 +70,12 @@ through the SELECTED table, which depends on the `task` input, so the
 converter cannot constant-fold per-network copies of the weights, and the one
 constant buffer is shared by all branches. Batch 1, no variables: the pool
 bytes sit at `info["pool_offset"]` in the file (page j at pool_offset + j * P *
-bytes per weight), so an update can patch them in flash.
+bytes per weight), so an update can patch them in flash. With int8 pages the
+file stores one int8 exponent a page instead of a float32 scale (the scales
+are on the grid 2^(n/16), `nwv.quantize.scale_exponents`; each read computes
+s = exp((k + n_top - 127) ln2/16), within a few float32 ulps of the runtime's
+scale), so the ten-network pool's weights (pool and tables) take 64 kB instead
+of 79 kB.
 
 The micro target gathers pool pages per Keras layer (`gather="layer"`, its
 default): one GATHER of the layer's pages, one SPLIT_V into its variables. The
@@ -144,13 +151,20 @@ class _Pages:
     """Rows of the pool [k, P] float32 for a table slice: float pages or int8 codes
     and [m, 1] scales, dequantized after the gather."""
 
-    def __init__(self, pool=None, codes=None, scales=None):
+    def __init__(self, pool=None, codes=None, scales=None, exponents=None, top=0):
         self.pool, self.codes, self.scales = pool, codes, scales
+        self.exponents, self.top = exponents, int(top)
 
     def rows(self, table):
         if self.pool is not None:
             return tf.gather(self.pool, table)
-        return tf.cast(tf.gather(self.codes, table), tf.float32) * tf.gather(self.scales, table)
+        codes = tf.cast(tf.gather(self.codes, table), tf.float32)
+        if self.exponents is None:
+            return codes * tf.gather(self.scales, table)
+        # int8 exponents [m, 1] of grid scales: s = exp((k + n_top - 127) ln2 / 16)
+        k = tf.cast(tf.gather(self.exponents, table), tf.float32)
+        return codes * tf.exp((k + float(self.top - quantize_lib.LEVELS))
+                              * float(np.log(2.0) / quantize_lib.SCALE_STEPS))
 
 
 def _groups(model, granularity):
@@ -584,19 +598,28 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes):
     # group's table, then keeps its own columns (`_task_columns`): no branch of its own
     group_of, column_offset = _routed_members(entries, runtime)
     own = [i for i in range(len(entries)) if i not in group_of]
-    row_of = [own.index(group_of.get(i, i)) for i in range(len(entries))]
-    tables = [runtime.page_table(entries[i][0]) for i in own]
-    max_pages = max(t.size for t in tables)
-    padded = np.zeros((len(tables), max_pages), np.int32)
-    for i, t in enumerate(tables):
-        padded[i, :t.size] = t
+    tables = {i: runtime.page_table(entries[i][0]) for i in own}
+    max_pages = max(t.size for t in tables.values())
+    # the tables one after the other, the longest last (a row of max_pages from any
+    # offset stays inside), a task's row starting at its offset
+    layout = sorted(own, key=lambda i: tables[i].size)
+    starts = dict(zip(layout, np.cumsum([0] + [tables[i].size for i in layout[:-1]])))
+    offsets = [int(starts[group_of.get(i, i)]) for i in range(len(entries))]
+    flat = np.concatenate([tables[i] for i in layout]).astype(np.int32)
+    planes = _table_planes(flat)
+    stored = dict(arrays)
+    if "scales" in stored:
+        encoded = quantize_lib.scale_exponents(stored["scales"], stored["codes"])
+        if encoded is not None:
+            stored["exponents"], stored["top"] = encoded
+            del stored["scales"]
     skeletons = {}
 
     def branch_pages():
         # constants made inside a branch belong to it (never an IF operand, which
         # TFLM would copy into the arena); the converter shares their buffer.
-        return _Pages(**{k: tf.constant(v[:, None] if k == "scales" else v)
-                         for k, v in arrays.items()})
+        return _Pages(**{k: v if k == "top" else tf.constant(
+            v[:, None] if k in ("scales", "exponents") else v) for k, v in stored.items()})
 
     def task_input(x, i):
         return tf.reshape(tf.slice(x, [0, 0], [1, inputs[i]]), (1, *entries[i][2]))
@@ -657,13 +680,17 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes):
 
     def run(task, x):
         index = tf.reshape(task, [])
-        # the task's page table: a SLICE of the tables (TFLM's GATHER reads no int32);
-        # the row index is clamped, a task outside [0, tasks) leaves NaN logits
-        start = tf.clip_by_value(task, 0, len(entries) - 1)
-        if group_of:                            # members read their group's row
-            start = tf.slice(tf.constant(row_of, tf.int32), start, [1])
-        row = tf.reshape(tf.slice(tf.constant(padded), tf.concat([start, [0]], 0),
-                                  [1, max_pages]), [max_pages])
+        # the task's page table: a SLICE of the tables (TFLM's GATHER reads no int32)
+        # from the task's offset (members read their group's); the task index is
+        # clamped, a task outside [0, tasks) leaves NaN logits
+        start = tf.slice(tf.constant(offsets, tf.int32),
+                         tf.clip_by_value(task, 0, len(entries) - 1), [1])
+        if planes is None:
+            row = tf.slice(tf.constant(flat), start, [max_pages])
+        else:                                   # entry = 256 high + low (int8 planes)
+            high, low = (tf.cast(tf.slice(tf.constant(p), start, [max_pages]), tf.int32)
+                         for p in planes)
+            row = high * 256 + low
         # one IF per architecture in sequence, each passing its input on when not
         # its tasks: TFLM plans each branch in its own scope, so their buffers share
         # memory (each branch's op and tensor records stay in the arena)
@@ -692,9 +719,29 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes):
     signatures = {MICRO_ENTRY: tf.function(run, input_signature=specs,
                                            autograph=False).get_concrete_function()}
     return tf.Module(), signatures, {
-        "input_size": max_in, "output_size": max_out, "table_bytes": int(padded.nbytes),
+        "input_size": max_in, "output_size": max_out,
+        "table_bytes": int(sum(p.nbytes for p in planes or [flat]) + 4 * len(offsets)),
+        "pool_bytes": int(sum(v.nbytes for k, v in stored.items() if k != "top")),
+        "scales": "int8 exponents" if "exponents" in stored else (
+            "float32" if "scales" in stored else None),
         "branches": [[entries[i][0] for i in tasks] for tasks in bodies + branches],
         "classifiers": [[entries[i][0] for i in tasks] for tasks in classifiers]}
+
+
+def _table_planes(flat):
+    """Page tables [n] (entries 0..32639) as two int8 planes (high, low) with
+    entry = 256 * high + low, low in [-128, 127]: two bytes an entry where TFLM
+    reads int8 but no int16 (SLICE, CAST); None for larger entries.
+
+    >>> high, low = _table_planes(np.array([0, 127, 128, 300, 32639]))
+    >>> (256 * high.astype(int) + low).tolist(), high.dtype, low.dtype
+    ([0, 127, 128, 300, 32639], dtype('int8'), dtype('int8'))
+    """
+    flat = np.asarray(flat, np.int64)
+    if flat.size and (flat.min() < 0 or flat.max() > 127 * 256 + 127):
+        return None
+    high = (flat + 128) // 256
+    return high.astype(np.int8), (flat - 256 * high).astype(np.int8)
 
 
 def _routed_members(entries, runtime):
@@ -807,9 +854,11 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
       {"path", "target", "storage" ("float32"|"int8"), "signatures" (tflite: the
       signature keys; micro: [MICRO_ENTRY]), "networks" {name: {"input_shape",
       "classes" (a list: one per output), "members" (groups)}}, "file_bytes",
-      "pool_bytes", "table_bytes", "page_size", "pool_pages", "gather" (the one
-      used: "network", "layer", "variable" or "layer for zipped networks")};
-      micro adds "tasks"
+      "pool_bytes" (pages, with their scales or scale exponents), "table_bytes"
+      (the page tables as stored in the file), "page_size", "pool_pages",
+      "gather" (the one used: "network", "layer", "variable" or "layer for
+      zipped networks")}; micro adds "scales" (int8 pages: "int8 exponents", or
+      "float32" when the scales span more than 16 octaves; float pages: None), "tasks"
       (the networks in the order of the `task` index), "inputs" (the entry
       point's input names in input-index order), "input_size", "output_size",
       "pool_offset" (byte offset of the pool constant in the file), "branches"
@@ -851,11 +900,12 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
         gather = min(blobs, key=lambda c: len(blobs[c]))
         blob = blobs[gather]
         table_bytes = int(sum(4 * runtime.page_table(n).size for n, _, _ in entries))
+        pool_bytes = _pool_bytes(arrays)
     else:
         gather = "layer" if gather == "auto" else gather
         tile = MICRO_TILE_BYTES if dense_tile_bytes is None else int(dense_tile_bytes)
         module, signatures, extra = _micro_module(runtime, entries, arrays, gather, tile)
-        table_bytes = extra.pop("table_bytes")
+        table_bytes, pool_bytes = extra.pop("table_bytes"), extra.pop("pool_bytes")
         blob = _converted(module, signatures, resource_variables=False, rematerialize=True)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -867,7 +917,7 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
         "networks": {n: {"input_shape": list(s), "classes": _classes(runtime, n, members),
                          **({"members": list(members)} if members else {})}
                      for n, members, s in entries},
-        "file_bytes": len(blob), "pool_bytes": _pool_bytes(arrays),
+        "file_bytes": len(blob), "pool_bytes": pool_bytes,
         "table_bytes": table_bytes, "page_size": runtime.page_size,
         "pool_pages": int(next(iter(arrays.values())).shape[0]),
         "gather": "layer for zipped networks" if gather == "auto" else gather}

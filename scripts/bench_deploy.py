@@ -16,6 +16,9 @@ For every pool directory (name=path; missing ones are skipped with a message):
     is checked against its members'.
   * microcontroller (target "micro", TensorFlow Lite Micro's host interpreter
     from `tflite-micro`), float32 and int8 pages: flash bytes (the file), the
+    weight bytes it stores (pool, with one int8 scale exponent a page for int8
+    pages, and the page tables as two int8 planes) and their compression
+    against the networks' float32 weights stored separately, the
     smallest arena for the file and for each network alone, whether they fit a
     typical 256 kB SRAM / 1 MB flash board, and for --micro_examples test
     examples per network the largest logit difference and the argmax agreement
@@ -175,6 +178,8 @@ def micro_report(rt, reference, path, quantize) -> dict:
         agreement[name] = {"examples": len(diffs), "max_abs_logit_diff": max(diffs),
                            "argmax_agreement": same / len(diffs)}
     return {"flash_bytes": info["file_bytes"], "pool_bytes": info["pool_bytes"],
+            "table_bytes": info["table_bytes"], "scales": info["scales"],
+            "weight_bytes": info["pool_bytes"] + info["table_bytes"],
             "arena_bytes": arenas, "tasks": info["tasks"],
             "fits_256kB_sram": arenas["all"] <= tflite.BOARD_SRAM_BYTES, "fits_1MB_flash":
                 info["file_bytes"] <= tflite.BOARD_FLASH_BYTES, "against_pool_runtime": agreement}
@@ -209,8 +214,9 @@ def pool_report(name, pool_dir) -> dict:
             print("tflite-micro missing (pip install -e \".[micro]\"): micro not measured")
             continue
         bench.log(f"{name}: micro {label}")
-        report[f"micro_{label}"] = micro_report(
+        micro = report[f"micro_{label}"] = micro_report(
             rt, reference, os.path.join(folder, f"pool_{label}_micro.tflite"), quantize)
+        micro["compression"] = report["separate_float32_weight_bytes"] / micro["weight_bytes"]
     return report
 
 
@@ -233,7 +239,9 @@ def print_summary(report):
             m = r[f"micro_{label}"]
             if m:
                 worst = max(a["max_abs_logit_diff"] for a in m["against_pool_runtime"].values())
-                print(f"  micro  {label:<7} flash {m['flash_bytes'] / 1e3:.0f} kB, arena "
+                print(f"  micro  {label:<7} flash {m['flash_bytes'] / 1e3:.0f} kB (weights "
+                      f"{m['weight_bytes'] / 1e3:.1f} kB: {m['compression']:.2f}x less than "
+                      f"separate float32), arena "
                       f"{m['arena_bytes']['all'] / 1e3:.0f} kB (alone: "
                       + ", ".join(f"{n} {v / 1e3:.0f}" for n, v in m["arena_bytes"].items()
                                   if n != "all")

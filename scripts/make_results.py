@@ -205,20 +205,42 @@ def deploy(d):
                         f"{t['pool_bytes'] / 1e3:.0f} kB | {t['table_bytes'] / 1e3:.1f} kB | "
                         f"{t['other_bytes'] / 1e3:.1f} kB | {pct(min(acc))} / "
                         f"{pct(sum(acc) / len(acc))} | {'yes' if same else 'no'} |")
-        rows += ["", "| TFLM file | flash | arena (all) | arena (largest alone) | 256 kB SRAM / "
-                 "1 MB flash | worst logit diff |", "|---|---|---|---|---|---|"]
+        rows += ["", "| TFLM file | flash | weights: pool + tables | against separate float32 "
+                 "| arena (all) | arena (largest alone) | 256 kB SRAM / 1 MB flash | worst logit "
+                 "diff |", "|---|---|---|---|---|---|---|---|"]
         for label in ("float32", "int8"):
             m = r.get(f"micro_{label}")
             if not m:
                 continue
             alone = max(v for k, v in m["arena_bytes"].items() if k != "all")
             worst = max(a["max_abs_logit_diff"] for a in m["against_pool_runtime"].values())
-            rows.append(f"| micro {label} | {m['flash_bytes'] / 1e3:.0f} kB | "
+            weights = (f"{m['pool_bytes'] / 1e3:.1f} + {m['table_bytes'] / 1e3:.1f} kB"
+                       if "weight_bytes" in m else "")
+            ratio = f"{m['compression']:.2f}x" if "compression" in m else ""
+            rows.append(f"| micro {label} | {m['flash_bytes'] / 1e3:.0f} kB | {weights} | "
+                        f"{ratio} | "
                         f"{m['arena_bytes']['all'] / 1e3:.0f} kB | {alone / 1e3:.0f} kB | "
                         f"{'fits' if m['fits_256kB_sram'] else 'no'} / "
                         f"{'fits' if m['fits_1MB_flash'] else 'no'} | {worst:.1e} |")
+        rows += _against_separate(r)
         rows.append("")
     return rows
+
+
+def _against_separate(r) -> list:
+    """A line on the int8 pages' test accuracy against the separate networks of
+    bench_ten_networks.json, for a pool of those networks (the micro int8 file's
+    logits are the int8 runtime's, checked above)."""
+    ten = _load("bench_ten_networks.json")
+    separate = (ten or {}).get("separate", {})
+    accuracy = r["runtime_accuracy"]["int8"]
+    if not accuracy or not set(accuracy) <= set(separate):
+        return []
+    drops = {n: 100 * (separate[n]["test_accuracy"] - a) for n, a in accuracy.items()}
+    worst = max(drops, key=drops.get)
+    return ["", f"int8 pages against the separate float32 networks (test carves, "
+            f"[`bench_ten_networks.json`](bench_ten_networks.json)): worst drop "
+            f"{drops[worst]:.2f} pt ({worst}), mean {sum(drops.values()) / len(drops):.2f} pt."]
 
 
 def int8_pages(d):

@@ -268,6 +268,13 @@ def test_micro_entry_point_runs_every_network(pool, tmp_path, int8):
     assert largest == main.nbytes and len({u[0] for u in users}) == 3
     assert blob.count(main.tobytes()) == 1 and info["pool_offset"] % 16 == 0
     assert blob[info["pool_offset"]:info["pool_offset"] + main.nbytes] == main.tobytes()
+    # stored: one int8 exponent a page (not a float32 scale); the tables of left,
+    # digits and the group (the members read the group's) as two int8 planes
+    m = main.shape[0]
+    assert info["scales"] == ("int8 exponents" if int8 else None)
+    assert info["pool_bytes"] == main.nbytes + (m if int8 else 0)
+    entries = sum(runtime.page_table(n).size for n in ("digits", combined.GROUP))
+    assert info["table_bytes"] == 2 * entries + 4 * len(info["tasks"])
     model = _model(blob)
     for subgraph in model.subgraphs:   # no IF operand (copied into the arena) holds it
         names = tflite_ops(model, subgraph)
