@@ -70,12 +70,12 @@ through the SELECTED table, which depends on the `task` input, so the
 converter cannot constant-fold per-network copies of the weights, and the one
 constant buffer is shared by all branches. Batch 1, no variables: the pool
 bytes sit at `info["pool_offset"]` in the file (page j at pool_offset + j * P *
-bytes per weight), so an update can patch them in flash. With int8 pages the
-file stores one int8 exponent a page instead of a float32 scale (the scales
-are on the grid 2^(n/16), `nwv.quantize.scale_exponents`; each read computes
-s = exp((k + n_top - 127) ln2/16), within a few float32 ulps of the runtime's
-scale), so the ten-network pool's weights (pool and tables) take 64 kB instead
-of 79 kB.
+bytes per weight), so an update can patch them in flash. With int8 pages and
+`micro_scales="exponents"` the file stores one int8 exponent a page instead of
+a float32 scale (the scales are on the grid 2^(n/16),
+`nwv.quantize.scale_exponents`; each branch computes s = exp((k + n_top -
+127) ln2/16) for every page once, within a few float32 ulps of the runtime's
+scales).
 
 The micro target gathers pool pages per Keras layer (`gather="layer"`, its
 default): one GATHER of the layer's pages, one SPLIT_V into its variables. The
@@ -130,13 +130,15 @@ from nwv import quantize as quantize_lib
 from nwv.export import check_endpoint_name
 from nwv.runtime import VirtualizedNetworks
 
-__all__ = ["TARGETS", "GATHERS", "DEFAULT_GATHER", "RESERVED", "MICRO_ENTRY", "PAD_LOGIT",
+__all__ = ["TARGETS", "GATHERS", "DEFAULT_GATHER", "MICRO_SCALES", "RESERVED", "MICRO_ENTRY",
+           "PAD_LOGIT",
            "export_tflite", "micro_arena_bytes", "micro_arenas", "micro_inputs", "run_micro",
            "largest_buffers"]
 
 TARGETS = ("tflite", "micro")
 GATHERS = ("auto", "layer", "variable", "network")
 DEFAULT_GATHER = {"tflite": "auto", "micro": "layer"}
+MICRO_SCALES = ("float32", "exponents")  # how a micro file stores int8 pages' scales
 ALL_TASKS, SET_POOL, SET_PAGES = "all_tasks", "set_pool", "set_pages"
 RESERVED = (ALL_TASKS, SET_POOL, SET_PAGES)
 MICRO_ENTRY = "run"
@@ -151,20 +153,24 @@ class _Pages:
     """Rows of the pool [k, P] float32 for a table slice: float pages or int8 codes
     and [m, 1] scales, dequantized after the gather."""
 
-    def __init__(self, pool=None, codes=None, scales=None, exponents=None, top=0):
+    def __init__(self, pool=None, codes=None, scales=None):
         self.pool, self.codes, self.scales = pool, codes, scales
-        self.exponents, self.top = exponents, int(top)
 
     def rows(self, table):
         if self.pool is not None:
             return tf.gather(self.pool, table)
-        codes = tf.cast(tf.gather(self.codes, table), tf.float32)
-        if self.exponents is None:
-            return codes * tf.gather(self.scales, table)
-        # int8 exponents [m, 1] of grid scales: s = exp((k + n_top - 127) ln2 / 16)
-        k = tf.cast(tf.gather(self.exponents, table), tf.float32)
-        return codes * tf.exp((k + float(self.top - quantize_lib.LEVELS))
-                              * float(np.log(2.0) / quantize_lib.SCALE_STEPS))
+        return tf.cast(tf.gather(self.codes, table), tf.float32) * tf.gather(self.scales, table)
+
+
+def _scales_of_exponents(exponents, top, anchor):
+    """Scales [m, 1] float32 s = exp((k + n_top − 127) ln2/16) of int8 exponents
+    [m] (`nwv.quantize.scale_exponents`), computed once per branch in the graph.
+    `anchor` is an int32 [1] tensor known only at run time that holds 0 (so the
+    converter cannot fold the scales into a float32 constant)."""
+    k = tf.cast(tf.slice(tf.constant(exponents), anchor, [exponents.size]), tf.float32)
+    scales = tf.exp((k + float(top - quantize_lib.LEVELS))
+                    * float(np.log(2.0) / quantize_lib.SCALE_STEPS))
+    return tf.reshape(scales, [-1, 1])
 
 
 def _groups(model, granularity):
@@ -588,7 +594,7 @@ def _tflite_module(runtime, entries, arrays, granularity, all_tasks, tile_bytes)
     return module, signatures
 
 
-def _micro_module(runtime, entries, arrays, granularity, tile_bytes):
+def _micro_module(runtime, entries, arrays, granularity, tile_bytes, scales):
     """One entry point `run(task, x)`; see the module docstring."""
     shapes = [s for _, _, s in entries]
     inputs = [int(np.prod(s)) for s in shapes]
@@ -608,18 +614,24 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes):
     flat = np.concatenate([tables[i] for i in layout]).astype(np.int32)
     planes = _table_planes(flat)
     stored = dict(arrays)
-    if "scales" in stored:
+    if "scales" in stored and scales == "exponents":
         encoded = quantize_lib.scale_exponents(stored["scales"], stored["codes"])
         if encoded is not None:
             stored["exponents"], stored["top"] = encoded
             del stored["scales"]
     skeletons = {}
 
-    def branch_pages():
+    def branch_pages(row):
         # constants made inside a branch belong to it (never an IF operand, which
-        # TFLM would copy into the arena); the converter shares their buffer.
-        return _Pages(**{k: v if k == "top" else tf.constant(
-            v[:, None] if k in ("scales", "exponents") else v) for k, v in stored.items()})
+        # TFLM would copy into the arena); the converter shares their buffer. int8
+        # exponents: the branch computes every page's scale once (m floats of
+        # arena; per layer read it would add five operators' records each time)
+        if "exponents" in stored:
+            anchor = tf.minimum(row[:1], 0)         # page indices are >= 0: this is 0
+            return _Pages(codes=tf.constant(stored["codes"]), scales=_scales_of_exponents(
+                stored["exponents"], stored["top"], anchor))
+        return _Pages(**{k: tf.constant(v[:, None] if k == "scales" else v)
+                         for k, v in stored.items()})
 
     def task_input(x, i):
         return tf.reshape(tf.slice(x, [0, 0], [1, inputs[i]]), (1, *entries[i][2]))
@@ -628,7 +640,7 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes):
         name, members, _ = entries[i]
 
         def fn(x, row):
-            out = _forward(runtime, name, task_input(x, i), branch_pages(), row, granularity,
+            out = _forward(runtime, name, task_input(x, i), branch_pages(row), row, granularity,
                            tile_bytes=tile_bytes, skeletons=skeletons)
             out = tf.concat(list(out), axis=-1) if members else out
             return _pad_columns(out, max_out, PAD_LOGIT)
@@ -636,7 +648,7 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes):
 
     def body(i):
         def fn(x, row):
-            out = _forward(runtime, entries[i][0], task_input(x, i), branch_pages(), row,
+            out = _forward(runtime, entries[i][0], task_input(x, i), branch_pages(row), row,
                            granularity, tile_bytes=tile_bytes, skeletons=skeletons,
                            part="body")
             return _pad_columns(out, max_features, 0.0)
@@ -645,7 +657,7 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes):
     def classifier(i):
         def fn(features, row):
             out = _forward(runtime, entries[i][0], features[:, :features_of[i]],
-                           branch_pages(), row, granularity, tile_bytes=tile_bytes,
+                           branch_pages(row), row, granularity, tile_bytes=tile_bytes,
                            skeletons=skeletons, part="classifier")
             return _pad_columns(out, max_out, PAD_LOGIT)
         return fn
@@ -820,7 +832,8 @@ def _architecture(runtime, name, members, shape, *, body_only=None,
 
 def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | None = None,
                   target: str = "tflite", names=None, all_tasks: bool = False,
-                  gather: str | None = None, dense_tile_bytes: int | None = None) -> dict:
+                  gather: str | None = None, dense_tile_bytes: int | None = None,
+                  micro_scales: str = "float32") -> dict:
     """Writes ONE TFLite flatbuffer holding the runtime's networks, the pool stored once.
 
     Args:
@@ -850,6 +863,12 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
         block read from the pool just before it is used (RAM: one block instead
         of the whole kernel, twice). None: 16 kB for target "micro", off (0)
         for "tflite".
+      micro_scales: how a micro file with int8 pages stores their scales:
+        "float32" (4 bytes a page) or "exponents" (one int8 exponent a page,
+        `nwv.quantize.scale_exponents`; each branch computes the m scales once:
+        3 bytes a page less flash for m floats and a few operators' records
+        more arena; the ten-network MTZ + NWV file: 1.7 kB less flash, 11 kB
+        more arena). Float32 scales are kept when the exponents cannot hold them.
     Returns:
       {"path", "target", "storage" ("float32"|"int8"), "signatures" (tflite: the
       signature keys; micro: [MICRO_ENTRY]), "networks" {name: {"input_shape",
@@ -857,8 +876,8 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
       "pool_bytes" (pages, with their scales or scale exponents), "table_bytes"
       (the page tables as stored in the file), "page_size", "pool_pages",
       "gather" (the one used: "network", "layer", "variable" or "layer for
-      zipped networks")}; micro adds "scales" (int8 pages: "int8 exponents", or
-      "float32" when the scales span more than 16 octaves; float pages: None), "tasks"
+      zipped networks")}; micro adds "scales" (int8 pages: "int8 exponents" or
+      "float32"; float pages: None), "tasks"
       (the networks in the order of the `task` index), "inputs" (the entry
       point's input names in input-index order), "input_size", "output_size",
       "pool_offset" (byte offset of the pool constant in the file), "branches"
@@ -878,6 +897,9 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
         gather = DEFAULT_GATHER[target]
     if gather not in GATHERS:
         raise ValueError(f"expected gather in {list(GATHERS)}, received {gather!r}")
+    if micro_scales not in MICRO_SCALES:
+        raise ValueError(f"expected micro_scales in {list(MICRO_SCALES)}, received "
+                         f"{micro_scales!r}")
     if os.path.isdir(path):
         raise ValueError(f"export target {path!r} is a folder, not a file")
     if getattr(runtime, "resident_plan", None) is not None:
@@ -904,7 +926,8 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
     else:
         gather = "layer" if gather == "auto" else gather
         tile = MICRO_TILE_BYTES if dense_tile_bytes is None else int(dense_tile_bytes)
-        module, signatures, extra = _micro_module(runtime, entries, arrays, gather, tile)
+        module, signatures, extra = _micro_module(runtime, entries, arrays, gather, tile,
+                                                  micro_scales)
         table_bytes, pool_bytes = extra.pop("table_bytes"), extra.pop("pool_bytes")
         blob = _converted(module, signatures, resource_variables=False, rematerialize=True)
     folder = os.path.dirname(os.path.abspath(path))
@@ -1376,7 +1399,7 @@ def micro_arenas(runtime: VirtualizedNetworks, info: dict, **export_options) -> 
       runtime: the runtime the file was exported from.
       info: `export_tflite(runtime, path, target="micro", ...)`'s result.
       **export_options: the options of that export (quantize, gather,
-        dense_tile_bytes), used to write one file per network in a temporary folder.
+        dense_tile_bytes, micro_scales), used to write one file per network in a temporary folder.
     Returns:
       {"all": bytes of the file's arena, network: bytes of a file holding it alone}.
     Raises:

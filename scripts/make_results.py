@@ -208,7 +208,7 @@ def deploy(d):
         rows += ["", "| TFLM file | flash | weights: pool + tables | against separate float32 "
                  "| arena (all) | arena (largest alone) | 256 kB SRAM / 1 MB flash | worst logit "
                  "diff |", "|---|---|---|---|---|---|---|---|"]
-        for label in ("float32", "int8"):
+        for label in ("float32", "int8", "int8_exponents"):
             m = r.get(f"micro_{label}")
             if not m:
                 continue
@@ -217,7 +217,8 @@ def deploy(d):
             weights = (f"{m['pool_bytes'] / 1e3:.1f} + {m['table_bytes'] / 1e3:.1f} kB"
                        if "weight_bytes" in m else "")
             ratio = f"{m['compression']:.2f}x" if "compression" in m else ""
-            rows.append(f"| micro {label} | {m['flash_bytes'] / 1e3:.0f} kB | {weights} | "
+            what = "int8, scale exponents" if label == "int8_exponents" else label
+            rows.append(f"| micro {what} | {m['flash_bytes'] / 1e3:.0f} kB | {weights} | "
                         f"{ratio} | "
                         f"{m['arena_bytes']['all'] / 1e3:.0f} kB | {alone / 1e3:.0f} kB | "
                         f"{'fits' if m['fits_256kB_sram'] else 'no'} / "
