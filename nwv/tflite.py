@@ -73,9 +73,9 @@ bytes sit at `info["pool_offset"]` in the file (page j at pool_offset + j * P *
 bytes per weight), so an update can patch them in flash. With int8 pages and
 `micro_scales="exponents"` the file stores one int8 exponent a page instead of
 a float32 scale (the scales are on the grid 2^(n/16),
-`nwv.quantize.scale_exponents`; each branch computes s = exp((k + n_top -
+`nwv.quantize.scale_exponents`; each call computes s = exp((k + n_top -
 127) ln2/16) for every page once, within a few float32 ulps of the runtime's
-scales).
+scales, and passes them to the branches).
 
 The micro target gathers pool pages per Keras layer (`gather="layer"`, its
 default): one GATHER of the layer's pages, one SPLIT_V into its variables. The
@@ -164,7 +164,7 @@ class _Pages:
 
 def _scales_of_exponents(exponents, top, anchor):
     """Scales [m, 1] float32 s = exp((k + n_top − 127) ln2/16) of int8 exponents
-    [m] (`nwv.quantize.scale_exponents`), computed once per branch in the graph.
+    [m] (`nwv.quantize.scale_exponents`), computed once per call in the graph.
     `anchor` is an int32 [1] tensor known only at run time that holds 0 (so the
     converter cannot fold the scales into a float32 constant)."""
     k = tf.cast(tf.slice(tf.constant(exponents), anchor, [exponents.size]), tf.float32)
@@ -621,15 +621,16 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes, scales):
             del stored["scales"]
     skeletons = {}
 
+    computed = {}    # int8 exponents: the scales, computed once per call by `run`
+
     def branch_pages(row):
         # constants made inside a branch belong to it (never an IF operand, which
         # TFLM would copy into the arena); the converter shares their buffer. int8
-        # exponents: the branch computes every page's scale once (m floats of
-        # arena; per layer read it would add five operators' records each time)
+        # exponents: `run` computes every page's scale once, an IF operand of m
+        # floats (per branch, or per layer read, the operators' records cost more
+        # flash and arena than the exponents save)
         if "exponents" in stored:
-            anchor = tf.minimum(row[:1], 0)         # page indices are >= 0: this is 0
-            return _Pages(codes=tf.constant(stored["codes"]), scales=_scales_of_exponents(
-                stored["exponents"], stored["top"], anchor))
+            return _Pages(codes=tf.constant(stored["codes"]), scales=computed["scales"])
         return _Pages(**{k: tf.constant(v[:, None] if k == "scales" else v)
                          for k, v in stored.items()})
 
@@ -703,6 +704,9 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes, scales):
             high, low = (tf.cast(tf.slice(tf.constant(p), start, [max_pages]), tf.int32)
                          for p in planes)
             row = high * 256 + low
+        if "exponents" in stored:                # page indices are >= 0: anchor 0
+            computed["scales"] = _scales_of_exponents(stored["exponents"], stored["top"],
+                                                      tf.minimum(row[:1], 0))
         # one IF per architecture in sequence, each passing its input on when not
         # its tasks: TFLM plans each branch in its own scope, so their buffers share
         # memory (each branch's op and tensor records stay in the arena)
@@ -865,10 +869,9 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
         for "tflite".
       micro_scales: how a micro file with int8 pages stores their scales:
         "float32" (4 bytes a page) or "exponents" (one int8 exponent a page,
-        `nwv.quantize.scale_exponents`; each branch computes the m scales once:
-        3 bytes a page less flash for m floats and a few operators' records
-        more arena; the ten-network MTZ + NWV file: 1.7 kB less flash, 11 kB
-        more arena). Float32 scales are kept when the exponents cannot hold them.
+        `nwv.quantize.scale_exponents`; the entry point computes the m scales
+        once per call: 3 bytes a page less flash for m floats, twice, more
+        arena). Float32 scales are kept when the exponents cannot hold them.
     Returns:
       {"path", "target", "storage" ("float32"|"int8"), "signatures" (tflite: the
       signature keys; micro: [MICRO_ENTRY]), "networks" {name: {"input_shape",
