@@ -45,11 +45,11 @@ x holds the network's input flattened (C order) in its first prod(input_shape)
 entries (the rest is ignored) and the logits are padded with `PAD_LOGIT` (the
 lowest float32, so argmax and softmax over the whole row are those of the
 network); a group's row is its members' logits concatenated; a task index
-outside [0, tasks) returns NaN logits. The graph slices
-the task's page table from the tables stored one after the other (no padding;
-two int8 planes, entry = 256 high + low, while the pool has at most 32,640
-pages: two bytes an entry, as TFLM's SLICE and CAST read int8 but not int16;
-else int32) at the task's offset, and runs the task's branch: one IF op per architecture in sequence, each branch
+outside [0, tasks) returns NaN logits. The graph slices the task's page table
+from the tables stored one after the other (no padding; two int8 planes, entry
+= 256 high + low, while the pool has at most 32,640 pages: two bytes an entry,
+as TFLM's SLICE and CAST read int8 but not int16; else int32) at the task's
+offset, and runs the task's branch: one IF op per architecture in sequence, each branch
 a subgraph shared by the tasks of that architecture (networks with the same
 Keras configuration and page layout differ only in the table they read;
 `info["branches"]` lists them). A network whose last layer is a Dense
@@ -623,7 +623,7 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes, scales):
 
     computed = {}    # int8 exponents: the scales, computed once per call by `run`
 
-    def branch_pages(row):
+    def branch_pages():
         # constants made inside a branch belong to it (never an IF operand, which
         # TFLM would copy into the arena); the converter shares their buffer. int8
         # exponents: `run` computes every page's scale once, an IF operand of m
@@ -641,7 +641,7 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes, scales):
         name, members, _ = entries[i]
 
         def fn(x, row):
-            out = _forward(runtime, name, task_input(x, i), branch_pages(row), row, granularity,
+            out = _forward(runtime, name, task_input(x, i), branch_pages(), row, granularity,
                            tile_bytes=tile_bytes, skeletons=skeletons)
             out = tf.concat(list(out), axis=-1) if members else out
             return _pad_columns(out, max_out, PAD_LOGIT)
@@ -649,7 +649,7 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes, scales):
 
     def body(i):
         def fn(x, row):
-            out = _forward(runtime, entries[i][0], task_input(x, i), branch_pages(row), row,
+            out = _forward(runtime, entries[i][0], task_input(x, i), branch_pages(), row,
                            granularity, tile_bytes=tile_bytes, skeletons=skeletons,
                            part="body")
             return _pad_columns(out, max_features, 0.0)
@@ -658,7 +658,7 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes, scales):
     def classifier(i):
         def fn(features, row):
             out = _forward(runtime, entries[i][0], features[:, :features_of[i]],
-                           branch_pages(row), row, granularity, tile_bytes=tile_bytes,
+                           branch_pages(), row, granularity, tile_bytes=tile_bytes,
                            skeletons=skeletons, part="classifier")
             return _pad_columns(out, max_out, PAD_LOGIT)
         return fn
