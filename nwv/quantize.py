@@ -11,8 +11,10 @@ its page:
 The grid costs at most 2^(1/16) − 1 = 4.4 % of step size against s_j = max/127,
 and lets a device store one int8 exponent a page instead of a float32 scale
 (`scale_exponents`: k_j = n_j − n_top + 127 within 16 octaves of the largest
-page's n_top; the TFLM export computes s_j = exp((k_j + n_top − 127) · ln2/16)).
-Storage shrinks ÷4 (plus a scale a page). The runtime, the SavedModel and the
+page's n_top, s_j = 2^((k_j + n_top − 127)/16)). The project's TFLM export keeps
+float32 scales: computing them from exponents in its graph cost as many bytes
+of operators as it saved on the measured pools (`nwv.tflite`). Storage shrinks
+÷4 (plus a scale a page). The runtime, the SavedModel and the
 TFLite export gather codes and scales through the page table and dequantize
 after the gather, inside the graph. `fake_quantize` is the same rounding with
 a straight-through gradient, for quantisation-aware joint optimisation.

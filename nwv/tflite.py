@@ -70,12 +70,12 @@ through the SELECTED table, which depends on the `task` input, so the
 converter cannot constant-fold per-network copies of the weights, and the one
 constant buffer is shared by all branches. Batch 1, no variables: the pool
 bytes sit at `info["pool_offset"]` in the file (page j at pool_offset + j * P *
-bytes per weight), so an update can patch them in flash. With int8 pages and
-`micro_scales="exponents"` the file stores one int8 exponent a page instead of
-a float32 scale (the scales are on the grid 2^(n/16),
-`nwv.quantize.scale_exponents`; each call computes s = exp((k + n_top -
-127) ln2/16) for every page once, within a few float32 ulps of the runtime's
-scales, and passes them to the branches).
+bytes per weight), so an update can patch them in flash. int8 pages keep a
+float32 scale a page: one int8 exponent a page (`nwv.quantize.scale_exponents`)
+with the scales computed in the graph was measured on the ten-network pools
+and gained nothing (1.7 kB fewer weight bytes, as many more graph bytes, 2.4 kB
+more arena, and it stopped `_rematerialize` from seeing the zipped branch's
+weight reads: the demo's arena went from 179 to 306 kB).
 
 The micro target gathers pool pages per Keras layer (`gather="layer"`, its
 default): one GATHER of the layer's pages, one SPLIT_V into its variables. The
@@ -130,15 +130,13 @@ from nwv import quantize as quantize_lib
 from nwv.export import check_endpoint_name
 from nwv.runtime import VirtualizedNetworks
 
-__all__ = ["TARGETS", "GATHERS", "DEFAULT_GATHER", "MICRO_SCALES", "RESERVED", "MICRO_ENTRY",
-           "PAD_LOGIT",
+__all__ = ["TARGETS", "GATHERS", "DEFAULT_GATHER", "RESERVED", "MICRO_ENTRY", "PAD_LOGIT",
            "export_tflite", "micro_arena_bytes", "micro_arenas", "micro_inputs", "run_micro",
            "largest_buffers"]
 
 TARGETS = ("tflite", "micro")
 GATHERS = ("auto", "layer", "variable", "network")
 DEFAULT_GATHER = {"tflite": "auto", "micro": "layer"}
-MICRO_SCALES = ("float32", "exponents")  # how a micro file stores int8 pages' scales
 ALL_TASKS, SET_POOL, SET_PAGES = "all_tasks", "set_pool", "set_pages"
 RESERVED = (ALL_TASKS, SET_POOL, SET_PAGES)
 MICRO_ENTRY = "run"
@@ -160,17 +158,6 @@ class _Pages:
         if self.pool is not None:
             return tf.gather(self.pool, table)
         return tf.cast(tf.gather(self.codes, table), tf.float32) * tf.gather(self.scales, table)
-
-
-def _scales_of_exponents(exponents, top, anchor):
-    """Scales [m, 1] float32 s = exp((k + n_top − 127) ln2/16) of int8 exponents
-    [m] (`nwv.quantize.scale_exponents`), computed once per call in the graph.
-    `anchor` is an int32 [1] tensor known only at run time that holds 0 (so the
-    converter cannot fold the scales into a float32 constant)."""
-    k = tf.cast(tf.slice(tf.constant(exponents), anchor, [exponents.size]), tf.float32)
-    scales = tf.exp((k + float(top - quantize_lib.LEVELS))
-                    * float(np.log(2.0) / quantize_lib.SCALE_STEPS))
-    return tf.reshape(scales, [-1, 1])
 
 
 def _groups(model, granularity):
@@ -594,7 +581,7 @@ def _tflite_module(runtime, entries, arrays, granularity, all_tasks, tile_bytes)
     return module, signatures
 
 
-def _micro_module(runtime, entries, arrays, granularity, tile_bytes, scales):
+def _micro_module(runtime, entries, arrays, granularity, tile_bytes):
     """One entry point `run(task, x)`; see the module docstring."""
     shapes = [s for _, _, s in entries]
     inputs = [int(np.prod(s)) for s in shapes]
@@ -613,26 +600,13 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes, scales):
     offsets = [int(starts[group_of.get(i, i)]) for i in range(len(entries))]
     flat = np.concatenate([tables[i] for i in layout]).astype(np.int32)
     planes = _table_planes(flat)
-    stored = dict(arrays)
-    if "scales" in stored and scales == "exponents":
-        encoded = quantize_lib.scale_exponents(stored["scales"], stored["codes"])
-        if encoded is not None:
-            stored["exponents"], stored["top"] = encoded
-            del stored["scales"]
     skeletons = {}
-
-    computed = {}    # int8 exponents: the scales, computed once per call by `run`
 
     def branch_pages():
         # constants made inside a branch belong to it (never an IF operand, which
-        # TFLM would copy into the arena); the converter shares their buffer. int8
-        # exponents: `run` computes every page's scale once, an IF operand of m
-        # floats (per branch, or per layer read, the operators' records cost more
-        # flash and arena than the exponents save)
-        if "exponents" in stored:
-            return _Pages(codes=tf.constant(stored["codes"]), scales=computed["scales"])
+        # TFLM would copy into the arena); the converter shares their buffer.
         return _Pages(**{k: tf.constant(v[:, None] if k == "scales" else v)
-                         for k, v in stored.items()})
+                         for k, v in arrays.items()})
 
     def task_input(x, i):
         return tf.reshape(tf.slice(x, [0, 0], [1, inputs[i]]), (1, *entries[i][2]))
@@ -704,9 +678,6 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes, scales):
             high, low = (tf.cast(tf.slice(tf.constant(p), start, [max_pages]), tf.int32)
                          for p in planes)
             row = high * 256 + low
-        if "exponents" in stored:                # page indices are >= 0: anchor 0
-            computed["scales"] = _scales_of_exponents(stored["exponents"], stored["top"],
-                                                      tf.minimum(row[:1], 0))
         # one IF per architecture in sequence, each passing its input on when not
         # its tasks: TFLM plans each branch in its own scope, so their buffers share
         # memory (each branch's op and tensor records stay in the arena)
@@ -737,9 +708,6 @@ def _micro_module(runtime, entries, arrays, granularity, tile_bytes, scales):
     return tf.Module(), signatures, {
         "input_size": max_in, "output_size": max_out,
         "table_bytes": int(sum(p.nbytes for p in planes or [flat]) + 4 * len(offsets)),
-        "pool_bytes": int(sum(v.nbytes for k, v in stored.items() if k != "top")),
-        "scales": "int8 exponents" if "exponents" in stored else (
-            "float32" if "scales" in stored else None),
         "branches": [[entries[i][0] for i in tasks] for tasks in bodies + branches],
         "classifiers": [[entries[i][0] for i in tasks] for tasks in classifiers]}
 
@@ -836,8 +804,7 @@ def _architecture(runtime, name, members, shape, *, body_only=None,
 
 def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | None = None,
                   target: str = "tflite", names=None, all_tasks: bool = False,
-                  gather: str | None = None, dense_tile_bytes: int | None = None,
-                  micro_scales: str = "float32") -> dict:
+                  gather: str | None = None, dense_tile_bytes: int | None = None) -> dict:
     """Writes ONE TFLite flatbuffer holding the runtime's networks, the pool stored once.
 
     Args:
@@ -867,20 +834,14 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
         block read from the pool just before it is used (RAM: one block instead
         of the whole kernel, twice). None: 16 kB for target "micro", off (0)
         for "tflite".
-      micro_scales: how a micro file with int8 pages stores their scales:
-        "float32" (4 bytes a page) or "exponents" (one int8 exponent a page,
-        `nwv.quantize.scale_exponents`; the entry point computes the m scales
-        once per call: 3 bytes a page less flash for m floats, twice, more
-        arena). Float32 scales are kept when the exponents cannot hold them.
     Returns:
       {"path", "target", "storage" ("float32"|"int8"), "signatures" (tflite: the
       signature keys; micro: [MICRO_ENTRY]), "networks" {name: {"input_shape",
       "classes" (a list: one per output), "members" (groups)}}, "file_bytes",
-      "pool_bytes" (pages, with their scales or scale exponents), "table_bytes"
-      (the page tables as stored in the file), "page_size", "pool_pages",
-      "gather" (the one used: "network", "layer", "variable" or "layer for
-      zipped networks")}; micro adds "scales" (int8 pages: "int8 exponents" or
-      "float32"; float pages: None), "tasks"
+      "pool_bytes" (pages, with their scales), "table_bytes" (the page tables
+      as stored in the file), "page_size", "pool_pages", "gather" (the one
+      used: "network", "layer", "variable" or "layer for zipped networks")};
+      micro adds "tasks"
       (the networks in the order of the `task` index), "inputs" (the entry
       point's input names in input-index order), "input_size", "output_size",
       "pool_offset" (byte offset of the pool constant in the file), "branches"
@@ -900,9 +861,6 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
         gather = DEFAULT_GATHER[target]
     if gather not in GATHERS:
         raise ValueError(f"expected gather in {list(GATHERS)}, received {gather!r}")
-    if micro_scales not in MICRO_SCALES:
-        raise ValueError(f"expected micro_scales in {list(MICRO_SCALES)}, received "
-                         f"{micro_scales!r}")
     if os.path.isdir(path):
         raise ValueError(f"export target {path!r} is a folder, not a file")
     if getattr(runtime, "resident_plan", None) is not None:
@@ -925,13 +883,11 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
         gather = min(blobs, key=lambda c: len(blobs[c]))
         blob = blobs[gather]
         table_bytes = int(sum(4 * runtime.page_table(n).size for n, _, _ in entries))
-        pool_bytes = _pool_bytes(arrays)
     else:
         gather = "layer" if gather == "auto" else gather
         tile = MICRO_TILE_BYTES if dense_tile_bytes is None else int(dense_tile_bytes)
-        module, signatures, extra = _micro_module(runtime, entries, arrays, gather, tile,
-                                                  micro_scales)
-        table_bytes, pool_bytes = extra.pop("table_bytes"), extra.pop("pool_bytes")
+        module, signatures, extra = _micro_module(runtime, entries, arrays, gather, tile)
+        table_bytes = extra.pop("table_bytes")
         blob = _converted(module, signatures, resource_variables=False, rematerialize=True)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -943,7 +899,7 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
         "networks": {n: {"input_shape": list(s), "classes": _classes(runtime, n, members),
                          **({"members": list(members)} if members else {})}
                      for n, members, s in entries},
-        "file_bytes": len(blob), "pool_bytes": pool_bytes,
+        "file_bytes": len(blob), "pool_bytes": _pool_bytes(arrays),
         "table_bytes": table_bytes, "page_size": runtime.page_size,
         "pool_pages": int(next(iter(arrays.values())).shape[0]),
         "gather": "layer for zipped networks" if gather == "auto" else gather}
@@ -1402,7 +1358,7 @@ def micro_arenas(runtime: VirtualizedNetworks, info: dict, **export_options) -> 
       runtime: the runtime the file was exported from.
       info: `export_tflite(runtime, path, target="micro", ...)`'s result.
       **export_options: the options of that export (quantize, gather,
-        dense_tile_bytes, micro_scales), used to write one file per network in a temporary folder.
+        dense_tile_bytes), used to write one file per network in a temporary folder.
     Returns:
       {"all": bytes of the file's arena, network: bytes of a file holding it alone}.
     Raises:

@@ -16,10 +16,9 @@ For every pool directory (name=path; missing ones are skipped with a message):
     is checked against its members'.
   * microcontroller (target "micro", TensorFlow Lite Micro's host interpreter
     from `tflite-micro`), float32 and int8 pages: flash bytes (the file), the
-    weight bytes it stores (pool, and the page tables as two int8 planes; int8
-    pages once with a float32 scale a page and once with one int8 scale exponent
-    a page, `micro_scales="exponents"`) and their compression against the
-    networks' float32 weights stored separately, the
+    weight bytes it stores (pool with its scales, and the page tables as two
+    int8 planes) and their compression against the networks' float32 weights
+    stored separately, the
     smallest arena for the file and for each network alone, whether they fit a
     typical 256 kB SRAM / 1 MB flash board, and for --micro_examples test
     examples per network the largest logit difference and the argmax agreement
@@ -156,12 +155,12 @@ def tflite_report(rt, reference, path, quantize) -> dict:
             "group_max_abs_logit_diff": groups}
 
 
-def micro_report(rt, reference, path, quantize, scales="float32") -> dict:
+def micro_report(rt, reference, path, quantize) -> dict:
     """One micro file: flash, arenas, and TFLM logits against the pool runtime."""
     from tflite_micro.python.tflite_micro import runtime as micro
 
-    info = nwv.export_tflite(rt, path, quantize=quantize, target="micro", micro_scales=scales)
-    arenas = tflite.micro_arenas(rt, info, quantize=quantize, micro_scales=scales)
+    info = nwv.export_tflite(rt, path, quantize=quantize, target="micro")
+    arenas = tflite.micro_arenas(rt, info, quantize=quantize)
     with open(path, "rb") as handle:
         interpreter = micro.Interpreter.from_bytes(handle.read(), arena_size=arenas["all"])
     groups = reference.groups()
@@ -179,7 +178,7 @@ def micro_report(rt, reference, path, quantize, scales="float32") -> dict:
         agreement[name] = {"examples": len(diffs), "max_abs_logit_diff": max(diffs),
                            "argmax_agreement": same / len(diffs)}
     return {"flash_bytes": info["file_bytes"], "pool_bytes": info["pool_bytes"],
-            "table_bytes": info["table_bytes"], "scales": info["scales"],
+            "table_bytes": info["table_bytes"],
             "weight_bytes": info["pool_bytes"] + info["table_bytes"],
             "arena_bytes": arenas, "tasks": info["tasks"],
             "fits_256kB_sram": arenas["all"] <= tflite.BOARD_SRAM_BYTES, "fits_1MB_flash":
@@ -204,12 +203,10 @@ def pool_report(name, pool_dir) -> dict:
                                                        for n in rt.task_names)),
               "runtime_accuracy": runtime_accuracy,
               "separate_tflite_bytes": separate_files(rt, folder)}
-    for label, quantize, reference in (("float32", None, rt), ("int8", "int8", int8),
-                                       ("int8_exponents", "int8", int8)):
-        if label != "int8_exponents":
-            bench.log(f"{name}: tflite {label}")
-            report[f"tflite_{label}"] = tflite_report(
-                rt, reference, os.path.join(folder, f"pool_{label}.tflite"), quantize)
+    for label, quantize, reference in (("float32", None, rt), ("int8", "int8", int8)):
+        bench.log(f"{name}: tflite {label}")
+        report[f"tflite_{label}"] = tflite_report(
+            rt, reference, os.path.join(folder, f"pool_{label}.tflite"), quantize)
         try:
             import tflite_micro  # noqa: F401
         except ImportError:
@@ -218,8 +215,7 @@ def pool_report(name, pool_dir) -> dict:
             continue
         bench.log(f"{name}: micro {label}")
         micro = report[f"micro_{label}"] = micro_report(
-            rt, reference, os.path.join(folder, f"pool_{label}_micro.tflite"), quantize,
-            scales="exponents" if label == "int8_exponents" else "float32")
+            rt, reference, os.path.join(folder, f"pool_{label}_micro.tflite"), quantize)
         micro["compression"] = report["separate_float32_weight_bytes"] / micro["weight_bytes"]
     return report
 
@@ -240,11 +236,11 @@ def print_summary(report):
                 print(f"    {n:<18} accuracy {100 * v['accuracy']:6.2f}% (pool runtime "
                       f"{100 * r['runtime_accuracy'][label][n]:6.2f}%), max |dlogit| "
                       f"{v['max_abs_logit_diff_first_batch']:.1e}")
-        for label in ("float32", "int8", "int8_exponents"):
+        for label in ("float32", "int8"):
             m = r[f"micro_{label}"]
             if m:
                 worst = max(a["max_abs_logit_diff"] for a in m["against_pool_runtime"].values())
-                print(f"  micro  {label:<14} flash {m['flash_bytes'] / 1e3:.0f} kB (weights "
+                print(f"  micro  {label:<7} flash {m['flash_bytes'] / 1e3:.0f} kB (weights "
                       f"{m['weight_bytes'] / 1e3:.1f} kB: {m['compression']:.2f}x less than "
                       f"separate float32), arena "
                       f"{m['arena_bytes']['all'] / 1e3:.0f} kB (alone: "

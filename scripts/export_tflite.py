@@ -37,9 +37,6 @@ flags.DEFINE_enum("gather", None, ["auto", "layer", "variable", "network"], "Pag
 flags.DEFINE_integer("dense_tile_bytes", None, "Dense kernels above this many bytes run in "
                      "blocks of rows read just before use (default: 16 kB for micro, off "
                      "for tflite; 0: off).")
-flags.DEFINE_enum("scales", "float32", ["float32", "exponents"], "micro with int8 pages: "
-                  "a float32 scale per page, or one int8 exponent per page (3 bytes a page "
-                  "less flash, the scales computed once per branch: a few kB more arena).")
 flags.DEFINE_bool("arena", True, "micro: measure the arena bytes (needs tflite-micro).")
 flags.DEFINE_integer("seed", 0, "Random seed (unused: export is deterministic).")
 
@@ -54,8 +51,7 @@ def _micro_arenas(runtime, info):
     except ImportError:
         return None
     return tflite.micro_arenas(runtime, info, quantize=FLAGS.quantize, gather=FLAGS.gather,
-                               dense_tile_bytes=FLAGS.dense_tile_bytes,
-                               micro_scales=FLAGS.scales)
+                               dense_tile_bytes=FLAGS.dense_tile_bytes)
 
 
 def main(argv):
@@ -67,8 +63,7 @@ def main(argv):
     info = tflite.export_tflite(runtime, FLAGS.out, quantize=FLAGS.quantize,
                                 target=FLAGS.target, names=FLAGS.networks,
                                 all_tasks=FLAGS.all_tasks, gather=FLAGS.gather,
-                                dense_tile_bytes=FLAGS.dense_tile_bytes,
-                                micro_scales=FLAGS.scales)
+                                dense_tile_bytes=FLAGS.dense_tile_bytes)
     overhead = info["file_bytes"] - info["pool_bytes"]
     print(f"{FLAGS.target} file {FLAGS.out}: {info['file_bytes']} bytes = pool "
           f"{info['pool_bytes']} ({info['storage']}) + {overhead} (tables "

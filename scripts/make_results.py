@@ -205,14 +205,14 @@ def deploy(d):
                         f"{t['pool_bytes'] / 1e3:.0f} kB | {t['table_bytes'] / 1e3:.1f} kB | "
                         f"{t['other_bytes'] / 1e3:.1f} kB | {pct(min(acc))} / "
                         f"{pct(sum(acc) / len(acc))} | {'yes' if same else 'no'} |")
-        rows += ["", "TFLM files: weights = the pool (int8: codes and a float32 scale a page, "
-                 "or one int8 scale exponent a page) + the page tables as stored (two int8 "
+        rows += ["", "TFLM files: weights = the pool (int8: codes and a float32 scale a page) "
+                 "+ the page tables as stored (two int8 "
                  "planes, no padding); against separate float32 = the networks' float32 "
                  "weights / these weights.",
                  "", "| TFLM file | flash | weights: pool + tables | against separate float32 "
                  "| arena (all) | arena (largest alone) | 256 kB SRAM / 1 MB flash | worst logit "
                  "diff |", "|---|---|---|---|---|---|---|---|"]
-        for label in ("float32", "int8", "int8_exponents"):
+        for label in ("float32", "int8"):
             m = r.get(f"micro_{label}")
             if not m:
                 continue
@@ -221,8 +221,7 @@ def deploy(d):
             weights = (f"{m['pool_bytes'] / 1e3:.1f} + {m['table_bytes'] / 1e3:.1f} kB"
                        if "weight_bytes" in m else "")
             ratio = f"{m['compression']:.2f}x" if "compression" in m else ""
-            what = "int8, scale exponents" if label == "int8_exponents" else label
-            rows.append(f"| micro {what} | {m['flash_bytes'] / 1e3:.0f} kB | {weights} | "
+            rows.append(f"| micro {label} | {m['flash_bytes'] / 1e3:.0f} kB | {weights} | "
                         f"{ratio} | "
                         f"{m['arena_bytes']['all'] / 1e3:.0f} kB | {alone / 1e3:.0f} kB | "
                         f"{'fits' if m['fits_256kB_sram'] else 'no'} / "

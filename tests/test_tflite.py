@@ -244,20 +244,16 @@ def test_names_that_cannot_be_signatures_are_refused(tmp_path):
         nwv.export_tflite(runtime, str(tmp_path / "x.tflite"), target="gpu")
     with pytest.raises(ValueError, match="expected quantize"):
         nwv.export_tflite(runtime, str(tmp_path / "x.tflite"), quantize="int4")
-    with pytest.raises(ValueError, match="expected micro_scales"):
-        nwv.export_tflite(runtime, str(tmp_path / "x.tflite"), target="micro",
-                          micro_scales="float16")
 
 
-@pytest.mark.parametrize("int8,scales", [(False, "float32"), (True, "float32"),
-                                          (True, "exponents")])
-def test_micro_entry_point_runs_every_network(pool, tmp_path, int8, scales):
+@pytest.mark.parametrize("int8", [False, True])
+def test_micro_entry_point_runs_every_network(pool, tmp_path, int8):
     micro = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
     pool_dir, runtime, inputs = pool
     reference = VirtualizedNetworks.load(pool_dir, storage="int8") if int8 else runtime
     path = tmp_path / "micro.tflite"
     info = nwv.export_tflite(runtime, str(path), target="micro",
-                             quantize="int8" if int8 else None, micro_scales=scales)
+                             quantize="int8" if int8 else None)
     assert info["tasks"] == ["left", "right", "digits", combined.GROUP]
     assert sorted(info["inputs"]) == ["task", "x"] and info["signatures"] == ["run"]
     blob = path.read_bytes()
@@ -272,14 +268,9 @@ def test_micro_entry_point_runs_every_network(pool, tmp_path, int8, scales):
     assert largest == main.nbytes and len({u[0] for u in users}) == 3
     assert blob.count(main.tobytes()) == 1 and info["pool_offset"] % 16 == 0
     assert blob[info["pool_offset"]:info["pool_offset"] + main.nbytes] == main.tobytes()
-    # stored: a float32 scale or one int8 exponent a page; the tables of digits and
+    # stored: the pages (int8: and a float32 scale a page); the tables of digits and
     # the group (its members read the group's) as two int8 planes, no padding
-    m, exponents = main.shape[0], int8 and scales == "exponents"
-    assert info["scales"] == (("int8 exponents" if exponents else "float32") if int8 else None)
-    assert info["pool_bytes"] == main.nbytes + (m if exponents else 4 * m if int8 else 0)
-    if int8:           # the scales are no float32 constant of the file with exponents
-        scale_bytes = reference.page_scales.numpy().tobytes()
-        assert blob.count(scale_bytes) == (0 if exponents else 1)
+    assert info["pool_bytes"] == main.nbytes + (4 * main.shape[0] if int8 else 0)
     entries = sum(runtime.page_table(n).size for n in ("digits", combined.GROUP))
     assert info["table_bytes"] == 2 * entries + 4 * len(info["tasks"])
     model = _model(blob)
