@@ -9,13 +9,12 @@ its page:
     ŵ_jk = q_jk · s_j                  |ŵ_jk − w_jk| ≤ s_j / 2
 
 The grid costs at most 2^(1/16) − 1 = 4.4 % of step size against s_j = max/127,
-and lets a device store one int8 exponent a page instead of a float32 scale
-(`scale_exponents`: k_j = n_j − n_top + 127 within 16 octaves of the largest
-page's n_top, s_j = 2^((k_j + n_top − 127)/16)). The project's TFLM export keeps
-float32 scales: computing them from exponents in its graph cost as many bytes
-of operators as it saved on the measured pools (`nwv.tflite`). Storage shrinks
-÷4 (plus a scale a page). The runtime, the SavedModel and the
-TFLite export gather codes and scales through the page table and dequantize
+and would let a device store one int8 exponent a page instead of a float32
+scale (k_j = n_j − n_top + 127 within 16 octaves of the largest page's n_top).
+The project's TFLM export keeps float32 scales: computing them from exponents
+in its graph cost as many bytes of operators as it saved on the measured pools
+(`nwv.tflite`). Storage shrinks ÷4 (plus a scale a page). The runtime, the
+SavedModel and the TFLite export gather codes and scales through the page table and dequantize
 after the gather, inside the graph. `fake_quantize` is the same rounding with
 a straight-through gradient, for quantisation-aware joint optimisation.
 
@@ -29,11 +28,10 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = ["LEVELS", "SCALE_STEPS", "quantize_pages", "dequantize_pages", "fake_quantize",
-           "page_scales", "scale_exponents", "scales_from_exponents"]
+           "page_scales"]
 
 LEVELS = 127
 SCALE_STEPS = 16     # scale grid points per octave: s = 2^(n / SCALE_STEPS)
-EXPONENT_SPAN = 255  # int8 exponents k in [-128, 127]: n_top - 255 <= n <= n_top
 
 
 def _grid_scales(largest) -> np.ndarray:
@@ -64,40 +62,6 @@ def page_scales(pool) -> np.ndarray:
         raise ValueError(f"expected finite pages [m, P], received shape {pool.shape}")
     largest = np.max(np.abs(pool), axis=1) if pool.size else np.zeros(pool.shape[0])
     return _grid_scales(largest)
-
-
-def scale_exponents(scales, codes):
-    """One int8 exponent per page for grid scales, as a device stores them.
-
-    k_j = n_j − n_top + 127 with s_j = 2^(n_j/16) and n_top the largest n_j of a
-    page with a nonzero code (pages whose codes are all zero may take any scale:
-    k_j = −128).
-
-    Args:
-      scales: [m] float32 grid scales (`page_scales`); codes: [m, P] int8.
-    Returns:
-      (k [m] int8, n_top int), or None when a page with nonzero codes lies more
-      than 255 grid steps (about 16 octaves) below n_top, or a scale is off the grid.
-    """
-    scales = np.asarray(scales, np.float32)
-    used = np.any(np.asarray(codes) != 0, axis=1)
-    steps = np.rint(SCALE_STEPS * np.log2(scales.astype(np.float64)))
-    if not np.array_equal(np.exp2(steps / SCALE_STEPS).astype(np.float32), scales):
-        return None
-    if not used.any():
-        return np.full(scales.shape, -128, np.int8), 0
-    top = int(steps[used].max())
-    k = steps - top + LEVELS
-    if np.any(k[used] < LEVELS - EXPONENT_SPAN):
-        return None
-    return np.where(used, k, -128).astype(np.int8), top
-
-
-def scales_from_exponents(exponents, top) -> np.ndarray:
-    """Scales s_j = 2^((k_j + n_top − 127)/16) [m] float32 of `scale_exponents`' output
-    (the very scales it encoded, for pages with nonzero codes)."""
-    k = np.asarray(exponents, np.float64)
-    return np.exp2((k + top - LEVELS) / SCALE_STEPS).astype(np.float32)
 
 
 def quantize_pages(pool):

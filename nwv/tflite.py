@@ -71,8 +71,8 @@ converter cannot constant-fold per-network copies of the weights, and the one
 constant buffer is shared by all branches. Batch 1, no variables: the pool
 bytes sit at `info["pool_offset"]` in the file (page j at pool_offset + j * P *
 bytes per weight), so an update can patch them in flash. int8 pages keep a
-float32 scale a page: one int8 exponent a page (`nwv.quantize.scale_exponents`)
-with the scales computed in the graph was measured on the ten-network pools
+float32 scale a page: one int8 exponent a page (the scales are on a grid,
+`nwv.quantize`) with the scales computed in the graph was measured on the ten-network pools
 and gained nothing (1.7 kB fewer weight bytes, as many more graph bytes, 2.4 kB
 more arena, and it stopped `_rematerialize` from seeing the zipped branch's
 weight reads: the demo's arena went from 179 to 306 kB).

@@ -189,6 +189,7 @@ def resident(d):
 
 def deploy(d):
     rows = []
+    separate = (_load("bench_ten_networks.json") or {}).get("separate", {})
     for name, r in d["pools"].items():
         sep = r["separate_tflite_bytes"]
         rows += [f"**{name}** ({len(r['networks'])} networks): one stock TFLite file per network "
@@ -218,25 +219,21 @@ def deploy(d):
                 continue
             alone = max(v for k, v in m["arena_bytes"].items() if k != "all")
             worst = max(a["max_abs_logit_diff"] for a in m["against_pool_runtime"].values())
-            weights = (f"{m['pool_bytes'] / 1e3:.1f} + {m['table_bytes'] / 1e3:.1f} kB"
-                       if "weight_bytes" in m else "")
-            ratio = f"{m['compression']:.2f}x" if "compression" in m else ""
-            rows.append(f"| micro {label} | {m['flash_bytes'] / 1e3:.0f} kB | {weights} | "
-                        f"{ratio} | "
+            rows.append(f"| micro {label} | {m['flash_bytes'] / 1e3:.0f} kB | "
+                        f"{m['pool_bytes'] / 1e3:.1f} + {m['table_bytes'] / 1e3:.1f} kB | "
+                        f"{m['compression']:.2f}x | "
                         f"{m['arena_bytes']['all'] / 1e3:.0f} kB | {alone / 1e3:.0f} kB | "
                         f"{'fits' if m['fits_256kB_sram'] else 'no'} / "
                         f"{'fits' if m['fits_1MB_flash'] else 'no'} | {worst:.1e} |")
-        rows += _against_separate(r)
+        rows += _against_separate(r, separate)
         rows.append("")
     return rows
 
 
-def _against_separate(r) -> list:
-    """A line on the int8 pages' test accuracy against the separate networks of
-    bench_ten_networks.json, for a pool of those ten networks (the micro int8 file's
-    logits are the int8 runtime's, checked above)."""
-    ten = _load("bench_ten_networks.json")
-    separate = (ten or {}).get("separate", {})
+def _against_separate(r, separate) -> list:
+    """A line on the int8 pages' test accuracy against `separate`, the separate
+    networks of bench_ten_networks.json, for a pool of those ten networks (the micro
+    int8 file's logits are the int8 runtime's, checked above)."""
     accuracy = r["runtime_accuracy"]["int8"]
     if not accuracy or set(accuracy) != set(separate):     # the ten networks only
         return []

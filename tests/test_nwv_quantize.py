@@ -29,23 +29,6 @@ def test_round_trip_is_within_half_a_quantization_step():
         quantize.quantize_pages(np.full((2, 3), np.nan))
 
 
-def test_scale_exponents_encode_the_grid_scales_in_one_byte_a_page():
-    rng = np.random.default_rng(4)
-    pool = (rng.normal(size=(40, 9)) * np.exp2(rng.uniform(-12, 3, (40, 1)))).astype(np.float32)
-    pool[5] = 0.0
-    codes, scales = quantize.quantize_pages(pool)
-    exponents, top = quantize.scale_exponents(scales, codes)
-    assert exponents.dtype == np.int8 and exponents[5] == -128 and exponents.max() == 127
-    back = quantize.scales_from_exponents(exponents, top)
-    used = np.any(codes != 0, axis=1)
-    np.testing.assert_array_equal(back[used], scales[used])
-    # 255 grid steps below the largest page fit, 256 do not; scales off the grid do not
-    assert quantize.scale_exponents(np.float32([8.0, 2 ** (3 - 255 / 16)]), np.ones((2, 1))) \
-        is not None
-    assert quantize.scale_exponents(np.float32([8.0, 2.0 ** -13]), np.ones((2, 1))) is None
-    assert quantize.scale_exponents(np.float32([0.3]), np.ones((1, 1))) is None
-
-
 def test_fake_quantize_rounds_forward_and_passes_gradients_straight():
     pool = tf.Variable(np.random.default_rng(1).normal(size=(4, 10)).astype(np.float32))
     with tf.GradientTape() as tape:
