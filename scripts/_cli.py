@@ -6,7 +6,9 @@ answers at once.
 
   * `run(main)`: `absl.app.run(main)`; `--help` prints the script's docstring and
     its flags and exits 0; bad flags and expected errors print `error: <message>`
-    and exit 2.
+    and exit 2. Before `main`, `--seed` seeds Python, NumPy and TensorFlow and
+    turns on TensorFlow's op determinism (`models.training.set_seed`), so a
+    command's result never depends on which of its stages happened to seed first.
   * `define_strategy_flags()` / `strategy_scope()`: `--strategy=default|mirrored|
     multi_worker` and `--cpu_replicas=N` (`models.distribute`).
 """
@@ -46,6 +48,9 @@ def run(main):
         if "--verbosity" not in " ".join(sys.argv) and "-v" not in sys.argv:
             logging.set_verbosity(logging.WARNING)    # TensorFlow's SavedModel INFO lines
         try:
+            if "seed" in flags.FLAGS:
+                from models import training      # TensorFlow: after --help, not before
+                training.set_seed(flags.FLAGS.seed)
             return main(argv)
         except EXPECTED as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else err

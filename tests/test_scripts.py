@@ -130,3 +130,27 @@ def test_benchmark_cache_retrains_for_other_model_settings(tiny_data, tmp_path):
     assert sum(line.startswith("training") for line in said) == 1
     _bench.trained("mnist", "lenet_300_100", overrides={"units": [20, 10]}, **common)
     assert any("other settings" in line and "overrides" in line for line in said)
+
+
+def test_every_command_starts_seeded_and_deterministic(tmp_path):
+    """`_cli.run` seeds from --seed before `main`: a command's first random draw and
+    TensorFlow's op determinism do not depend on which of its stages seeds first
+    (the ten-network benchmark's (b) pool once depended on whether (a) ran before it)."""
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {os.path.join(REPO, 'scripts')!r})\n"
+        "import _cli\n"
+        "from absl import flags\n"
+        "flags.DEFINE_integer('seed', 0, 'seed')\n"
+        "def main(argv):\n"
+        "    import numpy as np\n"
+        "    from tensorflow.python.framework import config  # no public getter\n"
+        "    print(repr(float(np.random.rand())), config.is_op_determinism_enabled())\n"
+        "_cli.run(main)\n")
+    proc = subprocess.run([sys.executable, str(script), "--seed=7"], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": REPO})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    draw, deterministic = proc.stdout.split()
+    assert float(draw) == np.random.RandomState(7).rand()
+    assert deterministic == "True"
