@@ -419,6 +419,10 @@ def distributed(d):
     return rows
 
 
+# the ablations run before the separate networks were retrained with batches of 32, and
+# before every command seeded TensorFlow (and its op determinism) at start (`_cli.run`)
+EARLIER = "(earlier separate networks, batches of 128, before the seeding fix)"
+
 SECTIONS = [
     ("Main job: `scripts/demo.py` with default settings", "demo/summary.json", demo,
      ["demo/accuracy.png", "demo/switching.png"]),
@@ -436,25 +440,22 @@ SECTIONS = [
      ["bench_ten_networks.png"]),
     ("Ten networks, control: each network alone with the joint budget",
      "bench_ten_networks_equal_budget.json", ten_networks_equal_budget, []),
-    ("Ten networks, budget (earlier separate networks, batches of 128): NWV alone with "
-     "8 x 200 joint steps",
+    (f"Ten networks, budget {EARLIER}: NWV alone with 8 x 200 joint steps",
      "bench_ten_networks_budget4x.json", ten_networks, []),
     ("Ten networks, ablation: MTZ + NWV trained on labels only against distillation "
-     "(beta 0.7) at equal budget (16 x 400 joint steps, balanced losses; run on its own, "
-     "without NWV alone before it)",
+     "(beta 0.7) at equal budget (16 x 400 joint steps, balanced losses)",
      "bench_ten_networks_distill.json", ten_networks, []),
-    ("Ten networks, ablation (earlier separate networks, batches of 128): NWV alone and "
-     "MTZ + NWV with 16 x 400 joint steps, distillation (beta 0.7), equal loss weights "
-     "(no balance)",
+    (f"Ten networks, ablation {EARLIER}: NWV alone and MTZ + NWV with 16 x 400 joint "
+     "steps, distillation (beta 0.7), equal loss weights (no balance)",
      "bench_ten_networks_budget16x.json", ten_networks, []),
-    ("Ten networks, budget (earlier separate networks, batches of 128): MTZ + NWV zipping "
-     "every family (retrained), 8 x 200 joint steps",
+    (f"Ten networks, budget {EARLIER}: MTZ + NWV zipping every family (retrained), "
+     "8 x 200 joint steps",
      "bench_ten_networks_mtz_retrain.json", ten_networks, []),
-    ("Ten networks, ablation (earlier separate networks, batches of 128): MTZ + NWV "
-     "zipping the digits only, 8 x 200 joint steps",
+    (f"Ten networks, ablation {EARLIER}: MTZ + NWV zipping the digits only, 8 x 200 "
+     "joint steps",
      "bench_ten_networks_zip_digits.json", ten_networks, []),
-    ("Ten networks, ablation (earlier separate networks, batches of 128): MTZ + NWV "
-     "zipping the digits and the keywords, 8 x 200 joint steps",
+    (f"Ten networks, ablation {EARLIER}: MTZ + NWV zipping the digits and the keywords, "
+     "8 x 200 joint steps",
      "bench_ten_networks_zip_digits_keywords.json", ten_networks, []),
     ("int8 pages: post-training against quantisation-aware", "bench_int8.json", int8_pages,
      []),
