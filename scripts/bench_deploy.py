@@ -254,7 +254,6 @@ def print_summary(report):
 def main(argv):
     del argv
     start = time.time()
-    training.set_seed(FLAGS.seed)
     report = {"command": "scripts/bench_deploy.py", "flags": bench.script_flags(),
               "board": {"sram_bytes": tflite.BOARD_SRAM_BYTES,
                         "flash_bytes": tflite.BOARD_FLASH_BYTES},

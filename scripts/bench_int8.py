@@ -137,9 +137,7 @@ def pool_report(pool_dir: str, label: str) -> dict:
 
 def main(argv):
     del argv
-    from models import training
     start = time.time()
-    training.set_seed(FLAGS.seed)
     pools = [bench.resolve(p) for p in FLAGS.pools]
     labels = FLAGS.labels or [os.path.basename(os.path.normpath(p)) for p in pools]
     if len(labels) != len(pools) or len(set(labels)) != len(labels):

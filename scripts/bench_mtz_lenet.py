@@ -19,7 +19,7 @@ from absl import flags
 
 import _bench as bench
 import mtz
-from models import artifacts, training
+from models import artifacts
 from mtz.pipeline import accuracies
 
 FLAGS = flags.FLAGS
@@ -155,7 +155,6 @@ def print_row(name, r):
 
 def main(argv):
     del argv
-    training.set_seed(FLAGS.seed)
     results = {"data_dir": FLAGS.data_dir, "seed": FLAGS.seed, "split": "test carve (10%)"}
     for name in FLAGS.architectures:
         results[name] = run(name)

@@ -33,7 +33,7 @@ from absl import flags
 
 import data
 import nwv
-from models import artifacts, training
+from models import artifacts
 from nwv import state
 
 FLAGS = flags.FLAGS
@@ -148,7 +148,6 @@ def budget_report(pool_dir, full, fraction, budget, order, inputs) -> dict:
 def main(argv):
     del argv
     start = time.time()
-    training.set_seed(FLAGS.seed)
     pool_dir = bench.resolve(FLAGS.pool)
     built = None if state.exists(pool_dir) else build_pool(pool_dir)
     full = nwv.VirtualizedNetworks.load(pool_dir)

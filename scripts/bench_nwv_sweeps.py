@@ -44,7 +44,6 @@ from absl import flags
 
 import _bench as bench
 import nwv
-from models import training
 from nwv import matching, pages
 from nwv.optimize import HISTORY, NonFiniteError
 
@@ -205,7 +204,6 @@ def print_summary(runs, page_rows, originals):
 def main(argv):
     del argv
     start, load_start = time.time(), bench.load_average()
-    training.set_seed(FLAGS.seed)
     specs = [bench.NETWORKS[n] for n in FLAGS.networks]
     paths = {s.name: bench.weights_path(s, bench.resolve(FLAGS.data_dir), FLAGS.reference_dir,
                                         FLAGS.net_dir) for s in specs}

@@ -46,7 +46,6 @@ from absl import flags
 import _bench as bench
 import data
 import nwv
-from models import training
 from nwv import state
 
 FLAGS = flags.FLAGS
@@ -266,7 +265,6 @@ def print_summary(report):
 def main(argv):
     del argv
     start = time.time()
-    training.set_seed(FLAGS.seed)
     pool_dir = bench.resolve(FLAGS.pool)
     if not state.exists(pool_dir) and FLAGS.pool == DEFAULT_POOL:
         pool_dir = bench.resolve(FALLBACK_POOL)

@@ -32,7 +32,7 @@ from absl import flags
 import _bench as bench
 import mtz
 import nwv
-from models import artifacts, training
+from models import artifacts
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", "../shared/datasets", "Folder with mnist_train.tar.gz.")
@@ -224,7 +224,6 @@ def print_summary(result):
 
 def main(argv):
     del argv
-    training.set_seed(FLAGS.seed)
     with bench.device_scope(FLAGS.device):          # the models and pool live where they are timed
         zipped, report, runtime, fraction, files = zip_and_store()
         names = list(zipped.tasks)

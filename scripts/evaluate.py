@@ -38,7 +38,6 @@ def main(argv):
     from models import artifacts, training
     del argv
     data.get(FLAGS.task)  # unknown task: fail before loading anything
-    training.set_seed(FLAGS.seed)
     if FLAGS.network is not None:
         from nwv import runtime
         pool = runtime.VirtualizedNetworks.load(FLAGS.weights, [FLAGS.network])
