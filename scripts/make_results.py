@@ -419,10 +419,6 @@ def distributed(d):
     return rows
 
 
-# the ablations run before the separate networks were retrained with batches of 32, and
-# before every command seeded TensorFlow (and its op determinism) at start (`_cli.run`)
-EARLIER = "(earlier separate networks, batches of 128, before the seeding fix)"
-
 SECTIONS = [
     ("Main job: `scripts/demo.py` with default settings", "demo/summary.json", demo,
      ["demo/accuracy.png", "demo/switching.png"]),
@@ -440,23 +436,16 @@ SECTIONS = [
      ["bench_ten_networks.png"]),
     ("Ten networks, control: each network alone with the joint budget",
      "bench_ten_networks_equal_budget.json", ten_networks_equal_budget, []),
-    (f"Ten networks, budget {EARLIER}: NWV alone with 8 x 200 joint steps",
+    ("Ten networks, budget: NWV alone and MTZ + NWV (digits zipped) with a quarter of the "
+     "steps (8 x 200 joint steps, labels only, balanced losses)",
      "bench_ten_networks_budget4x.json", ten_networks, []),
     ("Ten networks, ablation: MTZ + NWV trained on labels only against distillation "
      "(beta 0.7) at equal budget (16 x 400 joint steps, balanced losses)",
      "bench_ten_networks_distill.json", ten_networks, []),
-    (f"Ten networks, ablation {EARLIER}: NWV alone and MTZ + NWV with 16 x 400 joint "
-     "steps, distillation (beta 0.7), equal loss weights (no balance)",
-     "bench_ten_networks_budget16x.json", ten_networks, []),
-    (f"Ten networks, budget {EARLIER}: MTZ + NWV zipping every family (retrained), "
-     "8 x 200 joint steps",
-     "bench_ten_networks_mtz_retrain.json", ten_networks, []),
-    (f"Ten networks, ablation {EARLIER}: MTZ + NWV zipping the digits only, 8 x 200 "
-     "joint steps",
-     "bench_ten_networks_zip_digits.json", ten_networks, []),
-    (f"Ten networks, ablation {EARLIER}: MTZ + NWV zipping the digits and the keywords, "
-     "8 x 200 joint steps",
-     "bench_ten_networks_zip_digits_keywords.json", ten_networks, []),
+    ("Ten networks, ablation: MTZ + NWV zipping the digits and the keywords (8 x 200 joint "
+     "steps)", "bench_ten_networks_zip_digits_keywords.json", ten_networks, []),
+    ("Ten networks, ablation: MTZ + NWV zipping every family (8 x 200 joint steps)",
+     "bench_ten_networks_zip_all.json", ten_networks, []),
     ("int8 pages: post-training against quantisation-aware", "bench_int8.json", int8_pages,
      []),
     ("Deployment: one TFLite / TFLM file per pool", "bench_deploy.json", deploy, []),
