@@ -439,6 +439,12 @@ SECTIONS = [
     ("Ten networks, budget: NWV alone and MTZ + NWV (digits zipped) with a quarter of the "
      "steps (8 x 200 joint steps, labels only, balanced losses)",
      "bench_ten_networks_budget4x.json", ten_networks, []),
+    ("Ten networks, budget: MTZ + NWV with one and a half times the steps (24 x 400 joint "
+     "steps, labels only, balanced losses; wall time measured beside the test suite)",
+     "bench_ten_networks_rounds24_mtz_nwv.json", ten_networks, []),
+    ("Ten networks, budget: NWV alone with one and a half times the steps (24 x 400 joint "
+     "steps, labels only, balanced losses; wall time measured beside the test suite)",
+     "bench_ten_networks_rounds24_nwv.json", ten_networks, []),
     ("Ten networks, ablation: MTZ + NWV trained on labels only against distillation "
      "(beta 0.7) at equal budget (16 x 400 joint steps, balanced losses)",
      "bench_ten_networks_distill.json", ten_networks, []),
