@@ -446,7 +446,8 @@ SECTIONS = [
      "steps, labels only, balanced losses; wall time measured beside the test suite)",
      "bench_ten_networks_rounds24_nwv.json", ten_networks, []),
     ("Ten networks, ablation: MTZ + NWV trained on labels only against distillation "
-     "(beta 0.7) at equal budget (16 x 400 joint steps, balanced losses)",
+     "(beta 0.7) at equal budget (16 x 400 joint steps, balanced losses; run on its own, "
+     "without NWV alone before it)",
      "bench_ten_networks_distill.json", ten_networks, []),
     ("Ten networks, ablation: MTZ + NWV zipping the digits and the keywords (8 x 200 joint "
      "steps)", "bench_ten_networks_zip_digits_keywords.json", ten_networks, []),
