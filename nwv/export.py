@@ -4,7 +4,7 @@ Built on `keras.export.ExportArchive`: every endpoint reads its weights from the
 same `page_pool` variable through its page table (a constant in the graph), so
 the SavedModel's variables are the pool, stored once, whatever the number of
 networks (int8 storage: the codes and per-page scales, dequantized after the
-gather). A fresh process loads it with TensorFlow alone:
+gather, and with `float_pages` the page slots and float rows). A fresh process loads it with TensorFlow alone:
 
     served = tf.saved_model.load("export_dir")
     logits = served.mnist(x)                         # one network
@@ -98,6 +98,8 @@ def export_savedmodel(runtime: VirtualizedNetworks, out_dir: str, *, names=None)
         endpoints.append(group)
     pool_variables = ([runtime.page_codes, runtime.page_scales] if runtime.storage == "int8"
                       else [runtime.page_pool])
+    if runtime.float_rows is not None:       # int8 pages with float pages beside them
+        pool_variables += [runtime.page_slots, runtime.float_rows]
     archive.add_variable_collection("page_pool", pool_variables)
     archive.write_out(out_dir, verbose=False)
     info = {"endpoints": endpoints, "networks": shapes, "storage": runtime.storage,

@@ -21,17 +21,34 @@ a straight-through gradient, for quantisation-aware joint optimisation.
     >>> q, s = quantize_pages(np.array([[0.5, -1.0, 0.25]], np.float32))
     >>> q.tolist(), float(16 * np.log2(s[0]))          # s = 2^(-111/16) >= 1/127
     ([[61, -123, 31]], -111.0)
+
+Float pages (`choose_float_pages`, `quantize_mixed`): a few pages stay float32
+beside the int8 ones, those whose rounding costs the networks most, by the
+quantisation error weighted with the summed diagonal Fisher of the networks that
+read the page (the NWV matching cost with the int8 copy as the partner page):
+
+    e_j = Σ_k F_jk (w_jk − ŵ_jk)²
+
+A page that packs large kernel weights with small biases is the typical one: its
+scale (set by the kernel) rounds the biases by a large fraction of their value.
+Storage: a slot s_j per page (int8: 0 for an int8 page, 1..k for the k float
+pages) and float rows R [k + 1, P] (row 0 zeros); a float page has codes 0, so
+every page reads
+
+    w_j = q_j · s_j + R[slot_j]          (exact for float pages and int8 pages)
 """
 from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["LEVELS", "SCALE_STEPS", "quantize_pages", "dequantize_pages", "fake_quantize",
-           "page_scales"]
+__all__ = ["LEVELS", "SCALE_STEPS", "MAX_FLOAT_PAGES", "quantize_pages", "dequantize_pages",
+           "fake_quantize", "page_scales", "quantization_error", "choose_float_pages",
+           "quantize_mixed", "dequantize_mixed"]
 
 LEVELS = 127
 SCALE_STEPS = 16     # scale grid points per octave: s = 2^(n / SCALE_STEPS)
+MAX_FLOAT_PAGES = 127  # float pages of a mixed pool: its slots are int8
 
 
 def _grid_scales(largest) -> np.ndarray:
@@ -95,6 +112,94 @@ def dequantize_pages(codes, scales) -> np.ndarray:
         raise ValueError(f"expected codes [m, P] and scales [m], received {codes.shape} and "
                          f"{scales.shape}")
     return codes.astype(np.float32) * scales[:, None]
+
+
+def quantization_error(pool, fisher) -> np.ndarray:
+    """Fisher-weighted int8 rounding error per page, e_j = Σ_k F_jk (w_jk − ŵ_jk)².
+
+    Args:
+      pool: [m, P] float pages; fisher: [m, P] non-negative summed diagonal Fisher
+        of the networks reading each page (`VirtualizedNetworks.page_fisher`).
+    Returns:
+      [m] float64 errors.
+    Raises:
+      ValueError: shapes that disagree, non-finite values or negative Fisher.
+    """
+    pool = np.asarray(pool, np.float32)
+    fisher = np.asarray(fisher, np.float64)
+    if fisher.shape != pool.shape:
+        raise ValueError(f"expected Fisher of the pool's shape {pool.shape}, received "
+                         f"{fisher.shape}")
+    if not np.all(np.isfinite(fisher)) or (fisher.size and fisher.min() < 0):
+        raise ValueError("expected finite non-negative Fisher values")
+    rounded = dequantize_pages(*quantize_pages(pool))
+    return np.sum(fisher * (pool.astype(np.float64) - rounded) ** 2, axis=1)
+
+
+def choose_float_pages(pool, fisher, count: int) -> np.ndarray:
+    """The `count` pages with the largest Fisher-weighted rounding error
+    (`quantization_error`; ties: the lower index), in increasing order.
+
+    Args:
+      pool: [m, P] float pages; fisher: [m, P] summed Fisher; count: 0..min(m, 127).
+    Returns:
+      [count] int64 page indices.
+    Raises:
+      ValueError: a count outside that range (see also `quantization_error`).
+    """
+    pool = np.asarray(pool, np.float32)
+    count = int(count)
+    if not 0 <= count <= min(pool.shape[0], MAX_FLOAT_PAGES):
+        raise ValueError(f"expected 0 <= float pages <= {min(pool.shape[0], MAX_FLOAT_PAGES)}"
+                         f" (pool pages, and at most {MAX_FLOAT_PAGES}), received {count}")
+    error = quantization_error(pool, fisher)
+    order = np.argsort(-error, kind="stable")
+    return np.sort(order[:count]).astype(np.int64)
+
+
+def quantize_mixed(pool, float_pages):
+    """int8 pages with the given pages kept float32 (see the module).
+
+    Args:
+      pool: [m, P] float pages; float_pages: distinct page indices (at most 127).
+    Returns:
+      (codes [m, P] int8, scales [m] float32, slots [m] int8, rows [k + 1, P]
+      float32): float pages have codes 0, scale 1 and slot 1..k (their order in
+      `float_pages` sorted); int8 pages slot 0, and rows[0] is zeros.
+    Raises:
+      ValueError: repeated or out-of-range pages, too many, a bad pool.
+    """
+    pool = np.asarray(pool, np.float32)
+    codes, scales = quantize_pages(pool)
+    chosen = np.asarray(float_pages, np.int64).reshape(-1)
+    if (chosen.size > MAX_FLOAT_PAGES or len(set(chosen.tolist())) != chosen.size
+            or (chosen.size and (chosen.min() < 0 or chosen.max() >= pool.shape[0]))):
+        raise ValueError(f"expected at most {MAX_FLOAT_PAGES} distinct pages in [0, "
+                         f"{pool.shape[0]}), received {chosen.tolist()}")
+    chosen = np.sort(chosen)
+    slots = np.zeros(pool.shape[0], np.int8)
+    slots[chosen] = np.arange(1, chosen.size + 1)
+    codes[chosen] = 0
+    scales[chosen] = 1.0
+    rows = np.zeros((chosen.size + 1, pool.shape[1]), np.float32)
+    rows[1:] = pool[chosen]
+    return codes, scales, slots, rows
+
+
+def dequantize_mixed(codes, scales, slots, rows) -> np.ndarray:
+    """Pages w_j = codes_j · s_j + rows[slot_j] ([m, P] float32; see `quantize_mixed`).
+
+    Raises:
+      ValueError: shapes that disagree, slots outside the rows.
+    """
+    slots = np.asarray(slots)
+    rows = np.asarray(rows, np.float32)
+    dense = dequantize_pages(codes, scales)
+    if (slots.shape != (dense.shape[0],) or rows.ndim != 2 or rows.shape[1] != dense.shape[1]
+            or (slots.size and (slots.min() < 0 or slots.max() >= rows.shape[0]))):
+        raise ValueError(f"expected slots [{dense.shape[0]}] indexing rows [k + 1, "
+                         f"{dense.shape[1]}], received {slots.shape} and {rows.shape}")
+    return dense + rows[slots.astype(np.int64)]
 
 
 def fake_quantize(pages):

@@ -18,7 +18,10 @@ and `load` reads one back (see `nwv.state`).
 
 Storage: `storage="float32"` keeps the pool as it is trained; `storage="int8"`
 keeps int8 codes [m, P] and one scale per page instead (`nwv.quantize`, ÷4 in
-memory) and dequantizes each network's pages after the gather.
+memory) and dequantizes each network's pages after the gather. With
+`float_pages=k` the k pages whose int8 rounding costs most (Fisher-weighted,
+`nwv.quantize.choose_float_pages`) stay float32 beside the int8 ones
+(`page_slots`, `float_rows`), read exactly.
 `fake_quant=True` runs float pools through the int8 rounding (with a
 straight-through gradient), for quantisation-aware joint optimisation.
 
@@ -142,6 +145,8 @@ class VirtualizedNetworks:
       storage: "float32" (`page_pool`, trainable) or "int8" (`page_codes` and
         `page_scales`, dequantized after the gather; not trainable).
       fake_quant: run a float32 pool through int8 rounding (straight-through).
+      float_pages: int8 storage: keep this many pages float32, those with the
+        largest Fisher-weighted rounding error (needs the specs' Fisher).
       paging: (ResidentPlan, PageReader) of a RAM budget: `pool` then holds the
         resident pages and the swap buffer, and the specs' tables are slots
         (built by `load(..., resident_bytes=B)`).
@@ -149,12 +154,12 @@ class VirtualizedNetworks:
     Raises:
       ValueError: a table that does not fit the model's weights or the pool, an
         unsupported layer, an empty set of networks, a non-finite pool, an
-        unknown storage.
+        unknown storage, float pages without int8 storage or without Fisher.
     """
 
     def __init__(self, pool, networks: Mapping[str, NetworkSpec], *,
                  pool_dir: str | None = None, storage: str = "float32",
-                 fake_quant: bool = False, paging=None):
+                 fake_quant: bool = False, float_pages: int = 0, paging=None):
         pool = np.asarray(pool, np.float32)
         if pool.ndim != 2 or not np.all(np.isfinite(pool)):
             raise ValueError(f"expected a finite pool of shape [m, P], received {pool.shape}")
@@ -162,17 +167,14 @@ class VirtualizedNetworks:
             raise ValueError("expected at least one network, received none")
         if storage not in STORAGES:
             raise ValueError(f"expected storage in {list(STORAGES)}, received {storage!r}")
+        float_pages = int(float_pages)
+        if float_pages and (storage != "int8" or paging is not None):
+            raise ValueError(f"float_pages={float_pages} needs storage='int8' and no RAM "
+                             f"budget (resident_bytes), received storage={storage!r}")
         self.page_size = int(pool.shape[1])
         self.pool_dir = pool_dir
         self.storage, self.fake_quant = storage, bool(fake_quant)
-        with tf.distribute.get_strategy().scope():
-            if storage == "int8":
-                codes, scales = quantize.quantize_pages(pool)
-                self.page_pool = None
-                self.page_codes = tf.Variable(codes, name="page_codes", trainable=False)
-                self.page_scales = tf.Variable(scales, name="page_scales", trainable=False)
-            else:
-                self.page_pool = tf.Variable(pool, name="page_pool")
+        self.page_slots = self.float_rows = None
         self._nets = {}
         for name, spec in networks.items():
             if not isinstance(spec, NetworkSpec):
@@ -192,6 +194,25 @@ class VirtualizedNetworks:
                                  f"{np.shape(spec.fisher)}")
             self._nets[name] = _Network(
                 spec, tf.constant(table, tf.int32, name=f"page_table_{name}"), layout)
+        with tf.distribute.get_strategy().scope():
+            if storage == "int8":
+                chosen = []
+                if float_pages:
+                    fisher = self.page_fisher(pool.shape[0])
+                    if fisher is None:
+                        raise ValueError("float_pages are chosen by the networks' Fisher, "
+                                         "and no network has one (load with float_pages, "
+                                         "which reads it, or pass NetworkSpec.fisher)")
+                    chosen = quantize.choose_float_pages(pool, fisher, float_pages)
+                codes, scales, slots, rows = quantize.quantize_mixed(pool, chosen)
+                self.page_pool = None
+                self.page_codes = tf.Variable(codes, name="page_codes", trainable=False)
+                self.page_scales = tf.Variable(scales, name="page_scales", trainable=False)
+                if float_pages:
+                    self.page_slots = tf.Variable(slots, name="page_slots", trainable=False)
+                    self.float_rows = tf.Variable(rows, name="float_rows", trainable=False)
+            else:
+                self.page_pool = tf.Variable(pool, name="page_pool")
         self._active = next(iter(self._nets))
         self._run_fns = {}
         self._run_all_fns = {}
@@ -203,7 +224,7 @@ class VirtualizedNetworks:
     # --- construction from and to disk ------------------------------------------
     @classmethod
     def from_state(cls, pool_state: state.PoolDirState, *, pool_dir: str | None = None,
-                   storage: str = "float32",
+                   storage: str = "float32", float_pages: int = 0,
                    resident_bytes: int | None = None) -> "VirtualizedNetworks":
         """Builds every network of a `PoolDirState` (registry models or JSON assets).
 
@@ -211,6 +232,7 @@ class VirtualizedNetworks:
           pool_state: the pool and its records (Fisher and teachers when loaded).
           pool_dir: the directory it was read from, if any.
           storage: "float32" or "int8" (see the class).
+          float_pages: int8 storage: pages kept float32 (see the class).
           resident_bytes: a RAM budget for the pool (needs `pool_dir`; see the module).
         Returns:
           The runtime.
@@ -235,14 +257,15 @@ class VirtualizedNetworks:
             groups = [n for n, spec in nets.items() if spec.outputs]
             nets = {n: spec for n, spec in nets.items() if not spec.outputs}
             pool, nets, paging = _paged(pool_state, nets, pool_dir, storage, resident_bytes)
-        runtime = cls(pool, nets, pool_dir=pool_dir, storage=storage, paging=paging)
+        runtime = cls(pool, nets, pool_dir=pool_dir, storage=storage,
+                      float_pages=float_pages, paging=paging)
         runtime._groups_left_out = groups
         runtime._origins = {n: r for n, r in pool_state.networks.items() if r.source_dir}
         return runtime
 
     @classmethod
     def load(cls, pool_dir: str, names=None, *, for_training: bool = False,
-             storage: str = "float32",
+             storage: str = "float32", float_pages: int = 0,
              resident_bytes: int | None = None) -> "VirtualizedNetworks":
         """Loads (and checks) a pool directory.
 
@@ -251,6 +274,8 @@ class VirtualizedNetworks:
           names: networks to build (default: all).
           for_training: also read the Fisher and the teachers (joint optimisation).
           storage: "float32" or "int8" (quantized on load, `nwv.quantize`).
+          float_pages: int8 storage: keep this many pages float32, chosen by the
+            Fisher-weighted rounding error for the networks loaded (`nwv.quantize`).
           resident_bytes: keep at most this many bytes of pages in memory (two-level
             pages, `nwv.resident`); None or at least the pool: all of it.
         Returns:
@@ -259,10 +284,11 @@ class VirtualizedNetworks:
           FileNotFoundError / ValueError / KeyError: see `nwv.state.load_state`.
         """
         loaded = state.load_state(pool_dir, names,
-                                  with_fisher=for_training or resident_bytes is not None,
+                                  with_fisher=(for_training or bool(float_pages)
+                                               or resident_bytes is not None),
                                   with_teachers=for_training)
         return cls.from_state(loaded, pool_dir=pool_dir, storage=storage,
-                              resident_bytes=resident_bytes)
+                              float_pages=float_pages, resident_bytes=resident_bytes)
 
     def to_state(self) -> state.PoolDirState:
         """The runtime as a `PoolDirState` (current pool values, tables, Fisher, teachers).
@@ -370,7 +396,11 @@ class VirtualizedNetworks:
         int8 storage, or fake-quantized), differentiable w.r.t. a float pool."""
         if pool is None and self.storage == "int8":
             codes = tf.gather(self.page_codes, table)
-            return tf.cast(codes, tf.float32) * tf.gather(self.page_scales, table)[:, None]
+            rows = tf.cast(codes, tf.float32) * tf.gather(self.page_scales, table)[:, None]
+            if self.float_rows is None:
+                return rows
+            slots = tf.cast(tf.gather(self.page_slots, table), tf.int32)
+            return rows + tf.gather(self.float_rows, slots)
         gathered = tf.gather(self.page_pool if pool is None else pool, table)
         return quantize.fake_quantize(gathered) if self.fake_quant else gathered
 
@@ -538,17 +568,52 @@ class VirtualizedNetworks:
         return model
 
     def pool_array(self) -> np.ndarray:
-        """A copy of the pool [m, P] float32 (int8 storage: its dequantized values)."""
+        """A copy of the pool [m, P] float32 (int8 storage: its dequantized values,
+        float pages exact)."""
         if self.storage == "int8":
+            if self.float_rows is not None:
+                return quantize.dequantize_mixed(
+                    self.page_codes.numpy(), self.page_scales.numpy(),
+                    self.page_slots.numpy(), self.float_rows.numpy())
             return quantize.dequantize_pages(self.page_codes.numpy(), self.page_scales.numpy())
         return self.page_pool.numpy().copy()
 
     def stored_bytes(self) -> int:
         """Bytes of the pool in memory: 4 per weight (float32), or 1 per weight and 4 per
-        page (int8); under a RAM budget, the resident pages and the swap buffer."""
+        page (int8; float pages add a slot byte a page and 4 per weight of their
+        rows, the zero row included); under a RAM budget, the resident pages and the
+        swap buffer."""
         if self.storage == "int8":
-            return int(self.page_codes.shape.num_elements() + 4 * self.page_scales.shape[0])
+            extra = 0 if self.float_rows is None else (
+                self.page_slots.shape[0] + 4 * self.float_rows.shape.num_elements())
+            return int(self.page_codes.shape.num_elements() + 4 * self.page_scales.shape[0]
+                       + extra)
         return int(4 * self.page_pool.shape.num_elements())
+
+    @property
+    def float_pages(self) -> np.ndarray:
+        """Indices of the pages kept float32 beside int8 ones (empty if none)."""
+        if self.float_rows is None:
+            return np.zeros(0, np.int64)
+        return np.flatnonzero(self.page_slots.numpy())
+
+    def page_fisher(self, pool_pages: int | None = None) -> np.ndarray | None:
+        """[m, P] float32 summed diagonal Fisher of the networks reading each page
+        (zipped groups left out: their members count), None if no network has one."""
+        m = self.page_count if pool_pages is None else int(pool_pages)
+        fisher, found = np.zeros((m, self.page_size), np.float64), False
+        for net in self._nets.values():
+            spec = net.spec
+            if spec.fisher is not None and not spec.outputs:
+                np.add.at(fisher, np.asarray(spec.page_table), spec.fisher)
+                found = True
+        return fisher.astype(np.float32) if found else None
+
+    @property
+    def page_count(self) -> int:
+        """Pages m of the pool held in memory."""
+        held = self.page_pool if self.page_pool is not None else self.page_codes
+        return int(held.shape[0])
 
     def table_bytes(self) -> int:
         """Bytes of the int32 page tables of every network, zipped groups included

@@ -34,6 +34,11 @@ call).
 page (`nwv.quantize`, exactly what a runtime with `storage="int8"` holds); the
 graphs gather codes and scales through the table and dequantize after the
 gather. TFLite resource variables hold int8, so the codes stay a variable.
+`float_pages=k` keeps the k pages whose rounding costs the networks most
+(Fisher-weighted) float32: one int8 slot a page and k + 1 float rows, read by
+two more GATHERs, a CAST and an ADD wherever pages are read. An update through
+`set_pool` / `set_pages` ships int8 pages: a float page it replaces is int8 from
+then on.
 
 `target="micro"` writes a file for TensorFlow Lite Micro, which runs subgraph 0
 only and has no signatures: ONE entry point
@@ -149,15 +154,21 @@ BOARD_SRAM_BYTES, BOARD_FLASH_BYTES = 256 * 1024, 1024 * 1024
 # --- reading pages --------------------------------------------------------------
 class _Pages:
     """Rows of the pool [k, P] float32 for a table slice: float pages or int8 codes
-    and [m, 1] scales, dequantized after the gather."""
+    and [m, 1] scales, dequantized after the gather (with float pages: plus the
+    float row of each page's int8 slot, `nwv.quantize.quantize_mixed`)."""
 
-    def __init__(self, pool=None, codes=None, scales=None):
+    def __init__(self, pool=None, codes=None, scales=None, slots=None, float_rows=None):
         self.pool, self.codes, self.scales = pool, codes, scales
+        self.slots, self.float_rows = slots, float_rows
 
     def rows(self, table):
         if self.pool is not None:
             return tf.gather(self.pool, table)
-        return tf.cast(tf.gather(self.codes, table), tf.float32) * tf.gather(self.scales, table)
+        rows = tf.cast(tf.gather(self.codes, table), tf.float32) * tf.gather(self.scales, table)
+        if self.float_rows is None:
+            return rows
+        slots = tf.cast(tf.gather(self.slots, table), tf.int32)
+        return rows + tf.gather(self.float_rows, slots)
 
 
 def _groups(model, granularity):
@@ -444,17 +455,41 @@ def _entries(runtime, names, signatures):
     return entries
 
 
-def _pool_arrays(runtime, quantize):
-    """{"pool": [m, P]} or {"codes": [m, P] int8, "scales": [m] float32}."""
+def _pool_arrays(runtime, quantize, float_pages=None):
+    """{"pool": [m, P]} or {"codes": [m, P] int8, "scales": [m] float32}, with float
+    pages also {"slots": [m] int8, "float_rows": [k + 1, P] float32}."""
     if quantize not in (None, "int8"):
         raise ValueError(f"expected quantize=None (the runtime's storage) or 'int8', "
                          f"received {quantize!r}")
     if runtime.storage == "int8":
-        return {"codes": runtime.page_codes.numpy(), "scales": runtime.page_scales.numpy()}
+        held = len(runtime.float_pages)
+        if float_pages is not None and int(float_pages) != held:
+            raise ValueError(f"this int8 runtime keeps {held} float pages, and "
+                             f"float_pages={float_pages} was asked; load it with "
+                             f"float_pages={float_pages} (or pass None)")
+        arrays = {"codes": runtime.page_codes.numpy(), "scales": runtime.page_scales.numpy()}
+        if held:
+            arrays.update(slots=runtime.page_slots.numpy(),
+                          float_rows=runtime.float_rows.numpy())
+        return arrays
     pool = runtime.page_pool.numpy()
     if quantize == "int8" or runtime.fake_quant:
-        codes, scales = quantize_lib.quantize_pages(pool)
-        return {"codes": codes, "scales": scales}
+        chosen = []
+        if float_pages:
+            fisher = runtime.page_fisher()
+            if fisher is None:
+                raise ValueError("float_pages are chosen by the networks' Fisher, and no "
+                                 "network of this runtime has one (load it with "
+                                 "for_training=True)")
+            chosen = quantize_lib.choose_float_pages(pool, fisher, float_pages)
+        codes, scales, slots, rows = quantize_lib.quantize_mixed(pool, chosen)
+        arrays = {"codes": codes, "scales": scales}
+        if len(chosen):
+            arrays.update(slots=slots, float_rows=rows)
+        return arrays
+    if float_pages:
+        raise ValueError(f"float_pages={float_pages} keeps pages float beside int8 ones; "
+                         f"it needs quantize='int8' (this runtime stores float32 pages)")
     return {"pool": pool}
 
 
@@ -492,16 +527,24 @@ def _tflite_module(runtime, entries, arrays, granularity, all_tasks, tile_bytes)
     skeletons = {}
     int8 = "codes" in arrays
     m, size = int(next(iter(arrays.values())).shape[0]), runtime.page_size
+    mixed = "float_rows" in arrays
     if int8:
         module.page_codes = tf.Variable(arrays["codes"], name="page_codes")
         module.page_scales = tf.Variable(arrays["scales"][:, None], name="page_scales")
+        if mixed:
+            module.page_slots = tf.Variable(arrays["slots"], name="page_slots")
+            module.float_rows = tf.Variable(arrays["float_rows"], name="float_rows")
     else:
         module.page_pool = tf.Variable(arrays["pool"], name="page_pool")
 
     def pages():  # one read of the variables per signature
         if int8:
+            extra = {}
+            if mixed:
+                extra = dict(slots=tf.convert_to_tensor(module.page_slots),
+                             float_rows=tf.convert_to_tensor(module.float_rows))
             return _Pages(codes=tf.convert_to_tensor(module.page_codes),
-                          scales=tf.convert_to_tensor(module.page_scales))
+                          scales=tf.convert_to_tensor(module.page_scales), **extra)
         return _Pages(pool=tf.convert_to_tensor(module.page_pool))
 
     zipped = _zipped_names(runtime)
@@ -546,9 +589,12 @@ def _tflite_module(runtime, entries, arrays, granularity, all_tasks, tile_bytes)
 
     count = lambda p: {"pages": tf.shape(p)[0]}  # noqa: E731
     if int8:
+        # an update ships int8 pages: a float page it replaces is int8 from then on
         def set_pool(codes, scales):
             module.page_codes.assign(codes)
             module.page_scales.assign(tf.reshape(scales, [-1, 1]))
+            if mixed:
+                module.page_slots.assign(tf.zeros_like(module.page_slots))
             return count(scales)
 
         def set_pages(pages_, codes, scales):
@@ -556,6 +602,10 @@ def _tflite_module(runtime, entries, arrays, granularity, all_tasks, tile_bytes)
                                              codes))
             module.page_scales.assign(replace(tf.convert_to_tensor(module.page_scales),
                                               pages_, tf.reshape(scales, [-1, 1])))
+            if mixed:
+                module.page_slots.assign(replace(
+                    tf.convert_to_tensor(module.page_slots), pages_,
+                    tf.zeros(tf.shape(pages_), tf.int8)))
             return count(pages_)
         pool_specs = [tf.TensorSpec((m, size), tf.int8, name="codes"),
                       tf.TensorSpec((m,), tf.float32, name="scales")]
@@ -803,6 +853,7 @@ def _architecture(runtime, name, members, shape, *, body_only=None,
 
 
 def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | None = None,
+                  float_pages: int | None = None,
                   target: str = "tflite", names=None, all_tasks: bool = False,
                   gather: str | None = None, dense_tile_bytes: int | None = None) -> dict:
     """Writes ONE TFLite flatbuffer holding the runtime's networks, the pool stored once.
@@ -813,6 +864,10 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
       quantize: None: pages as the runtime stores them (int8 for `storage="int8"`
         or `fake_quant`, else float32); "int8": int8 codes and one float32 scale
         per page (`nwv.quantize`), dequantized after the gather.
+      float_pages: int8 pages: keep this many pages float32 beside them, those
+        with the largest Fisher-weighted rounding error
+        (`nwv.quantize.choose_float_pages`; needs the networks' Fisher). None:
+        the runtime's (an int8 runtime's `float_pages`, else none).
       target: "tflite" (one signature per network and zipped group, `set_pool`,
         `set_pages`; the pool a resource variable) or "micro" (TensorFlow Lite
         Micro: one entry point `run(task, x)`, the pool a constant in flash).
@@ -838,7 +893,8 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
       {"path", "target", "storage" ("float32"|"int8"), "signatures" (tflite: the
       signature keys; micro: [MICRO_ENTRY]), "networks" {name: {"input_shape",
       "classes" (a list: one per output), "members" (groups)}}, "file_bytes",
-      "pool_bytes" (pages, with their scales), "table_bytes" (the page tables
+      "float_pages" (pages kept float32 beside int8 ones),
+      "pool_bytes" (pages, with their scales, slots and float rows), "table_bytes" (the page tables
       as stored in the file), "page_size", "pool_pages", "gather" (the one
       used: "network", "layer", "variable" or "layer for zipped networks")};
       micro adds "tasks"
@@ -866,7 +922,7 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
     if getattr(runtime, "resident_plan", None) is not None:
         raise ValueError("a runtime under a RAM budget (resident_bytes) holds part of the "
                          "pool; export a runtime loaded without resident_bytes")
-    arrays = _pool_arrays(runtime, quantize)
+    arrays = _pool_arrays(runtime, quantize, float_pages)
     entries = _entries(runtime, names, signatures=target == "tflite")
     extra = {}
     if target == "tflite":
@@ -895,6 +951,7 @@ def export_tflite(runtime: VirtualizedNetworks, path: str, *, quantize: str | No
         handle.write(blob)
     info = {
         "path": path, "target": target, "storage": "int8" if "codes" in arrays else "float32",
+        "float_pages": int(arrays["float_rows"].shape[0] - 1) if "float_rows" in arrays else 0,
         "signatures": sorted(signatures),
         "networks": {n: {"input_shape": list(s), "classes": _classes(runtime, n, members),
                          **({"members": list(members)} if members else {})}

@@ -24,6 +24,11 @@ For every pool directory (name=path; missing ones are skipped with a message):
     examples per network the largest logit difference and the argmax agreement
     with the pool runtime (batch 1: the entry point `run(task, x)`).
 
+Both targets also get a third file where --float_pages_from (bench_int8's result)
+chose a float-page budget K > 0 for the pool on validation: int8 pages with the K
+pages whose rounding costs most (Fisher-weighted) kept float32, against the int8
+runtime with the same float pages.
+
 Results: results/bench_deploy.json (RESULTS.md via scripts/make_results.py).
 Takes a few minutes per pool on 2 CPU cores (one conversion per file and per
 network for the arenas).
@@ -52,6 +57,10 @@ flags.DEFINE_string("work_dir", "runs/deploy", "Exported files (relative: repo r
 flags.DEFINE_integer("limit", None, "At most this many test examples per network "
                      "(default: the whole test carve).")
 flags.DEFINE_integer("micro_examples", 100, "Test examples per network run through TFLM.")
+flags.DEFINE_string("float_pages_from", "results/bench_int8.json", "bench_int8.py's result: "
+                    "a pool of the same name and directory there with a float-page budget "
+                    "K > 0 (chosen on validation) is also exported as int8 + K float pages "
+                    "(empty: skip).")
 flags.DEFINE_integer("seed", 0, "Random seed (unused: export and evaluation are deterministic).")
 flags.DEFINE_string("out", "results/bench_deploy.json", "Result JSON.")
 
@@ -73,6 +82,27 @@ def pools() -> dict:
         raise ValueError(f"none of --pools={FLAGS.pools} exists; run scripts/demo.py or "
                          f"scripts/bench_ten_networks.py first")
     return out
+
+
+def float_page_budget(name, pool_dir) -> int:
+    """The float-page budget bench_int8 chose for this pool (0: none or not found)."""
+    import json
+    if not FLAGS.float_pages_from:
+        return 0
+    path = bench.resolve(FLAGS.float_pages_from)
+    if not os.path.exists(path):
+        print(f"{name}: no {path}, so no float-page file")
+        return 0
+    with open(path) as handle:
+        entry = json.load(handle).get("pools", {}).get(name)
+    if (not entry or "float_pages" not in entry
+            or os.path.realpath(bench.resolve(entry["pool"])) != os.path.realpath(pool_dir)):
+        print(f"{name}: {path} has no float-page budget for {pool_dir}")
+        return 0
+    return int(entry["float_pages"]["chosen"])
+
+
+LABELS = ("float32", "int8", "int8_float_pages")
 
 
 def stock_tflite(model, dynamic_int8: bool) -> bytes:
@@ -192,21 +222,28 @@ def pool_report(name, pool_dir) -> dict:
     int8 = nwv.VirtualizedNetworks.load(pool_dir, storage="int8")
     bench.log(f"{name}: {len(rt.task_names)} networks, pool {4 * rt.page_pool.shape.num_elements()} "
               f"bytes")
+    # (label, runtime exported, quantize, runtime it must match)
+    files = [("float32", rt, None, rt), ("int8", rt, "int8", int8)]
+    budget = float_page_budget(name, pool_dir)
+    if budget:
+        mixed = nwv.VirtualizedNetworks.load(pool_dir, storage="int8", float_pages=budget)
+        files.append(("int8_float_pages", mixed, "int8", mixed))
     runtime_accuracy = {}
-    for label, runtime in (("float32", rt), ("int8", int8)):
+    for label, _, _, runtime in files:
         runtime_accuracy[label] = {n: training.evaluate(
             lambda x, r=runtime, n=n: r.run(n, x), runtime.task(n), "test",
             data_dir=bench.resolve(FLAGS.data_dir), limit=FLAGS.limit)["accuracy"]
             for n in rt.task_names}
     report = {"pool_dir": pool_dir, "networks": rt.task_names, "groups": rt.groups(),
+              "float_pages": budget,
               "separate_float32_weight_bytes": int(sum(4 * rt.layout(n).n_weights
                                                        for n in rt.task_names)),
               "runtime_accuracy": runtime_accuracy,
               "separate_tflite_bytes": separate_files(rt, folder)}
-    for label, quantize, reference in (("float32", None, rt), ("int8", "int8", int8)):
+    for label, source, quantize, reference in files:
         bench.log(f"{name}: tflite {label}")
         report[f"tflite_{label}"] = tflite_report(
-            rt, reference, os.path.join(folder, f"pool_{label}.tflite"), quantize)
+            source, reference, os.path.join(folder, f"pool_{label}.tflite"), quantize)
         try:
             import tflite_micro  # noqa: F401
         except ImportError:
@@ -215,7 +252,7 @@ def pool_report(name, pool_dir) -> dict:
             continue
         bench.log(f"{name}: micro {label}")
         micro = report[f"micro_{label}"] = micro_report(
-            rt, reference, os.path.join(folder, f"pool_{label}_micro.tflite"), quantize)
+            source, reference, os.path.join(folder, f"pool_{label}_micro.tflite"), quantize)
         micro["compression"] = report["separate_float32_weight_bytes"] / micro["weight_bytes"]
     return report
 
@@ -226,7 +263,7 @@ def print_summary(report):
         print(f"\n{name}: {len(r['networks'])} networks; separate TFLite files "
               f"{sep['float32'] / 1e3:.0f} kB float32, {sep['dynamic_int8'] / 1e3:.0f} kB "
               f"dynamic-range int8")
-        for label in ("float32", "int8"):
+        for label in [lb for lb in LABELS if f"tflite_{lb}" in r]:
             t = r[f"tflite_{label}"]
             print(f"  tflite {label:<7} {t['file_bytes'] / 1e3:7.0f} kB = pool "
                   f"{t['pool_bytes'] / 1e3:.0f} + tables {t['table_bytes'] / 1e3:.1f} + other "
@@ -236,7 +273,7 @@ def print_summary(report):
                 print(f"    {n:<18} accuracy {100 * v['accuracy']:6.2f}% (pool runtime "
                       f"{100 * r['runtime_accuracy'][label][n]:6.2f}%), max |dlogit| "
                       f"{v['max_abs_logit_diff_first_batch']:.1e}")
-        for label in ("float32", "int8"):
+        for label in [lb for lb in LABELS if f"micro_{lb}" in r]:
             m = r[f"micro_{label}"]
             if m:
                 worst = max(a["max_abs_logit_diff"] for a in m["against_pool_runtime"].values())

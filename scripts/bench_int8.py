@@ -10,6 +10,11 @@ test-carve accuracy (keyword tasks also on their noisy, shifted variant) of:
   * the float32 pool as it is;
   * its int8 pages after post-training quantisation (symmetric, one scale per
     page: `VirtualizedNetworks.load(pool, storage="int8")`);
+  * its int8 pages with float pages beside them (`VirtualizedNetworks.load(pool,
+    storage="int8", float_pages=K)`: the K pages whose rounding costs the networks
+    most, Fisher-weighted, stay float32), K the smallest of --float_pages whose
+    every network is within the tolerance of the float pool on the validation
+    split (else the one with the smallest worst drop there);
   * its int8 pages after --qat_rounds x --qat_steps steps of quantisation-aware
     joint optimisation of a copy of the pool in --work_dir
     (`OptimizeConfig(quantize="int8")`: every step and every validation reads the
@@ -17,7 +22,8 @@ test-carve accuracy (keyword tasks also on their noisy, shifted variant) of:
     network's stored teacher; the best round, the post-training pool included,
     selected on the validation split under int8).
 
-Stored bytes of the int8 pool: codes + per-page scales + int32 page tables;
+Stored bytes of the int8 pool: codes + per-page scales + int32 page tables (with
+float pages: + a slot byte a page + the float rows);
 compression against the pool's networks stored separately in float32 (their
 teachers' weights). Target (issue 11): every network's int8 accuracy within
 0.3 points of the float pool. Results: results/bench_int8.json; RESULTS.md via
@@ -40,6 +46,9 @@ flags.DEFINE_list("labels", None, "A name per pool (default: the folder names)."
 flags.DEFINE_string("data_dir", "../shared/datasets", "Data folder (relative: repo root).")
 flags.DEFINE_string("work_dir", "runs/int8", "Where the quantisation-aware copies go: "
                     "<work_dir>/<label> (relative: repo root).")
+flags.DEFINE_list("float_pages", ["0", "1", "2", "4", "8"], "Float-page budgets K tried "
+                  "beside the int8 pages, in this order; the first within the tolerance on "
+                  "validation is reported (empty: skip).")
 flags.DEFINE_integer("qat_rounds", 2, "Quantisation-aware rounds (0: post-training only).")
 flags.DEFINE_integer("qat_steps", 100, "Joint steps per quantisation-aware round.")
 flags.DEFINE_float("learning_rate", 2e-4, "Peak learning rate of the quantisation-aware "
@@ -63,14 +72,16 @@ def variants(task: str) -> dict:
     return out
 
 
-def carve_accuracies(rt) -> dict:
-    """{network (or network_noisy): test accuracy} of every task network of a runtime."""
+def carve_accuracies(rt, split: str = "test", noisy: bool = True) -> dict:
+    """{network (or network_noisy): accuracy on `split`} of every task network of a
+    runtime (noisy: also the keyword tasks' noisy, shifted variants)."""
     from models import training
     out = {}
     for name in rt.task_names:
-        for suffix, task in variants(rt.task(name)).items():
+        tasks = variants(rt.task(name)) if noisy else {"": rt.task(name)}
+        for suffix, task in tasks.items():
             out[name + suffix] = training.evaluate(
-                lambda x, n=name: rt.run(n, x), task, "test", data_dir=bench.resolve(
+                lambda x, n=name: rt.run(n, x), task, split, data_dir=bench.resolve(
                     FLAGS.data_dir), limit=FLAGS.limit)["accuracy"]
     return out
 
@@ -81,6 +92,34 @@ def differences(reference: dict, other: dict) -> dict:
     return {"per_network": lost, "worst": max(lost.values()),
             "mean": round(float(np.mean(list(lost.values()))), 3),
             "within_tolerance": all(v <= TOLERANCE for v in lost.values())}
+
+
+def float_page_budget(pool_dir: str, label: str, as_float, separate_bytes) -> dict:
+    """The int8 pool with the smallest float-page budget of --float_pages that keeps
+    every network within the tolerance of the float pool on validation; its test
+    accuracies, bytes and pages."""
+    import nwv
+    reference = carve_accuracies(as_float, "validation", noisy=False)
+    tried, chosen = {}, None
+    for k in sorted({int(k) for k in FLAGS.float_pages}):
+        rt = nwv.VirtualizedNetworks.load(pool_dir, storage="int8", float_pages=k)
+        lost = differences(reference, carve_accuracies(rt, "validation", noisy=False))
+        tried[k] = {"validation_lost": lost, "pages": rt.float_pages.tolist(),
+                    "stored_bytes": rt.stored_bytes() + rt.table_bytes()}
+        bench.log(f"({label}) {k} float pages: validation worst {lost['worst']} pt")
+        if lost["within_tolerance"]:
+            chosen = k
+            break
+    if chosen is None:     # none within: the smallest worst drop, then the fewest pages
+        chosen = min(tried, key=lambda k: (tried[k]["validation_lost"]["worst"], k))
+    rt = nwv.VirtualizedNetworks.load(pool_dir, storage="int8", float_pages=chosen)
+    test = carve_accuracies(rt)
+    stored = tried[chosen]["stored_bytes"]
+    return {"tried": {str(k): v for k, v in tried.items()}, "chosen": chosen,
+            "selected_on": "validation", "pages": tried[chosen]["pages"],
+            "stored_bytes": stored,
+            "compression": separate_bytes / stored if separate_bytes else None,
+            "test": test}
 
 
 def quantization_aware(pool_dir: str, label: str) -> tuple:
@@ -126,6 +165,12 @@ def pool_report(pool_dir: str, label: str) -> dict:
     report["int8_post_training"] = carve_accuracies(int8)
     report["post_training_lost"] = differences(report["float"], report["int8_post_training"])
     bench.log(f"({label}) post-training: worst {report['post_training_lost']['worst']} pt")
+    if FLAGS.float_pages:
+        report["float_pages"] = float_page_budget(pool_dir, label, as_float, separate_bytes)
+        report["float_pages_lost"] = differences(report["float"],
+                                                 report["float_pages"]["test"])
+        bench.log(f"({label}) int8 + {report['float_pages']['chosen']} float pages: worst "
+                  f"{report['float_pages_lost']['worst']} pt")
     if FLAGS.qat_rounds:
         qat_int8, qat_float, report["qat"] = quantization_aware(pool_dir, label)
         report["int8_qat"] = carve_accuracies(qat_int8)
@@ -152,7 +197,10 @@ def main(argv):
     for label, entry in report["pools"].items():
         lines = [f"{label}: int8 {entry['int8_stored_bytes']} bytes"
                  + (f" ({entry['int8_compression']:.2f}x)" if entry["int8_compression"] else "")]
-        for key in ("post_training_lost", "qat_lost"):
+        if "float_pages" in entry:
+            lines.append(f"  float pages: {entry['float_pages']['chosen']} "
+                         f"({entry['float_pages']['stored_bytes']} bytes)")
+        for key in ("post_training_lost", "float_pages_lost", "qat_lost"):
             if key in entry:
                 lines.append(f"  {key}: worst {entry[key]['worst']} pt, mean "
                              f"{entry[key]['mean']} pt, within {TOLERANCE}: "

@@ -10,7 +10,8 @@ the pool is stored once. `--target=micro`: one entry point `run(task, x)` for Te
 Lite Micro, the pool a constant in flash; the smallest arena for the whole file and for
 each network alone (a file holding it only) is measured with the `tflite-micro`
 interpreter when it is installed (`pip install -e ".[micro]"`). `--quantize=int8`
-stores int8 pages with one scale per page. Prints a summary, then one JSON line: the
+stores int8 pages with one scale per page; `--float_pages=K` keeps the K pages whose
+rounding costs the networks most (Fisher-weighted) float32 beside them. Prints a summary, then one JSON line: the
 signatures, file bytes, pool bytes (and for micro the arena bytes). Takes seconds per
 network (one conversion each).
 """
@@ -25,6 +26,8 @@ flags.DEFINE_string("weights", None, "Pool directory.", required=True)
 flags.DEFINE_string("out", None, "The .tflite file to write.", required=True)
 flags.DEFINE_enum("quantize", None, ["int8"], "int8: int8 pages, one float32 scale per "
                   "page (default: as the pool is stored, float32).")
+flags.DEFINE_integer("float_pages", 0, "With --quantize=int8: pages kept float32, those "
+                     "with the largest Fisher-weighted rounding error.", lower_bound=0)
 flags.DEFINE_enum("target", "tflite", ["tflite", "micro"],
                   "tflite: signatures per network; micro: TensorFlow Lite Micro.")
 flags.DEFINE_list("networks", None, "Networks (or zipped groups) to export (default: all).")
@@ -39,6 +42,9 @@ flags.DEFINE_integer("dense_tile_bytes", None, "Dense kernels above this many by
                      "for tflite; 0: off).")
 flags.DEFINE_bool("arena", True, "micro: measure the arena bytes (needs tflite-micro).")
 flags.DEFINE_integer("seed", 0, "Random seed (unused: export is deterministic).")
+flags.register_multi_flags_validator(
+    ["float_pages", "quantize"], lambda f: not f["float_pages"] or f["quantize"] == "int8",
+    "--float_pages needs --quantize=int8")
 
 
 
@@ -59,7 +65,11 @@ def main(argv):
     from nwv import tflite
     from nwv.runtime import VirtualizedNetworks
     del argv
-    runtime = VirtualizedNetworks.load(FLAGS.weights, None)
+    if FLAGS.float_pages:     # chosen on load, from the networks' Fisher
+        runtime = VirtualizedNetworks.load(FLAGS.weights, None, storage="int8",
+                                           float_pages=FLAGS.float_pages)
+    else:
+        runtime = VirtualizedNetworks.load(FLAGS.weights, None)
     info = tflite.export_tflite(runtime, FLAGS.out, quantize=FLAGS.quantize,
                                 target=FLAGS.target, names=FLAGS.networks,
                                 all_tasks=FLAGS.all_tasks, gather=FLAGS.gather,

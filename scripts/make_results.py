@@ -197,12 +197,12 @@ def deploy(d):
                  f"{sep['dynamic_int8'] / 1e3:.0f} kB (dynamic-range int8).", "",
                  "| file | bytes | pool | tables | other | min / mean accuracy (interpreter) | "
                  "same as the pool runtime |", "|---|---|---|---|---|---|---|"]
-        for label in ("float32", "int8"):
+        for label in [lb for lb in DEPLOY_LABELS if f"tflite_{lb}" in r]:
             t = r[f"tflite_{label}"]
             acc = [v["accuracy"] for v in t["networks"].values()]
             same = all(abs(v["accuracy"] - r["runtime_accuracy"][label][n]) < 1e-9
                        for n, v in t["networks"].items())
-            rows.append(f"| tflite {label} | {t['file_bytes'] / 1e3:.0f} kB | "
+            rows.append(f"| tflite {deploy_label(label, r)} | {t['file_bytes'] / 1e3:.0f} kB | "
                         f"{t['pool_bytes'] / 1e3:.0f} kB | {t['table_bytes'] / 1e3:.1f} kB | "
                         f"{t['other_bytes'] / 1e3:.1f} kB | {pct(min(acc))} / "
                         f"{pct(sum(acc) / len(acc))} | {'yes' if same else 'no'} |")
@@ -213,34 +213,42 @@ def deploy(d):
                  "", "| TFLM file | flash | weights: pool + tables | against separate float32 "
                  "| arena (all) | arena (largest alone) | 256 kB SRAM / 1 MB flash | worst logit "
                  "diff |", "|---|---|---|---|---|---|---|---|"]
-        for label in ("float32", "int8"):
+        for label in [lb for lb in DEPLOY_LABELS if f"micro_{lb}" in r]:
             m = r.get(f"micro_{label}")
             if not m:
                 continue
             alone = max(v for k, v in m["arena_bytes"].items() if k != "all")
             worst = max(a["max_abs_logit_diff"] for a in m["against_pool_runtime"].values())
-            rows.append(f"| micro {label} | {m['flash_bytes'] / 1e3:.0f} kB | "
+            rows.append(f"| micro {deploy_label(label, r)} | {m['flash_bytes'] / 1e3:.0f} kB | "
                         f"{m['pool_bytes'] / 1e3:.1f} + {m['table_bytes'] / 1e3:.1f} kB | "
                         f"{m['compression']:.2f}x | "
                         f"{m['arena_bytes']['all'] / 1e3:.0f} kB | {alone / 1e3:.0f} kB | "
                         f"{'fits' if m['fits_256kB_sram'] else 'no'} / "
                         f"{'fits' if m['fits_1MB_flash'] else 'no'} | {worst:.1e} |")
-        rows += _against_separate(r, separate)
+        for label in ("int8", "int8_float_pages"):
+            rows += _against_separate(r, separate, label)
         rows.append("")
     return rows
 
 
-def _against_separate(r, separate) -> list:
-    """A line on the int8 pages' test accuracy against `separate`, the separate
-    networks of bench_ten_networks.json, for a pool of those ten networks (the micro
-    int8 file's logits are the int8 runtime's, checked above)."""
-    accuracy = r["runtime_accuracy"]["int8"]
+DEPLOY_LABELS = ("float32", "int8", "int8_float_pages")
+
+
+def deploy_label(label, r) -> str:
+    return f"int8 + {r['float_pages']} float pages" if label == "int8_float_pages" else label
+
+
+def _against_separate(r, separate, label) -> list:
+    """A line on the int8 pages' (`label`) test accuracy against `separate`, the
+    separate networks of bench_ten_networks.json, for a pool of those ten networks
+    (the micro int8 file's logits are the int8 runtime's, checked above)."""
+    accuracy = r["runtime_accuracy"].get(label)
     if not accuracy or set(accuracy) != set(separate):     # the ten networks only
         return []
     drops = {n: 100 * (separate[n]["test_accuracy"] - a) for n, a in accuracy.items()}
     worst = max(drops, key=drops.get)
-    return ["", f"int8 pages against the separate float32 networks (test carves, "
-            f"[`bench_ten_networks.json`](bench_ten_networks.json)): worst drop "
+    return ["", f"{deploy_label(label, r)} pages against the separate float32 networks "
+            f"(test carves, [`bench_ten_networks.json`](bench_ten_networks.json)): worst drop "
             f"{drops[worst]:.2f} pt ({worst}), mean {sum(drops.values()) / len(drops):.2f} pt."]
 
 
@@ -253,24 +261,38 @@ def int8_pages(d):
         rows += [f"**{label}** ({len(r['networks'])} networks): float32 pool + tables "
                  f"{r['float_stored_bytes'] / 1e3:.0f} kB, int8 {r['int8_stored_bytes'] / 1e3:.0f}"
                  f" kB{comp}.", ""]
-        qat = "int8_qat" in r
-        rows += ["| network | float32 pool | int8, post-training |"
+        qat, fp = "int8_qat" in r, r.get("float_pages")
+        fp_head = f" int8 + {fp['chosen']} float pages |" if fp else ""
+        rows += ["| network | float32 pool | int8, post-training |" + fp_head
                  + (" int8, quantisation-aware | (its float32 pool) |" if qat else ""),
-                 "|---|---|---|" + ("---|---|" if qat else "")]
+                 "|---|---|---|" + ("---|" if fp else "") + ("---|---|" if qat else "")]
         for key, value in r["float"].items():
             name = key[:-len("_noisy")] + " (noisy, shifted)" if key.endswith("_noisy") else key
             row = f"| {name} | {pct(value)} | {pct(r['int8_post_training'][key])} |"
+            if fp:
+                row += f" {pct(fp['test'][key])} |"
             if qat:
                 row += f" {pct(r['int8_qat'][key])} | {pct(r['qat_float_pool'][key])} |"
             rows.append(row)
         rows.append("")
-        for key, what in (("post_training_lost", "post-training"), ("qat_lost",
-                                                                   "quantisation-aware")):
+        for key, what in (("post_training_lost", "post-training"),
+                          ("float_pages_lost", "+ float pages"),
+                          ("qat_lost", "quantisation-aware")):
             if key in r:
                 lost = r[key]
                 rows.append(f"- int8 {what}: worst {lost['worst']:.2f} pt, mean "
                             f"{lost['mean']:.2f} pt below the float32 pool; every network "
                             f"within {tol} pt: {'yes' if lost['within_tolerance'] else 'no'}.")
+        if fp:
+            comp = (f", {fp['compression']:.2f}x less than separate float32"
+                    if fp.get("compression") else "")
+            tried = ", ".join(f"{k}: {v['validation_lost']['worst']:.2f}"
+                              for k, v in fp["tried"].items())
+            rows.append(f"- Float pages: the {fp['chosen']} page(s) {fp['pages']} whose int8 "
+                        f"rounding costs most (Fisher-weighted) kept float32, "
+                        f"{fp['stored_bytes'] / 1e3:.1f} kB stored{comp}; the budget is the "
+                        f"smallest tried whose every network is within {tol} pt on "
+                        f"validation (worst validation drop by budget: {tried}).")
         if qat:
             q = r["qat"]
             cfg = q["config"]

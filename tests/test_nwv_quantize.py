@@ -79,3 +79,68 @@ def test_set_fake_quant_switches_compiled_runs_to_the_int8_weights(tmp_path):
     np.testing.assert_array_equal(rt.run("big", x).numpy(), float_logits)
     with pytest.raises(ValueError, match="already stores int8 pages"):
         q.set_fake_quant(True)
+
+
+def test_float_pages_are_the_costliest_to_round_and_read_exactly():
+    rng = np.random.default_rng(4)
+    pool = rng.normal(size=(6, 10)).astype(np.float32)
+    # page 2 packs a large kernel weight with small biases that the Fisher says matter:
+    # its scale (set by the 3.0) rounds the biases by most of their value
+    pool[2, :3] = [3.0, 0.011, 0.017]
+    fisher = np.ones_like(pool)
+    fisher[2, 1:3] = 1e4
+    error = quantize.quantization_error(pool, fisher)
+    assert int(np.argmax(error)) == 2
+    np.testing.assert_array_equal(quantize.choose_float_pages(pool, fisher, 1), [2])
+    assert quantize.choose_float_pages(pool, fisher, 0).size == 0
+    np.testing.assert_array_equal(  # ties go to the lower index; the result is sorted
+        quantize.choose_float_pages(np.ones((4, 3), np.float32) * 0.3, np.ones((4, 3)), 2),
+        [0, 1])
+    codes, scales, slots, rows = quantize.quantize_mixed(pool, [4, 2])
+    assert slots.dtype == np.int8 and slots.tolist() == [0, 0, 1, 0, 2, 0]
+    assert rows.shape == (3, 10) and not rows[0].any()
+    back = quantize.dequantize_mixed(codes, scales, slots, rows)
+    np.testing.assert_array_equal(back[[2, 4]], pool[[2, 4]])        # bit for bit
+    int8_only = quantize.dequantize_pages(*quantize.quantize_pages(pool))
+    np.testing.assert_array_equal(back[[0, 1, 3, 5]], int8_only[[0, 1, 3, 5]])
+    for bad in ([2, 2], [6], [-1]):
+        with pytest.raises(ValueError, match="distinct pages"):
+            quantize.quantize_mixed(pool, bad)
+    with pytest.raises(ValueError, match="float pages <= 6"):
+        quantize.choose_float_pages(pool, fisher, 7)
+    with pytest.raises(ValueError, match="non-negative Fisher"):
+        quantize.quantization_error(pool, -fisher)
+    with pytest.raises(ValueError, match="Fisher of the pool's shape"):
+        quantize.quantization_error(pool, fisher[:3])
+
+
+def test_int8_runtime_with_float_pages_runs_them_exactly_and_exports_them(tmp_path):
+    rt, q = _float_and_int8(tmp_path)
+    pool_dir = str(tmp_path / "pool")
+    mixed = VirtualizedNetworks.load(pool_dir, storage="int8", float_pages=2)
+    expected = quantize.choose_float_pages(rt.pool_array(), rt.page_fisher(), 2)
+    np.testing.assert_array_equal(mixed.float_pages, expected)
+    pool = mixed.pool_array()
+    np.testing.assert_array_equal(pool[expected], rt.pool_array()[expected])
+    others = np.setdiff1d(np.arange(pool.shape[0]), expected)
+    np.testing.assert_array_equal(pool[others], q.pool_array()[others])
+    m, page = pool.shape
+    assert mixed.stored_bytes() == q.stored_bytes() + m + 4 * 3 * page
+    x = np.random.default_rng(5).normal(size=(5, 5)).astype(np.float32)
+    for name in ("big", "small"):
+        plain = rt.to_keras(name)
+        for variable, value in zip(plain.trainable_variables, mixed.weights(name)):
+            variable.assign(value)
+        np.testing.assert_allclose(mixed.run(name, x).numpy(), plain(x).numpy(), atol=1e-5)
+    info = export.export_savedmodel(mixed, str(tmp_path / "sm"))
+    assert export.variable_bytes(str(tmp_path / "sm")) == mixed.stored_bytes()
+    served = tf.saved_model.load(str(tmp_path / "sm"))
+    np.testing.assert_allclose(served.big(x).numpy(), mixed.run("big", x).numpy(), atol=1e-6)
+    assert info["storage"] == "int8"
+    with pytest.raises(ValueError, match="needs storage='int8'"):
+        VirtualizedNetworks.load(pool_dir, float_pages=1)
+    without_fisher = VirtualizedNetworks.load(pool_dir)
+    with pytest.raises(ValueError, match="no network has one"):
+        VirtualizedNetworks(without_fisher.pool_array(),
+                            {n: without_fisher.spec(n) for n in without_fisher.names},
+                            storage="int8", float_pages=1)

@@ -108,10 +108,16 @@ def test_bench_int8_compares_post_training_and_quantization_aware(weights, tiny_
     out = str(tmp_path / "int8.json")
     run_script("bench_int8.py", f"--pools={pool}", "--labels=tiny", f"--data_dir={tiny_data}",
                f"--work_dir={tmp_path / 'work'}", "--qat_rounds=1", "--qat_steps=2",
-               "--limit=16", f"--out={out}")
+               "--limit=16", "--float_pages=3,1", f"--out={out}")
     report = json.load(open(out))["pools"]["tiny"]
     for key in ("float", "int8_post_training", "int8_qat", "qat_float_pool"):
         assert set(report[key]) == {"digits", "objects"}
+    budget = report["float_pages"]          # tried in increasing order, chosen on validation
+    assert list(budget["tried"])[0] == "1" and budget["chosen"] in (1, 3)
+    assert len(budget["pages"]) == budget["chosen"] and set(budget["test"]) == {"digits",
+                                                                              "objects"}
+    page_bytes = 4 * 100 + 1   # a float row and, for every page, a slot byte
+    assert budget["stored_bytes"] > report["int8_stored_bytes"] + budget["chosen"] * page_bytes
     assert report["int8_stored_bytes"] < report["float_stored_bytes"] / 3
     assert report["int8_compression"] == pytest.approx(
         report["separate_bytes"] / report["int8_stored_bytes"])

@@ -177,6 +177,62 @@ def test_int8_pages_match_the_int8_runtime(pool, tmp_path):
     assert again["storage"] == "int8" and again["pool_bytes"] == info["pool_bytes"]
 
 
+def test_float_pages_beside_int8_pages_match_the_mixed_runtime(pool, tmp_path):
+    """Float pages (the costliest to round, Fisher-weighted) stay float32 in the file,
+    read exactly by the tflite and micro targets; an update makes a page int8."""
+    pool_dir, runtime, inputs = pool
+    with pytest.raises(ValueError, match="no network of this runtime has one"):
+        nwv.export_tflite(runtime, str(tmp_path / "x.tflite"), quantize="int8",
+                          float_pages=2)             # loaded without Fisher
+    with pytest.raises(ValueError, match="needs quantize='int8'"):
+        nwv.export_tflite(runtime, str(tmp_path / "x.tflite"), float_pages=2)
+    mixed = VirtualizedNetworks.load(pool_dir, storage="int8", float_pages=2)
+    floats = mixed.float_pages
+    assert floats.size == 2
+    with pytest.raises(ValueError, match="keeps 2 float pages"):
+        nwv.export_tflite(mixed, str(tmp_path / "x.tflite"), float_pages=1)
+    path = tmp_path / "mixed.tflite"
+    info = nwv.export_tflite(mixed, str(path))
+    assert info["storage"] == "int8" and info["float_pages"] == 2
+    assert info["pool_bytes"] == mixed.stored_bytes()
+    assert info["file_bytes"] <= mixed.stored_bytes() + info["table_bytes"] + SLACK
+    blob = path.read_bytes()
+    assert blob.count(mixed.float_rows.numpy().tobytes()) == 1
+    interpreter = tf.lite.Interpreter(model_content=blob)
+    for name in ["left", "digits", combined.GROUP]:
+        out = interpreter.get_signature_runner(name)(x=inputs[name])
+        for key, value in _expected(mixed, name, inputs[name]).items():
+            np.testing.assert_allclose(out[key], value, atol=1e-4)
+    # an update of a float page ships int8 codes: that page is int8 from then on
+    page = np.array([floats[0]], np.int32)
+    changed = mixed.pool_array()
+    codes, scales = quantize.quantize_pages(changed)
+    interpreter.get_signature_runner("set_pages")(pages=page, codes=codes[page],
+                                                   scales=scales[page])
+    reference = VirtualizedNetworks.load(pool_dir, storage="int8", float_pages=2)
+    for variable, value in ((reference.page_codes, codes[page]),
+                            (reference.page_scales, scales[page]),
+                            (reference.page_slots, np.zeros(1, np.int8))):
+        variable.scatter_nd_update(page[:, None], value)
+    assert reference.float_pages.tolist() == floats[1:].tolist()
+    assert any(not np.allclose(reference.run(n, inputs[n]), mixed.run(n, inputs[n]),
+                               atol=1e-6) for n in ["left", "digits"])   # it did change
+    for name in ["left", "digits"]:
+        np.testing.assert_allclose(
+            interpreter.get_signature_runner(name)(x=inputs[name])["logits"],
+            reference.run(name, inputs[name]), atol=1e-4)
+    micro = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
+    micro_path = tmp_path / "mixed_micro.tflite"
+    micro_info = nwv.export_tflite(mixed, str(micro_path), target="micro")
+    assert micro_info["float_pages"] == 2
+    engine = micro.Interpreter.from_bytes(micro_path.read_bytes(), arena_size=1 << 20)
+    for task, name in enumerate(micro_info["tasks"]):
+        x = inputs[name][:1]
+        out = tflite.run_micro(engine, micro_info, task, x)
+        want = np.concatenate(list(_expected(mixed, name, x).values()), axis=-1)
+        np.testing.assert_allclose(out[:, :want.shape[1]], want, atol=1e-4)
+
+
 def _touched_pages(runtime):
     """Pages of left only, of digits only, and shared by both."""
     left, digits = set(runtime.page_table("left")), set(runtime.page_table("digits"))
