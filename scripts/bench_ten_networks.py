@@ -82,7 +82,7 @@ flags.DEFINE_float("compression", 8.0, "Compression of the main point (separate 
                    "bytes / stored bytes).")
 flags.DEFINE_list("curve", ["4", "16"], "Further compressions of the curve.")
 flags.DEFINE_integer("page_size", 100, "Weights per page.")
-flags.DEFINE_integer("rounds", 16, "Joint optimisation rounds (main point).")
+flags.DEFINE_integer("rounds", 24, "Joint optimisation rounds (main point).")
 flags.DEFINE_integer("steps", 400, "Joint optimisation steps per round (main point).")
 flags.DEFINE_float("curve_budget", 0.25, "Share of the main point's steps each curve point "
                    "gets.")
