@@ -235,7 +235,10 @@ DEPLOY_LABELS = ("float32", "int8", "int8_float_pages")
 
 
 def deploy_label(label, r) -> str:
-    return f"int8 + {r['float_pages']} float pages" if label == "int8_float_pages" else label
+    if label != "int8_float_pages":
+        return label
+    k = r["float_pages"]
+    return f"int8 + {k} float page{'s' if k != 1 else ''}"
 
 
 def _against_separate(r, separate, label) -> list:
@@ -247,7 +250,8 @@ def _against_separate(r, separate, label) -> list:
         return []
     drops = {n: 100 * (separate[n]["test_accuracy"] - a) for n, a in accuracy.items()}
     worst = max(drops, key=drops.get)
-    return ["", f"{deploy_label(label, r)} pages against the separate float32 networks "
+    what = "int8 pages" if label == "int8" else deploy_label(label, r)
+    return ["", f"{what} against the separate float32 networks "
             f"(test carves, [`bench_ten_networks.json`](bench_ten_networks.json)): worst drop "
             f"{drops[worst]:.2f} pt ({worst}), mean {sum(drops.values()) / len(drops):.2f} pt."]
 
@@ -262,7 +266,8 @@ def int8_pages(d):
                  f"{r['float_stored_bytes'] / 1e3:.0f} kB, int8 {r['int8_stored_bytes'] / 1e3:.0f}"
                  f" kB{comp}.", ""]
         qat, fp = "int8_qat" in r, r.get("float_pages")
-        fp_head = f" int8 + {fp['chosen']} float pages |" if fp else ""
+        fp_head = (f" int8 + {fp['chosen']} float page{'s' if fp['chosen'] != 1 else ''} |"
+                   if fp else "")
         rows += ["| network | float32 pool | int8, post-training |" + fp_head
                  + (" int8, quantisation-aware | (its float32 pool) |" if qat else ""),
                  "|---|---|---|" + ("---|" if fp else "") + ("---|---|" if qat else "")]
@@ -288,11 +293,14 @@ def int8_pages(d):
                     if fp.get("compression") else "")
             tried = ", ".join(f"{k}: {v['validation_lost']['worst']:.2f}"
                               for k, v in fp["tried"].items())
+            met = fp["tried"][str(fp["chosen"])]["validation_lost"]["within_tolerance"]
+            why = (f"the smallest tried whose every network is within {tol} pt on validation"
+                   if met else f"none tried kept every network within {tol} pt on "
+                   f"validation, so the one with the smallest worst drop there")
             rows.append(f"- Float pages: the {fp['chosen']} page(s) {fp['pages']} whose int8 "
                         f"rounding costs most (Fisher-weighted) kept float32, "
-                        f"{fp['stored_bytes'] / 1e3:.1f} kB stored{comp}; the budget is the "
-                        f"smallest tried whose every network is within {tol} pt on "
-                        f"validation (worst validation drop by budget: {tried}).")
+                        f"{fp['stored_bytes'] / 1e3:.1f} kB stored{comp}; budget: "
+                        f"{why} (worst validation drop by budget: {tried}).")
         if qat:
             q = r["qat"]
             cfg = q["config"]
