@@ -47,8 +47,9 @@ flags.DEFINE_string("data_dir", "../shared/datasets", "Data folder (relative: re
 flags.DEFINE_string("work_dir", "runs/int8", "Where the quantisation-aware copies go: "
                     "<work_dir>/<label> (relative: repo root).")
 flags.DEFINE_list("float_pages", ["0", "1", "2", "4", "8"], "Float-page budgets K tried "
-                  "beside the int8 pages, in this order; the first within the tolerance on "
-                  "validation is reported (empty: skip).")
+                  "beside the int8 pages, smallest first; the first within the tolerance on "
+                  "validation is reported, else the one with the smallest worst drop there "
+                  "(empty: skip).")
 flags.DEFINE_integer("qat_rounds", 2, "Quantisation-aware rounds (0: post-training only).")
 flags.DEFINE_integer("qat_steps", 100, "Joint steps per quantisation-aware round.")
 flags.DEFINE_float("learning_rate", 2e-4, "Peak learning rate of the quantisation-aware "

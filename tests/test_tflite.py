@@ -478,6 +478,16 @@ def test_script_end_to_end(pool, tmp_path):
     proc = _script(f"--weights={pool_dir}", f"--out={out}", "--networks=nope")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
         "error: no network 'nope'")
+    proc = _script(f"--weights={pool_dir}", f"--out={out}", "--float_pages=1")
+    assert proc.returncode != 0 and "--float_pages needs --quantize=int8" in proc.stderr
+    proc = _script(f"--weights={pool_dir}", f"--out={out}", "--quantize=int8",
+                   "--float_pages=1", "--networks=digits")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["float_pages"] == 1
+    mixed = VirtualizedNetworks.load(pool_dir, storage="int8", float_pages=1)
+    logits = tf.lite.Interpreter(model_path=str(out)).get_signature_runner("digits")(
+        x=inputs["digits"])["logits"]
+    np.testing.assert_allclose(logits, mixed.run("digits", inputs["digits"]), atol=1e-4)
 
 
 def test_script_micro_reports_arena_bytes(pool, tmp_path):
