@@ -89,7 +89,7 @@ flags.DEFINE_float("curve_budget", 0.25, "Share of the main point's steps each c
 flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate of the joint optimisation.")
 flags.DEFINE_integer("batch_size", 32, "Examples per network and step.")
 flags.DEFINE_float("distill", 0.0, "Distillation weight beta of the joint optimisation (0: "
-                   "labels only; at 16 x 400 steps labels only validated better than 0.7, "
+                   "labels only; at the default budget labels only validated better than 0.7, "
                    "results/RESULTS.md).")
 flags.DEFINE_float("compare_distill", 0.7, "Beta of the compare_distill stage.")
 flags.DEFINE_float("zip_distill", 0.7, "(b): distillation weight beta of the MTZ retraining "

@@ -474,8 +474,8 @@ SECTIONS = [
      "default steps (8 x 200 joint steps, labels only, balanced losses)",
      "bench_ten_networks_budget4x.json", ten_networks, []),
     ("Ten networks, ablation: MTZ + NWV trained on labels only against distillation "
-     "(beta 0.7) at equal budget (16 x 400 joint steps, the former default, balanced "
-     "losses; run on its own, without NWV alone before it)",
+     "(beta 0.7) at equal budget (24 x 400 joint steps, the default, balanced losses; run "
+     "on its own, without NWV alone before it)",
      "bench_ten_networks_distill.json", ten_networks, []),
     ("Ten networks, ablation: MTZ + NWV zipping the digits and the keywords (8 x 200 joint "
      "steps)", "bench_ten_networks_zip_digits_keywords.json", ten_networks, []),
