@@ -196,14 +196,7 @@ class VirtualizedNetworks:
                 spec, tf.constant(table, tf.int32, name=f"page_table_{name}"), layout)
         with tf.distribute.get_strategy().scope():
             if storage == "int8":
-                chosen = []
-                if float_pages:
-                    fisher = self.page_fisher(pool.shape[0])
-                    if fisher is None:
-                        raise ValueError("float_pages are chosen by the networks' Fisher, "
-                                         "and no network has one (load with float_pages, "
-                                         "which reads it, or pass NetworkSpec.fisher)")
-                    chosen = quantize.choose_float_pages(pool, fisher, float_pages)
+                chosen = self.choose_float_pages(pool, float_pages)
                 codes, scales, slots, rows = quantize.quantize_mixed(pool, chosen)
                 self.page_pool = None
                 self.page_codes = tf.Variable(codes, name="page_codes", trainable=False)
@@ -596,6 +589,23 @@ class VirtualizedNetworks:
         if self.float_rows is None:
             return np.zeros(0, np.int64)
         return np.flatnonzero(self.page_slots.numpy())
+
+    def choose_float_pages(self, pool, count: int) -> np.ndarray:
+        """The `count` pages of `pool` [m, P] to keep float32 beside int8 ones: the
+        largest Fisher-weighted rounding error for these networks
+        (`nwv.quantize.choose_float_pages`, `page_fisher`).
+
+        Raises:
+          ValueError: count > 0 and no network has a Fisher.
+        """
+        if not count:
+            return np.zeros(0, np.int64)
+        fisher = self.page_fisher(np.shape(pool)[0])
+        if fisher is None:
+            raise ValueError("float_pages are chosen by the networks' Fisher, and no network "
+                             "has one (load the pool with float_pages or for_training=True, "
+                             "which read it, or pass NetworkSpec.fisher)")
+        return quantize.choose_float_pages(pool, fisher, count)
 
     def page_fisher(self, pool_pages: int | None = None) -> np.ndarray | None:
         """[m, P] float32 summed diagonal Fisher of the networks reading each page

@@ -474,14 +474,7 @@ def _pool_arrays(runtime, quantize, float_pages=None):
         return arrays
     pool = runtime.page_pool.numpy()
     if quantize == "int8" or runtime.fake_quant:
-        chosen = []
-        if float_pages:
-            fisher = runtime.page_fisher()
-            if fisher is None:
-                raise ValueError("float_pages are chosen by the networks' Fisher, and no "
-                                 "network of this runtime has one (load it with "
-                                 "for_training=True)")
-            chosen = quantize_lib.choose_float_pages(pool, fisher, float_pages)
+        chosen = runtime.choose_float_pages(pool, float_pages or 0)
         codes, scales, slots, rows = quantize_lib.quantize_mixed(pool, chosen)
         arrays = {"codes": codes, "scales": scales}
         if len(chosen):

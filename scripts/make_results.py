@@ -234,11 +234,12 @@ def deploy(d):
 DEPLOY_LABELS = ("float32", "int8", "int8_float_pages")
 
 
-def deploy_label(label, r) -> str:
-    if label != "int8_float_pages":
-        return label
-    k = r["float_pages"]
+def with_float_pages(k) -> str:
     return f"int8 + {k} float page{'s' if k != 1 else ''}"
+
+
+def deploy_label(label, r) -> str:
+    return with_float_pages(r["float_pages"]) if label == "int8_float_pages" else label
 
 
 def _against_separate(r, separate, label) -> list:
@@ -266,8 +267,7 @@ def int8_pages(d):
                  f"{r['float_stored_bytes'] / 1e3:.0f} kB, int8 {r['int8_stored_bytes'] / 1e3:.0f}"
                  f" kB{comp}.", ""]
         qat, fp = "int8_qat" in r, r.get("float_pages")
-        fp_head = (f" int8 + {fp['chosen']} float page{'s' if fp['chosen'] != 1 else ''} |"
-                   if fp else "")
+        fp_head = f" {with_float_pages(fp['chosen'])} |" if fp else ""
         rows += ["| network | float32 pool | int8, post-training |" + fp_head
                  + (" int8, quantisation-aware | (its float32 pool) |" if qat else ""),
                  "|---|---|---|" + ("---|" if fp else "") + ("---|---|" if qat else "")]
