@@ -103,20 +103,43 @@ def task_roots(task: str, data_dir: str) -> list[str]:
     return roots
 
 
+_SCANNED: dict = {}     # (split folder, kind) -> (its stamp, {class: sorted paths})
+
+
+def _stamp(folder):
+    """Modification times (ns) of a split folder and of its class folders: adding,
+    removing or renaming a file or a class changes one of them."""
+    classes = sorted((e.name, e.stat().st_mtime_ns) for e in os.scandir(folder) if e.is_dir())
+    return os.stat(folder).st_mtime_ns, tuple(classes)
+
+
+def _scan_folder(folder, kind):
+    """{class: sorted paths} of one split folder, listed once per process while its
+    folders are unchanged (a listing of 50,000 files takes tens of ms, and training
+    loads a split every round)."""
+    stamp = _stamp(folder)
+    cached = _SCANNED.get((folder, kind))
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    found = {}
+    for cls in sorted(os.listdir(folder)):
+        cdir = os.path.join(folder, cls)
+        if not os.path.isdir(cdir) or cls.startswith((".", "_")):
+            continue
+        found[cls] = [os.path.join(cdir, f) for f in sorted(os.listdir(cdir))
+                      if f.lower().endswith(_EXTENSIONS[kind])]
+    _SCANNED[(folder, kind)] = (stamp, found)
+    return found
+
+
 def _scan_split(roots, split, kind):
     """{class: sorted paths} over every root holding `split`, or None."""
     found = {}
     for root in roots:
         folder = os.path.join(root, split)
-        if not os.path.isdir(folder):
-            continue
-        for cls in sorted(os.listdir(folder)):
-            cdir = os.path.join(folder, cls)
-            if not os.path.isdir(cdir) or cls.startswith((".", "_")):
-                continue
-            files = [os.path.join(cdir, f) for f in sorted(os.listdir(cdir))
-                     if f.lower().endswith(_EXTENSIONS[kind])]
-            found.setdefault(cls, []).extend(files)
+        if os.path.isdir(folder):
+            for cls, files in _scan_folder(folder, kind).items():
+                found.setdefault(cls, []).extend(files)
     return found or None
 
 

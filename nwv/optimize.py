@@ -507,9 +507,15 @@ def _penalty_target(name, names, on_pool, anchors, pool):
             tf.constant(const, tf.float32))
 
 
-def _evaluate(rt, tasks, data_dir, config, round_index, train_loss, penalty, seconds, lr):
+def _validation_batches(tasks, data_dir, config) -> dict:
+    """{task: its validation batches, kept in memory after the first round}."""
+    return {t: training.evaluation_batches(t, "validation", data_dir=data_dir,
+                                           limit=config.limit) for t in set(tasks.values())}
+
+
+def _evaluate(rt, tasks, batches, config, round_index, train_loss, penalty, seconds, lr):
     val = {n: training.evaluate(lambda x, n=n: rt.run(n, x), tasks[n], "validation",
-                                data_dir=data_dir, limit=config.limit) for n in tasks}
+                                batches=batches[tasks[n]]) for n in tasks}
     return {"round": round_index, "mode": config.mode.value,
             "train_loss": train_loss, "penalty": penalty,
             "val_accuracy": {n: v["accuracy"] for n, v in val.items()},
@@ -624,6 +630,7 @@ def _optimize_runtime(rt, config, data_dir, tasks, checkpoint_dir, resume, log):
         raise ValueError("round_robin needs every network's Fisher pages (NetworkSpec."
                          "fisher), received them for " + repr(sorted(fisher)))
     trainer = _Trainer(rt, config, data_dir, tasks)
+    validation = _validation_batches(tasks, data_dir, config)
     pool = rt.page_pool
     weights = {}
     if penalised:
@@ -642,7 +649,7 @@ def _optimize_runtime(rt, config, data_dir, tasks, checkpoint_dir, resume, log):
             pool=pool, optimizers=trainer.optimizers, names=names)
         log(f"resuming after round {history[-1]['round']} from {checkpoint.path}")
     else:
-        history = [_evaluate(rt, tasks, data_dir, config, 0, {}, {}, 0.0,
+        history = [_evaluate(rt, tasks, validation, config, 0, {}, {}, 0.0,
                              trainer.learning_rate())]
         if config.balance:
             history[0]["reference_val_accuracy"] = _reference_accuracy(rt, tasks, data_dir,
@@ -677,7 +684,7 @@ def _optimize_runtime(rt, config, data_dir, tasks, checkpoint_dir, resume, log):
             raise NonFiniteError(f"{err}: stopped; the pool was restored to the start of the "
                                  f"round and nothing non-finite was written (lower "
                                  f"--learning_rate or check the data)") from None
-        entry = _evaluate(rt, tasks, data_dir, config, r, train_loss, penalty,
+        entry = _evaluate(rt, tasks, validation, config, r, train_loss, penalty,
                           time.time() - start, trainer.learning_rate())
         if config.balance:
             entry["loss_weights"] = loss_weights

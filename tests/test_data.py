@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import data
 from tests.conftest import write_images
@@ -162,3 +163,37 @@ def test_word_placed_in_noise_keeps_the_word_and_the_snr_range():
     kept = [np.array_equal(keywords.augment(word, tf.constant([i, 1], tf.int64)).numpy(),
                            features.fix_length(word, 16000).numpy()) for i in range(200)]
     assert 0.15 < np.mean(kept) < 0.35          # CLEAN_SHARE = 0.25 of clips untouched
+
+
+def test_listing_follows_files_added_and_removed(tmp_path):
+    """Split listings are kept per process; adding or removing a file is seen."""
+    spec = data.get("mnist")
+    root = str(tmp_path)
+    write_images(root, "mnist", "train", spec.class_names, 3, (28, 28, 1))
+    assert len(data.list_files(spec, "train", root).paths) == 30
+    write_images(str(tmp_path / "extra"), "mnist", "train", spec.class_names, 4, (28, 28, 1))
+    added = os.path.join(root, "mnist", "train", "3", "0099.png")
+    os.rename(str(tmp_path / "extra" / "mnist" / "train" / "3" / "0003.png"), added)
+    assert added in data.list_files(spec, "train", root).paths
+    assert len(data.list_files(spec, "train", root).paths) == 31
+    os.remove(os.path.join(root, "mnist", "train", "0", "0000.png"))
+    paths = data.list_files(spec, "train", root).paths
+    assert len(paths) == 30 and not any(p.endswith(os.path.join("0", "0000.png")) for p in paths)
+
+
+def test_evaluation_from_kept_batches_equals_loading(tiny_data):
+    """`evaluate` on `evaluation_batches` (kept after the first pass) gives the numbers
+    of a fresh load, every time."""
+    from models import training
+
+    def model(x):     # a fixed linear read-out of the MFCC
+        flat = tf.reshape(x, [tf.shape(x)[0], -1])
+        return flat @ tf.reshape(tf.range(61 * 13 * 10, dtype=tf.float32) % 7 - 3.0,
+                                 [61 * 13, 10])
+
+    fresh = training.evaluate(model, "tts_commands", "validation", data_dir=tiny_data,
+                              batch_size=16)
+    kept = training.evaluation_batches("tts_commands", "validation", data_dir=tiny_data,
+                                       batch_size=16)
+    for _ in range(2):
+        assert training.evaluate(model, "tts_commands", "validation", batches=kept) == fresh
