@@ -25,6 +25,13 @@ def l2_normalize(x):
     return tf.math.l2_normalize(x, axis=None, epsilon=1e-12)
 
 
+def l2_normalize_each(x):
+    """`l2_normalize` of every example of a batch [batch, ...]: each norm is reduced
+    on its own, bit for bit as one example's (a reduction over axes 1.. sums in
+    another order)."""
+    return tf.map_fn(l2_normalize, x)
+
+
 def fix_length(audio, length):
     """Zero-pads or crops float32 [samples] to `length` samples (keeps the start)."""
     audio = audio[:length]
@@ -93,18 +100,24 @@ def content_seed(x):
 
 def log_mel(audio, sample_rate, *, frame_length, frame_step, fft_length, num_mel_bins,
             lower_hz=20.0, upper_hz=None):
-    """float32 [samples] -> log-mel spectrogram [frames, num_mel_bins] (log(mel + 1e-6))."""
+    """float32 [..., samples] -> log-mel spectrogram [..., frames, num_mel_bins]
+    (log(mel + 1e-6)). A batch gives bit for bit the values of its clips one by one:
+    the STFT works frame by frame and the mel projection is one matmul over all
+    frames' rows (a batched matmul would sum in another order)."""
     stft = tf.signal.stft(audio, frame_length, frame_step, fft_length)
     power = tf.abs(stft) ** 2
     matrix = tf.signal.linear_to_mel_weight_matrix(
         num_mel_bins, fft_length // 2 + 1, sample_rate, lower_hz,
         upper_hz or sample_rate / 2.0)
-    return tf.math.log(tf.matmul(power, matrix) + 1e-6)
+    rows = tf.matmul(tf.reshape(power, [-1, fft_length // 2 + 1]), matrix)
+    mel = tf.reshape(rows, tf.concat([tf.shape(power)[:-1], [num_mel_bins]], 0))
+    return tf.math.log(mel + 1e-6)
 
 
 def mfcc(audio, sample_rate=16000, *, frame_length=640, frame_step=256, fft_length=1024,
          num_mel_bins=40, num_coefficients=13):
-    """float32 [samples] -> MFCC [frames, num_coefficients].
+    """float32 [..., samples] -> MFCC [..., frames, num_coefficients] (a batch: the
+    values of its clips one by one, see `log_mel`).
 
     With 16,000 samples (1 s) the defaults give 61 frames of 40 ms every 16 ms,
     the NWV GSC network's 61 x 13 input.

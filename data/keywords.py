@@ -17,9 +17,16 @@ INPUT_SHAPE = (61, 13, 1)
 
 
 def preprocess(audio):
-    """float32 [samples] -> MFCC [61, 13, 1], padded to 1 s, L2-normalised (NWV GSC input)."""
-    audio = features.fix_length(audio, SAMPLE_RATE)
-    return features.l2_normalize(features.mfcc(audio, SAMPLE_RATE))[..., tf.newaxis]
+    """float32 [samples] -> [16000]: the clip padded or cropped to 1 s (per clip; the
+    MFCC is computed per batch, `batch_features`)."""
+    return features.fix_length(audio, SAMPLE_RATE)
+
+
+def batch_features(audio):
+    """float32 [batch, 16000] -> MFCC [batch, 61, 13, 1], each clip L2-normalised (the
+    NWV GSC input). Bit for bit the clips' MFCCs one by one, in one vectorised call."""
+    mfcc = features.mfcc(audio, SAMPLE_RATE)
+    return features.l2_normalize_each(mfcc)[..., tf.newaxis]
 
 
 # Share of training clips kept clean and at the start of the second, as clean test clips
@@ -39,6 +46,6 @@ def augment(audio, seed):
 
 
 def noisy_preprocess(audio):
-    """`preprocess` of the clip corrupted like `augment`, with a seed from its content."""
-    return preprocess(features.place_in_noise(audio, features.content_seed(audio),
-                                              length=SAMPLE_RATE, noise_probability=1.0))
+    """The 1-s clip corrupted like `augment`, with a seed from its content."""
+    return features.place_in_noise(audio, features.content_seed(audio), length=SAMPLE_RATE,
+                                   noise_probability=1.0)

@@ -264,8 +264,11 @@ def load(task: str, split: str, data_dir: str | None = None, batch_size: int = 6
     shape = spec.input_shape
 
     def prepare(x, y):
-        x = tf.ensure_shape(_traced(spec.preprocess)(x), shape)
-        return x, y
+        x = _traced(spec.preprocess)(x)
+        return (x if spec.batch_features else tf.ensure_shape(x, shape)), y
+
+    def featurise(x, y):
+        return tf.ensure_shape(_traced(spec.batch_features)(x), (None, *shape)), y
 
     ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
     if shard is not None:
@@ -273,4 +276,7 @@ def load(task: str, split: str, data_dir: str | None = None, batch_size: int = 6
         if not 0 <= index < count:
             raise ValueError(f"expected shard (n, i) with 0 <= i < n, received {shard}")
         ds = ds.shard(count, index)
-    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if spec.batch_features:
+        ds = ds.map(featurise, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.prefetch(AUTOTUNE)

@@ -26,6 +26,10 @@ class TaskSpec:
       class_names: folder names of the classes, in label order.
       preprocess: pure function, decoded example -> model input. Images arrive
         as uint8 [H, W, C] (C = `channels`), audio as float32 [samples] in [-1, 1].
+        With `batch_features`, it yields that function's fixed-shape input instead.
+      batch_features: optional pure function run once per batch after `preprocess`
+        and batching, [batch, ...] -> [batch, *input_shape] (the keyword MFCC: one
+        vectorised call instead of one per clip).
       tfds_name: TensorFlow Datasets name, or None when only local data exists.
       tfds_splits: split -> TFDS split string (slices carve missing splits).
       default_model: registered model trained for this task by default.
@@ -54,6 +58,7 @@ class TaskSpec:
     source_task: str | None = None
     label_map: tuple[int, ...] | None = None
     augment: Callable | None = None
+    batch_features: Callable | None = None
     carve_fractions: tuple[float, float] = (0.1, 0.1)
     carve_seed: int = 0
     sample_rate: int = 16000

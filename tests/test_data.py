@@ -197,3 +197,19 @@ def test_evaluation_from_kept_batches_equals_loading(tiny_data):
                                        batch_size=16)
     for _ in range(2):
         assert training.evaluate(model, "tts_commands", "validation", batches=kept) == fresh
+
+
+def test_keyword_features_per_batch_equal_per_clip_bit_for_bit():
+    """The MFCC runs once per batch (`batch_features`); its values are those of
+    each clip computed on its own, so batching changes no result."""
+    from data import features, keywords
+
+    rng = np.random.default_rng(0)
+    clips = [keywords.preprocess(tf.constant(
+        rng.normal(0, 0.1 * (i + 1), n).astype(np.float32)))
+        for i, n in enumerate(rng.integers(4000, 20000, 9))]
+    batch = keywords.batch_features(tf.stack(clips)).numpy()
+    one_by_one = np.stack([features.l2_normalize(features.mfcc(c)).numpy()[..., None]
+                           for c in clips])
+    assert batch.shape == (9, *keywords.INPUT_SHAPE)
+    assert np.array_equal(batch, one_by_one)

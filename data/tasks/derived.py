@@ -9,7 +9,8 @@ def _derive(name, source, class_names, label_map, default_model):
     base = get(source)
     return register_task(TaskSpec(
         name=name, kind=base.kind, input_shape=base.input_shape, class_names=class_names,
-        preprocess=base.preprocess, augment=base.augment, channels=base.channels,
+        preprocess=base.preprocess, augment=base.augment, batch_features=base.batch_features,
+        channels=base.channels,
         tfds_name=base.tfds_name, tfds_splits=base.tfds_splits, tfds_keys=base.tfds_keys,
         default_model=default_model, source_task=source, label_map=tuple(label_map),
         sample_rate=base.sample_rate,

@@ -16,6 +16,7 @@ for _name in NOISY_OF:
     register_task(TaskSpec(
         name=f"{_name}_noisy", kind=_base.kind, input_shape=_base.input_shape,
         class_names=_base.class_names, preprocess=keywords.noisy_preprocess,
+        batch_features=keywords.batch_features,
         tfds_name=None, default_model=_base.default_model,
         source_task=_base.source_task or _name, label_map=_base.label_map,
         sample_rate=_base.sample_rate))

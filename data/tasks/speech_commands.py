@@ -14,5 +14,6 @@ CLASS_NAMES = ("backward", "bed", "bird", "cat", "dog", "down", "eight", "five",
 SPEC = register_task(TaskSpec(
     name="speech_commands", kind=AUDIO, input_shape=keywords.INPUT_SHAPE,
     class_names=CLASS_NAMES, preprocess=keywords.preprocess, augment=keywords.augment,
+    batch_features=keywords.batch_features,
     tfds_name=None, default_model="nwv_gsc", sample_rate=keywords.SAMPLE_RATE,
 ))

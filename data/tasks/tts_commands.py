@@ -12,5 +12,6 @@ CLASS_NAMES = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", 
 SPEC = register_task(TaskSpec(
     name="tts_commands", kind=AUDIO, input_shape=keywords.INPUT_SHAPE,
     class_names=CLASS_NAMES, preprocess=keywords.preprocess, augment=keywords.augment,
+    batch_features=keywords.batch_features,
     tfds_name=None, default_model="nwv_tts", sample_rate=keywords.SAMPLE_RATE,
 ))
