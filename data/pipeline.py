@@ -9,6 +9,11 @@ MNIST, CIFAR-10 and the keyword sets are), so later epochs, rounds and evaluatio
 larger ones stream files (paths shuffled, decoded in the map). A file that
 cannot be decoded is named in the error. Without `data_dir` the task's TFDS
 builder is used (downloads on first use, as on Colab).
+
+A later `load` of the same split is cheap (joint optimisation builds one per
+network every round): the split's listing, its in-memory dataset and the traced
+preprocessing are reused, and a task's `batch_features` (the keyword MFCC) runs
+once per batch. None of this changes a value.
 """
 from __future__ import annotations
 
