@@ -481,9 +481,13 @@ SECTIONS = [
      "steps)", "bench_ten_networks_zip_digits_keywords.json", ten_networks, []),
     ("Ten networks, ablation: MTZ + NWV zipping every family (8 x 200 joint steps)",
      "bench_ten_networks_zip_all.json", ten_networks, []),
+    ("Ten networks, a point for int8 deployment: MTZ + NWV built and optimised at 8.5x "
+     "(float32; defaults otherwise), then int8 pages",
+     "bench_ten_networks_8x5.json", ten_networks, []),
     ("int8 pages: post-training against quantisation-aware", "bench_int8.json", int8_pages,
      []),
     ("Deployment: one TFLite / TFLM file per pool", "bench_deploy.json", deploy, []),
+    ("Deployment of the 8.5x MTZ + NWV pool", "bench_deploy_8x5.json", deploy, []),
     ("Scaling out: joint optimisation under tf.distribute", "bench_distributed.json",
      distributed, []),
     ("Zip + virtualize: task switching and simultaneous execution", "bench_zip_switch.json",
