@@ -550,16 +550,17 @@ def balance_weights(reference: dict, accuracy: dict, eta: float) -> dict:
     return {n: float(w) for n, w in zip(names, weights)}
 
 
-def _reference_accuracy(rt, tasks, data_dir, config) -> dict:
-    """{name: validation accuracy of the network's teacher (its original weights)}."""
+def _reference_accuracy(rt, tasks, batches, config) -> dict:
+    """{name: validation accuracy of the network's teacher (its original weights)} on
+    the run's validation batches {task: batches}."""
     missing = [n for n in tasks if rt.spec(n).teacher is None]
     if missing:
         raise ValueError(f"balance={config.balance} compares every network with its "
                          f"original (teacher) accuracy; {missing} have no teacher (pools "
                          f"saved before teachers were stored: re-add those networks)")
     return {n: training.evaluate(lambda x, n=n: rt.spec(n).teacher(x, training=False),
-                                 tasks[n], "validation", data_dir=data_dir,
-                                 limit=config.limit)["accuracy"] for n in tasks}
+                                 tasks[n], "validation", batches=batches[tasks[n]])["accuracy"]
+            for n in tasks}
 
 
 def _meta_key(rt, config, names) -> dict:
@@ -652,7 +653,7 @@ def _optimize_runtime(rt, config, data_dir, tasks, checkpoint_dir, resume, log):
         history = [_evaluate(rt, tasks, validation, config, 0, {}, {}, 0.0,
                              trainer.learning_rate())]
         if config.balance:
-            history[0]["reference_val_accuracy"] = _reference_accuracy(rt, tasks, data_dir,
+            history[0]["reference_val_accuracy"] = _reference_accuracy(rt, tasks, validation,
                                                                        config)
         best, best_round = pool.numpy().copy(), 0
         anchors = {n: pool.numpy().copy() for n in names} if penalised else {}
