@@ -63,17 +63,22 @@ def _free_ports(count):
 
 
 def _workers(pool, data, rounds, extra=()):
+    """Starts the two workers; each one's stdout and stderr go to files beside the pool
+    (pipes that nobody reads while the test polls would block a chatty worker)."""
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
     for index in range(2):
         env = dict(_env(), TF_CONFIG=json.dumps({"cluster": cluster,
                                                  "task": {"type": "worker", "index": index}}))
-        procs.append(subprocess.Popen(
+        logs = [open(f"{pool}.worker{index}.{stream}", "w+") for stream in ("out", "err")]
+        proc = subprocess.Popen(
             [sys.executable, os.path.join(REPO, "scripts", "joint_optimize.py"),
              f"--pool={pool}", f"--data_dir={data}", "--strategy=multi_worker",
-             f"--rounds={rounds}", *ARGS, *extra], env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True))
+             f"--rounds={rounds}", *ARGS, *extra], env=env, stdout=logs[0], stderr=logs[1],
+            text=True)
+        proc.logs = logs
+        procs.append(proc)
     return procs
 
 
@@ -86,8 +91,11 @@ def _single(pool, data, rounds, tmp_path, name):
     return np.load(os.path.join(folder, optimize.CHECKPOINT))["pool"]
 
 
-def _finish(procs, timeout=120):
+def _finish(procs, timeout=600):
+    """Waits for the workers; returns [(returncode, stdout, stderr)]. The limit catches
+    hangs, not a slow machine."""
     deadline = time.time() + timeout
+    results = []
     for proc in procs:
         try:
             proc.wait(timeout=max(1, deadline - time.time()))
@@ -95,15 +103,24 @@ def _finish(procs, timeout=120):
             for p in procs:
                 p.kill()
             pytest.fail("workers did not finish within the time limit")
-    return procs
+        out, err = (_read(log) for log in proc.logs)
+        results.append((proc.returncode, out, err))
+    return results
+
+
+def _read(log):
+    log.seek(0)
+    text = log.read()
+    log.close()
+    return text
 
 
 def test_two_workers_match_the_single_process_and_resume_after_a_kill(tiny_data, pool_dir,
                                                                        tmp_path):
     pool = str(tmp_path / "workers")
     shutil.copytree(pool_dir, pool)
-    for proc in _finish(_workers(pool, tiny_data, rounds=1)):
-        assert proc.returncode == 0, proc.stderr.read()[-3000:]
+    for returncode, _, err in _finish(_workers(pool, tiny_data, rounds=1)):
+        assert returncode == 0, err[-3000:]
     reference = _single(pool_dir, tiny_data, 1, tmp_path, "single1")
     trained = np.load(os.path.join(pool, optimize.CHECKPOINT))["pool"]
     scale = np.abs(reference).max()
@@ -114,7 +131,7 @@ def test_two_workers_match_the_single_process_and_resume_after_a_kill(tiny_data,
     shutil.copytree(pool_dir, pool)
     procs = _workers(pool, tiny_data, rounds=2)
     history = os.path.join(pool, optimize.HISTORY)
-    deadline = time.time() + 120
+    deadline = time.time() + 600
     while time.time() < deadline:
         if os.path.exists(history) and len(json.load(open(history))["history"]) >= 2:
             break
@@ -128,10 +145,12 @@ def test_two_workers_match_the_single_process_and_resume_after_a_kill(tiny_data,
     procs[0].kill()
     for p in procs:
         p.wait()
-    resumed_procs = _finish(_workers(pool, tiny_data, rounds=2, extra=["--resume"]))
-    for proc in resumed_procs:
-        assert proc.returncode == 0, proc.stderr.read()[-3000:]
-    assert "resuming after round 1" in resumed_procs[0].stdout.read()
+        for log in p.logs:
+            log.close()
+    resumed = _finish(_workers(pool, tiny_data, rounds=2, extra=["--resume"]))
+    for returncode, _, err in resumed:
+        assert returncode == 0, err[-3000:]
+    assert "resuming after round 1" in resumed[0][1]
     reference = _single(pool_dir, tiny_data, 2, tmp_path, "single2")
-    resumed = np.load(os.path.join(pool, optimize.CHECKPOINT))["pool"]
-    assert np.abs(resumed - reference).max() / np.abs(reference).max() < 1e-4
+    resumed_pool = np.load(os.path.join(pool, optimize.CHECKPOINT))["pool"]
+    assert np.abs(resumed_pool - reference).max() / np.abs(reference).max() < 1e-4
