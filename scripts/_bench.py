@@ -261,9 +261,31 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def machine() -> dict:
+    """The CPU and TensorFlow a result was measured with. Float results (trained
+    networks, pools) reproduce bit for bit only on the same kind: TensorFlow's CPU kernels
+    take other code paths with and without AVX-512."""
+    import platform
+    import tensorflow as tf
+    cpu, simd = platform.processor() or platform.machine(), []
+    try:
+        with open("/proc/cpuinfo") as handle:
+            info = {key.strip(): value.strip()
+                    for key, value in (line.split(":", 1) for line in handle if ":" in line)}
+        cpu = info.get("model name", cpu)
+        flags_ = set(info.get("flags", "").split())
+        simd = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile") if f in flags_]
+    except OSError:                                       # not Linux
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "simd": simd, "tensorflow": tf.__version__}
+
+
 def write_result(path: str, obj) -> str:
-    """Writes a result JSON (path relative to the repository root); returns its path."""
+    """Writes a result JSON (path relative to the repository root), with the `machine`
+    it was measured on added to a dict; returns its path."""
     path = resolve(path)
+    if isinstance(obj, dict) and "machine" not in obj:
+        obj = {**obj, "machine": machine()}
     artifacts.write_json(path, obj)
     return path
 

@@ -275,15 +275,11 @@ def run_part(config_name: str, networks: list, scratch: str) -> dict:
 
 
 def machine() -> dict:
-    """Where it ran: CPU model, cores, platform (TensorFlow and GPUs: from the runs)."""
-    model = None
-    try:
-        with open("/proc/cpuinfo") as handle:
-            model = next((line.split(":", 1)[1].strip() for line in handle
-                          if line.startswith("model name")), None)
-    except OSError:
-        pass
-    return {"cpu_model": model, "logical_cpus": os.cpu_count(),
+    """Where it ran: CPU model and SIMD, cores, platform (TensorFlow and GPUs: from the
+    runs)."""
+    import _bench as bench
+    where = bench.machine()
+    return {"cpu_model": where["cpu"], "simd": where["simd"], "logical_cpus": where["cores"],
             "usable_cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
             "python": platform.python_version()}
 

@@ -499,6 +499,15 @@ SECTIONS = [
 ]
 
 
+def _machine(d) -> str:
+    """'; measured on <cpu> ...' for a result that recorded its machine, else ''."""
+    m = d.get("machine") if isinstance(d, dict) else None
+    if not m or "simd" not in m:                    # older results wrote their own fields
+        return ""
+    simd = "/".join(m["simd"]) or "no AVX2"
+    return f"; measured on {m['cpu']} ({m['cores']} cores, {simd}), TensorFlow {m['tensorflow']}"
+
+
 def render() -> list:
     """The lines of RESULTS.md: a header, then one section per benchmark that wrote
     its JSON (table and figures that exist)."""
@@ -511,7 +520,7 @@ def render() -> list:
         d = _load(file)
         if d is None:
             continue
-        lines += [f"## {title}", "", f"Source: [`{file}`]({file})", ""]
+        lines += [f"## {title}", "", f"Source: [`{file}`]({file})" + _machine(d), ""]
         lines += section(d)
         lines += [""] + [f"![{f}]({f})" for f in figures
                          if os.path.exists(os.path.join(FLAGS.results, f))] + [""]

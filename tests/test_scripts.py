@@ -132,6 +132,22 @@ def test_benchmark_cache_retrains_for_other_model_settings(tiny_data, tmp_path):
     assert any("other settings" in line and "overrides" in line for line in said)
 
 
+def test_result_files_record_the_machine_they_were_measured_on(tmp_path):
+    """Float results reproduce bit for bit only on the same kind of CPU, so every result
+    JSON names it; a result that already has its own `machine` keeps it."""
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import _bench
+
+    path = _bench.write_result(str(tmp_path / "r.json"), {"accuracy": 0.5})
+    with open(path) as handle:
+        written = json.load(handle)
+    assert written["accuracy"] == 0.5
+    assert set(written["machine"]) == {"cpu", "cores", "simd", "tensorflow"}
+    assert written["machine"]["cores"] == os.cpu_count()
+    with open(_bench.write_result(str(tmp_path / "own.json"), {"machine": {"cpus": 2}})) as h:
+        assert json.load(h) == {"machine": {"cpus": 2}}
+
+
 def test_every_command_starts_seeded_and_deterministic(tmp_path):
     """`_cli.run` seeds from --seed before `main`: a command's first random draw and
     TensorFlow's op determinism do not depend on which of its stages seeds first
