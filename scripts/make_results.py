@@ -487,11 +487,16 @@ SECTIONS = [
     ("Ten networks, a point for int8 deployment: MTZ + NWV built and optimised at 8.25x "
      "(float32; defaults otherwise), then int8 pages",
      "bench_ten_networks_8x25.json", ten_networks, []),
+    ("Ten networks, the 8.25x point replicated: the ten networks retrained with the same "
+     "seeds on a CPU without AVX-512 (other kernels, so other networks), MTZ + NWV at 8.25x, "
+     "then int8 pages", "bench_ten_networks_8x25_avx2.json", ten_networks, []),
     ("int8 pages: post-training against quantisation-aware", "bench_int8.json", int8_pages,
      []),
     ("Deployment: one TFLite / TFLM file per pool", "bench_deploy.json", deploy, []),
     ("Deployment of the 8.5x MTZ + NWV pool", "bench_deploy_8x5.json", deploy, []),
     ("Deployment of the 8.25x MTZ + NWV pool", "bench_deploy_8x25.json", deploy, []),
+    ("Deployment of the replicated 8.25x MTZ + NWV pool (networks retrained without "
+     "AVX-512)", "bench_deploy_8x25_avx2.json", deploy, []),
     ("Scaling out: joint optimisation under tf.distribute", "bench_distributed.json",
      distributed, []),
     ("Zip + virtualize: task switching and simultaneous execution", "bench_zip_switch.json",
