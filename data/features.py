@@ -101,16 +101,19 @@ def content_seed(x):
 def log_mel(audio, sample_rate, *, frame_length, frame_step, fft_length, num_mel_bins,
             lower_hz=20.0, upper_hz=None):
     """float32 [..., samples] -> log-mel spectrogram [..., frames, num_mel_bins]
-    (log(mel + 1e-6)). A batch gives bit for bit the values of its clips one by one:
-    the STFT works frame by frame and the mel projection is one matmul over all
-    frames' rows (a batched matmul would sum in another order)."""
+    (log(mel + 1e-6)). A batch gives bit for bit the values of its clips one by one,
+    on every CPU: the STFT works frame by frame, and the mel projection is one
+    [frames, bins] x [bins, mels] matmul per clip (`map_fn`). A matmul over all the
+    batch's rows at once sums some rows in another order on CPUs without AVX-512
+    (the kernel's blocking depends on the row count)."""
     stft = tf.signal.stft(audio, frame_length, frame_step, fft_length)
-    power = tf.abs(stft) ** 2
+    power = tf.abs(stft) ** 2                                     # [..., frames, bins]
     matrix = tf.signal.linear_to_mel_weight_matrix(
         num_mel_bins, fft_length // 2 + 1, sample_rate, lower_hz,
         upper_hz or sample_rate / 2.0)
-    rows = tf.matmul(tf.reshape(power, [-1, fft_length // 2 + 1]), matrix)
-    mel = tf.reshape(rows, tf.concat([tf.shape(power)[:-1], [num_mel_bins]], 0))
+    clips = tf.reshape(power, tf.concat([[-1], tf.shape(power)[-2:]], 0))
+    mel = tf.map_fn(lambda clip: tf.matmul(clip, matrix), clips)
+    mel = tf.reshape(mel, tf.concat([tf.shape(power)[:-1], [num_mel_bins]], 0))
     return tf.math.log(mel + 1e-6)
 
 
