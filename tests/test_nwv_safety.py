@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -42,15 +43,21 @@ def test_a_second_writer_fails_at_once_or_waits(pool_with_digits, tiny_data, tmp
     assert [n["name"] for n in api.list_networks(pool_with_digits)] == ["digits"]
     # --wait: the second writer waits for the first and then adds its network.
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    with locking.writer(pool_with_digits):
+    log = tmp_path / "waiting.log"
+    with locking.writer(pool_with_digits), open(log, "w") as handle:
         waiting = subprocess.Popen([sys.executable, os.path.join(REPO, "scripts", args[0]),
-                                    *args[1:], "--wait"], env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
+                                    *args[1:], "--wait"], env=env, stdout=handle,
+                                   stderr=subprocess.STDOUT, text=True)
+        # Hold the lock until it says it waits (starting TensorFlow takes its time on a
+        # loaded machine), then a little longer: it must still be waiting.
+        deadline = time.time() + 300
+        while "waiting for pool" not in log.read_text() and waiting.poll() is None:
+            assert time.time() < deadline, "the second writer never reached the lock"
+            time.sleep(0.2)
         with pytest.raises(subprocess.TimeoutExpired):
-            waiting.wait(timeout=15)                # still waiting while we hold the lock
-    out, err = waiting.communicate(timeout=300)
-    assert waiting.returncode == 0, err[-2000:]
-    assert "waiting for pool" in out + err
+            waiting.wait(timeout=2)                 # still waiting while we hold the lock
+    assert waiting.wait(timeout=300) == 0, log.read_text()[-2000:]
+    assert "waiting for pool" in log.read_text()
     assert [n["name"] for n in api.list_networks(pool_with_digits)] == ["digits", "parity"]
 
 
