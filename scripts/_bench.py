@@ -273,8 +273,9 @@ def machine() -> dict:
             info = {key.strip(): value.strip()
                     for key, value in (line.split(":", 1) for line in handle if ":" in line)}
         cpu = info.get("model name", cpu)
-        flags_ = set(info.get("flags", "").split())
-        simd = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile") if f in flags_]
+        cpu_flags = set(info.get("flags", "").split())
+        simd = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile")
+                if f in cpu_flags]
     except OSError:                                       # not Linux
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "simd": simd, "tensorflow": tf.__version__}

@@ -487,16 +487,11 @@ SECTIONS = [
     ("Ten networks, a point for int8 deployment: MTZ + NWV built and optimised at 8.25x "
      "(float32; defaults otherwise), then int8 pages",
      "bench_ten_networks_8x25.json", ten_networks, []),
-    ("Ten networks, the 8.25x point replicated: the ten networks retrained with the same "
-     "seeds on a CPU without AVX-512 (other kernels, so other networks), MTZ + NWV at 8.25x, "
-     "then int8 pages", "bench_ten_networks_8x25_avx2.json", ten_networks, []),
     ("int8 pages: post-training against quantisation-aware", "bench_int8.json", int8_pages,
      []),
     ("Deployment: one TFLite / TFLM file per pool", "bench_deploy.json", deploy, []),
     ("Deployment of the 8.5x MTZ + NWV pool", "bench_deploy_8x5.json", deploy, []),
     ("Deployment of the 8.25x MTZ + NWV pool", "bench_deploy_8x25.json", deploy, []),
-    ("Deployment of the replicated 8.25x MTZ + NWV pool (networks retrained without "
-     "AVX-512)", "bench_deploy_8x25_avx2.json", deploy, []),
     ("Scaling out: joint optimisation under tf.distribute", "bench_distributed.json",
      distributed, []),
     ("Zip + virtualize: task switching and simultaneous execution", "bench_zip_switch.json",
@@ -507,7 +502,7 @@ SECTIONS = [
 def _machine(d) -> str:
     """'; measured on <cpu> ...' for a result that recorded its machine, else ''."""
     m = d.get("machine") if isinstance(d, dict) else None
-    if not m or "simd" not in m:                    # older results wrote their own fields
+    if not m or not {"cpu", "cores", "simd", "tensorflow"} <= set(m):   # their own fields
         return ""
     simd = "/".join(m["simd"]) or "no AVX2"
     return f"; measured on {m['cpu']} ({m['cores']} cores, {simd}), TensorFlow {m['tensorflow']}"
