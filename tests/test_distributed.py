@@ -71,12 +71,13 @@ def _workers(pool, data, rounds, extra=()):
     for index in range(2):
         env = dict(_env(), TF_CONFIG=json.dumps({"cluster": cluster,
                                                  "task": {"type": "worker", "index": index}}))
-        logs = [open(f"{pool}.worker{index}.{stream}", "w+") for stream in ("out", "err")]
-        proc = subprocess.Popen(
-            [sys.executable, os.path.join(REPO, "scripts", "joint_optimize.py"),
-             f"--pool={pool}", f"--data_dir={data}", "--strategy=multi_worker",
-             f"--rounds={rounds}", *ARGS, *extra], env=env, stdout=logs[0], stderr=logs[1],
-            text=True)
+        logs = [f"{pool}.worker{index}.{stream}" for stream in ("out", "err")]
+        with open(logs[0], "w") as out, open(logs[1], "w") as err:  # the child keeps its fds
+            proc = subprocess.Popen(
+                [sys.executable, os.path.join(REPO, "scripts", "joint_optimize.py"),
+                 f"--pool={pool}", f"--data_dir={data}", "--strategy=multi_worker",
+                 f"--rounds={rounds}", *ARGS, *extra], env=env, stdout=out, stderr=err,
+                text=True)
         proc.logs = logs
         procs.append(proc)
     return procs
@@ -103,16 +104,9 @@ def _finish(procs, timeout=600):
             for p in procs:
                 p.kill()
             pytest.fail("workers did not finish within the time limit")
-        out, err = (_read(log) for log in proc.logs)
+        out, err = (open(log).read() for log in proc.logs)
         results.append((proc.returncode, out, err))
     return results
-
-
-def _read(log):
-    log.seek(0)
-    text = log.read()
-    log.close()
-    return text
 
 
 def test_two_workers_match_the_single_process_and_resume_after_a_kill(tiny_data, pool_dir,
@@ -145,8 +139,6 @@ def test_two_workers_match_the_single_process_and_resume_after_a_kill(tiny_data,
     procs[0].kill()
     for p in procs:
         p.wait()
-        for log in p.logs:
-            log.close()
     resumed = _finish(_workers(pool, tiny_data, rounds=2, extra=["--resume"]))
     for returncode, _, err in resumed:
         assert returncode == 0, err[-3000:]
