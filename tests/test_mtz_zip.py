@@ -181,8 +181,8 @@ def test_retraining_steps_run_eagerly_or_traced_to_the_same_weights():
         zipped = mtz.zip_models([a, b], xs, share="0.5", retrain=retrainer)
         assert [r["retrain"]["steps"] for r in zipped.records] == [2, 2]     # fc1, fc2
         weights.append(zipped.model.get_weights())
-    for traced, eager in zip(*weights):
-        np.testing.assert_allclose(eager, traced, rtol=1e-5, atol=1e-6)   # equal bit for bit on an AVX2 EPYC
+    for traced, eager in zip(*weights):            # equal bit for bit on an AVX2 EPYC
+        np.testing.assert_allclose(eager, traced, rtol=1e-5, atol=1e-6)
 
 
 def test_save_and_load_roundtrip(tmp_path):
