@@ -2,6 +2,7 @@
 single-process results; a killed worker resumes from the last checkpoint."""
 import json
 import os
+import pathlib
 import shutil
 import signal
 import socket
@@ -104,7 +105,7 @@ def _finish(procs, timeout=600):
             for p in procs:
                 p.kill()
             pytest.fail("workers did not finish within the time limit")
-        out, err = (open(log).read() for log in proc.logs)
+        out, err = (pathlib.Path(log).read_text() for log in proc.logs)
         results.append((proc.returncode, out, err))
     return results
 
