@@ -13,6 +13,7 @@ Accuracies come from `models.training.evaluate`, pool orders from
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import resource
@@ -279,6 +280,29 @@ def machine() -> dict:
     except OSError:                                       # not Linux
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "simd": simd, "tensorflow": tf.__version__}
+
+
+def pool_fingerprint(pool_dir: str) -> str:
+    """sha256 of a pool directory's manifest (it lists the sha256 of the pool, every page
+    table and every network's files), so it changes whenever the pool is rebuilt or
+    optimised: a result chosen for one pool is never applied to another in the same folder."""
+    with open(os.path.join(pool_dir, state.MANIFEST), "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def float_page_choice(result: dict, name: str, pool_dir: str) -> tuple[int, str]:
+    """The float-page budget K that bench_int8's `result` chose for pool `name`, and
+    (when K is 0) why none applies: no entry or budget, another folder, or a pool that
+    changed since (its fingerprint differs, or bench_int8 recorded none)."""
+    entry = result.get("pools", {}).get(name)
+    if not entry or "float_pages" not in entry:
+        return 0, f"no float-page budget for {name}"
+    if os.path.realpath(resolve(entry["pool"])) != os.path.realpath(pool_dir):
+        return 0, f"{name}'s budget was chosen for {entry['pool']}, not {pool_dir}"
+    if entry.get("pool_fingerprint") != pool_fingerprint(pool_dir):
+        return 0, (f"{pool_dir} changed since its budget was chosen (manifest sha256 "
+                   f"differs): rerun bench_int8.py")
+    return int(entry["float_pages"]["chosen"]), ""
 
 
 def write_result(path: str, obj) -> str:

@@ -94,12 +94,10 @@ def float_page_budget(name, pool_dir) -> int:
         print(f"{name}: no {path}, so no float-page file")
         return 0
     with open(path) as handle:
-        entry = json.load(handle).get("pools", {}).get(name)
-    if (not entry or "float_pages" not in entry
-            or os.path.realpath(bench.resolve(entry["pool"])) != os.path.realpath(pool_dir)):
-        print(f"{name}: {path} has no float-page budget for {pool_dir}")
-        return 0
-    return int(entry["float_pages"]["chosen"])
+        chosen, why = bench.float_page_choice(json.load(handle), name, pool_dir)
+    if why:
+        print(f"{name}: {path}: {why}; no float-page file")
+    return chosen
 
 
 LABELS = ("float32", "int8", "int8_float_pages")

@@ -156,7 +156,8 @@ def pool_report(pool_dir: str, label: str) -> dict:
     as_float = nwv.VirtualizedNetworks.load(pool_dir)
     int8 = nwv.VirtualizedNetworks.load(pool_dir, storage="int8")
     stored = int8.stored_bytes() + int8.table_bytes()
-    report = {"pool": pool_dir, "networks": as_float.task_names,
+    report = {"pool": pool_dir, "pool_fingerprint": bench.pool_fingerprint(pool_dir),
+              "networks": as_float.task_names,
               "float_stored_bytes": as_float.stored_bytes() + as_float.table_bytes(),
               "int8_stored_bytes": stored, "separate_bytes": separate_bytes,
               "int8_compression": separate_bytes / stored if separate_bytes else None}

@@ -1,7 +1,9 @@
 """add_dnn.py, pool.py, joint_optimize.py and evaluate.py --network end to end on tiny
 data, in subprocesses as users run them; api errors in process."""
+import hashlib
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,6 +112,8 @@ def test_bench_int8_compares_post_training_and_quantization_aware(weights, tiny_
                f"--work_dir={tmp_path / 'work'}", "--qat_rounds=1", "--qat_steps=2",
                "--limit=16", "--float_pages=3,1", f"--out={out}")
     report = json.load(open(out))["pools"]["tiny"]
+    manifest = Path(pool, state.MANIFEST).read_bytes()
+    assert report["pool_fingerprint"] == hashlib.sha256(manifest).hexdigest()
     for key in ("float", "int8_post_training", "int8_qat", "qat_float_pool"):
         assert set(report[key]) == {"digits", "objects"}
     budget = report["float_pages"]          # tried in increasing order, chosen on validation

@@ -132,6 +132,27 @@ def test_benchmark_cache_retrains_for_other_model_settings(tiny_data, tmp_path):
     assert any("other settings" in line and "overrides" in line for line in said)
 
 
+def test_a_float_page_budget_applies_only_to_the_pool_it_was_chosen_for(tmp_path):
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import _bench
+
+    pool, other = tmp_path / "pool", tmp_path / "other"
+    for folder in (pool, other):
+        folder.mkdir()
+        (folder / "manifest.json").write_text('{"pool": "v1"}')
+    result = {"pools": {"ten": {"pool": str(pool), "float_pages": {"chosen": 2},
+                                "pool_fingerprint": _bench.pool_fingerprint(str(pool))}}}
+    assert _bench.float_page_choice(result, "ten", str(pool)) == (2, "")
+    assert _bench.float_page_choice(result, "demo", str(pool))[0] == 0      # no entry
+    k, why = _bench.float_page_choice(result, "ten", str(other))            # other folder
+    assert k == 0 and "not" in why
+    (pool / "manifest.json").write_text('{"pool": "v2"}')                   # rebuilt pool
+    k, why = _bench.float_page_choice(result, "ten", str(pool))
+    assert k == 0 and "changed" in why
+    del result["pools"]["ten"]["pool_fingerprint"]                          # older result
+    assert _bench.float_page_choice(result, "ten", str(pool))[0] == 0
+
+
 def test_result_files_record_the_machine_they_were_measured_on(tmp_path):
     """Float results reproduce bit for bit only on the same kind of CPU, so every result
     JSON names it; a result that already has its own `machine` keeps it."""
