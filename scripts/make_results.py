@@ -5,6 +5,7 @@
 Reads only what the benchmarks wrote (never re-measures, never edits a figure)
 and renders one table per benchmark with links to the figures. Seconds.
 """
+import functools
 import json
 import os
 
@@ -187,9 +188,11 @@ def resident(d):
     return rows
 
 
-def deploy(d):
+def deploy(d, ten_file="bench_ten_networks.json"):
+    """The deployment tables of a bench_deploy result; int8 accuracy is compared with the
+    separate networks of `ten_file`, the ten-network run whose pools it deployed."""
     rows = []
-    separate = (_load("bench_ten_networks.json") or {}).get("separate", {})
+    separate = (_load(ten_file) or {}).get("separate", {})
     for name, r in d["pools"].items():
         sep = r["separate_tflite_bytes"]
         rows += [f"**{name}** ({len(r['networks'])} networks): one stock TFLite file per network "
@@ -226,7 +229,7 @@ def deploy(d):
                         f"{'fits' if m['fits_256kB_sram'] else 'no'} / "
                         f"{'fits' if m['fits_1MB_flash'] else 'no'} | {worst:.1e} |")
         for label in ("int8", "int8_float_pages"):
-            rows += _against_separate(r, separate, label)
+            rows += _against_separate(r, separate, label, ten_file)
         rows.append("")
     return rows
 
@@ -242,9 +245,9 @@ def deploy_label(label, r) -> str:
     return with_float_pages(r["float_pages"]) if label == "int8_float_pages" else label
 
 
-def _against_separate(r, separate, label) -> list:
+def _against_separate(r, separate, label, ten_file) -> list:
     """A line on the int8 pages' (`label`) test accuracy against `separate`, the
-    separate networks of bench_ten_networks.json, for a pool of those ten networks
+    separate networks of `ten_file`, for a pool of those ten networks
     (the micro int8 file's logits are the int8 runtime's, checked above)."""
     accuracy = r["runtime_accuracy"].get(label)
     if not accuracy or set(accuracy) != set(separate):     # the ten networks only
@@ -253,7 +256,7 @@ def _against_separate(r, separate, label) -> list:
     worst = max(drops, key=drops.get)
     what = "int8 pages" if label == "int8" else deploy_label(label, r)
     return ["", f"{what} against the separate float32 networks "
-            f"(test carves, [`bench_ten_networks.json`](bench_ten_networks.json)): worst drop "
+            f"(test carves, [`{ten_file}`]({ten_file})): worst drop "
             f"{drops[worst]:.2f} pt ({worst}), mean {sum(drops.values()) / len(drops):.2f} pt."]
 
 
@@ -461,37 +464,50 @@ SECTIONS = [
      ["nwv_page_size.png", "nwv_convergence.png"]),
     ("Two-level pages: RAM budget against switch latency", "bench_nwv_resident.json",
      resident, ["bench_nwv_resident.png"]),
-    ("Ten networks: NWV alone against MTZ + NWV (defaults: 24 x 400 joint steps, labels "
-     "only, balanced losses)", "bench_ten_networks.json", ten_networks,
+    ("Ten networks: NWV alone against MTZ + NWV (defaults: 8.25x, 24 x 400 joint steps, "
+     "labels only, balanced losses; separate networks trained on the AVX2-only machine)",
+     "bench_ten_networks.json", ten_networks,
      ["bench_ten_networks.png"]),
-    ("Ten networks, control: each network alone with the joint budget",
+    ("Ten networks at 8x, the previous default (24 x 400 joint steps, labels only, balanced "
+     "losses), on the separate networks the AVX-512 machine trained: every ten-network "
+     "section below uses those networks", "bench_ten_networks_8x.json", ten_networks,
+     ["bench_ten_networks_8x.png"]),
+    ("Ten networks, control: each network alone with the joint budget (against the 8x pools "
+     "of bench_ten_networks_8x.json)",
      "bench_ten_networks_equal_budget.json", ten_networks_equal_budget, []),
-    ("Ten networks, budget: NWV alone and MTZ + NWV (digits zipped) with two thirds of the "
-     "default steps (16 x 400 joint steps, the previous default, written then as "
-     "bench_ten_networks.json; labels only, balanced losses)",
+    ("Ten networks, budget: NWV alone and MTZ + NWV (digits zipped) at 8x with two thirds "
+     "of the default steps (16 x 400 joint steps, the default before 24 x 400; labels only, "
+     "balanced losses)",
      "bench_ten_networks_rounds16.json", ten_networks, []),
-    ("Ten networks, budget: NWV alone and MTZ + NWV (digits zipped) with a sixth of the "
-     "default steps (8 x 200 joint steps, labels only, balanced losses)",
+    ("Ten networks, budget: NWV alone and MTZ + NWV (digits zipped) at 8x with a sixth of "
+     "the default steps (8 x 200 joint steps, labels only, balanced losses)",
      "bench_ten_networks_budget4x.json", ten_networks, []),
-    ("Ten networks, ablation: MTZ + NWV trained on labels only against distillation "
-     "(beta 0.7) at equal budget (24 x 400 joint steps, the default, balanced losses; run "
-     "on its own, without NWV alone before it)",
+    ("Ten networks, ablation: MTZ + NWV at 8x trained on labels only against distillation "
+     "(beta 0.7) at equal budget (24 x 400 joint steps, balanced losses; run on its own, "
+     "without NWV alone before it)",
      "bench_ten_networks_distill.json", ten_networks, []),
-    ("Ten networks, ablation: MTZ + NWV zipping the digits and the keywords (8 x 200 joint "
-     "steps)", "bench_ten_networks_zip_digits_keywords.json", ten_networks, []),
-    ("Ten networks, ablation: MTZ + NWV zipping every family (8 x 200 joint steps)",
+    ("Ten networks, ablation: MTZ + NWV at 8x zipping the digits and the keywords (8 x 200 "
+     "joint steps)", "bench_ten_networks_zip_digits_keywords.json", ten_networks, []),
+    ("Ten networks, ablation: MTZ + NWV at 8x zipping every family (8 x 200 joint steps)",
      "bench_ten_networks_zip_all.json", ten_networks, []),
     ("Ten networks, a point for int8 deployment: MTZ + NWV built and optimised at 8.5x "
      "(float32; defaults otherwise), then int8 pages",
      "bench_ten_networks_8x5.json", ten_networks, []),
-    ("Ten networks, a point for int8 deployment: MTZ + NWV built and optimised at 8.25x "
-     "(float32; defaults otherwise), then int8 pages",
-     "bench_ten_networks_8x25.json", ten_networks, []),
-    ("int8 pages: post-training against quantisation-aware", "bench_int8.json", int8_pages,
+    ("Ten networks at 8.25x, today's default, on the AVX-512 machine's separate networks "
+     "(MTZ + NWV only), then int8 pages", "bench_ten_networks_8x25.json", ten_networks, []),
+    ("int8 pages of the default ten-network pools: post-training against "
+     "quantisation-aware", "bench_int8.json", int8_pages, []),
+    ("int8 pages of the 8x ten-network pools and the demo pool (AVX-512 machine)",
+     "bench_int8_8x.json", int8_pages, []),
+    ("Deployment: one TFLite / TFLM file per default ten-network pool", "bench_deploy.json",
+     deploy, []),
+    ("Deployment of the 8x ten-network pools and the demo pool (AVX-512 machine)",
+     "bench_deploy_8x.json", functools.partial(deploy, ten_file="bench_ten_networks_8x.json"),
      []),
-    ("Deployment: one TFLite / TFLM file per pool", "bench_deploy.json", deploy, []),
-    ("Deployment of the 8.5x MTZ + NWV pool", "bench_deploy_8x5.json", deploy, []),
-    ("Deployment of the 8.25x MTZ + NWV pool", "bench_deploy_8x25.json", deploy, []),
+    ("Deployment of the 8.5x MTZ + NWV pool (AVX-512 machine)", "bench_deploy_8x5.json",
+     functools.partial(deploy, ten_file="bench_ten_networks_8x.json"), []),
+    ("Deployment of the 8.25x MTZ + NWV pool (AVX-512 machine)", "bench_deploy_8x25.json",
+     functools.partial(deploy, ten_file="bench_ten_networks_8x.json"), []),
     ("Scaling out: joint optimisation under tf.distribute", "bench_distributed.json",
      distributed, []),
     ("Zip + virtualize: task switching and simultaneous execution", "bench_zip_switch.json",
