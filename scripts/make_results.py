@@ -464,16 +464,17 @@ SECTIONS = [
      ["nwv_page_size.png", "nwv_convergence.png"]),
     ("Two-level pages: RAM budget against switch latency", "bench_nwv_resident.json",
      resident, ["bench_nwv_resident.png"]),
-    ("Ten networks: NWV alone against MTZ + NWV (defaults: 8.25x, 24 x 400 joint steps, "
+    ("Ten networks: NWV alone against MTZ + NWV (defaults: 8x, 24 x 400 joint steps, "
      "labels only, balanced losses; separate networks trained on the AVX2-only machine)",
-     "bench_ten_networks.json", ten_networks,
-     ["bench_ten_networks.png"]),
-    ("Ten networks at 8x, the previous default (24 x 400 joint steps, labels only, balanced "
-     "losses), on the separate networks the AVX-512 machine trained: every ten-network "
-     "section below uses those networks", "bench_ten_networks_8x.json", ten_networks,
-     ["bench_ten_networks_8x.png"]),
+     "bench_ten_networks.json", ten_networks, ["bench_ten_networks.png"]),
+    ("Ten networks at 8.25x (24 x 400 joint steps, labels only, balanced losses) on the same "
+     "AVX2 separate networks", "bench_ten_networks_8x25_avx2.json", ten_networks, []),
+    ("Ten networks at 8x (24 x 400 joint steps, labels only, balanced losses) on the "
+     "separate networks the AVX-512 machine trained: every ten-network section below uses "
+     "those networks", "bench_ten_networks_avx512.json", ten_networks,
+     ["bench_ten_networks_avx512.png"]),
     ("Ten networks, control: each network alone with the joint budget (against the 8x pools "
-     "of bench_ten_networks_8x.json)",
+     "of bench_ten_networks_avx512.json)",
      "bench_ten_networks_equal_budget.json", ten_networks_equal_budget, []),
     ("Ten networks, budget: NWV alone and MTZ + NWV (digits zipped) at 8x with two thirds "
      "of the default steps (16 x 400 joint steps, the default before 24 x 400; labels only, "
@@ -493,21 +494,27 @@ SECTIONS = [
     ("Ten networks, a point for int8 deployment: MTZ + NWV built and optimised at 8.5x "
      "(float32; defaults otherwise), then int8 pages",
      "bench_ten_networks_8x5.json", ten_networks, []),
-    ("Ten networks at 8.25x, today's default, on the AVX-512 machine's separate networks "
-     "(MTZ + NWV only), then int8 pages", "bench_ten_networks_8x25.json", ten_networks, []),
+    ("Ten networks, a point for int8 deployment: MTZ + NWV at 8.25x on the AVX-512 "
+     "machine's separate networks, then int8 pages", "bench_ten_networks_8x25.json",
+     ten_networks, []),
     ("int8 pages of the default ten-network pools: post-training against "
      "quantisation-aware", "bench_int8.json", int8_pages, []),
+    ("int8 pages of the 8.25x ten-network pools (AVX2 separate networks)",
+     "bench_int8_8x25_avx2.json", int8_pages, []),
     ("int8 pages of the 8x ten-network pools and the demo pool (AVX-512 machine)",
-     "bench_int8_8x.json", int8_pages, []),
+     "bench_int8_avx512.json", int8_pages, []),
     ("Deployment: one TFLite / TFLM file per default ten-network pool", "bench_deploy.json",
      deploy, []),
+    ("Deployment of the 8.25x ten-network pools (AVX2 separate networks)",
+     "bench_deploy_8x25_avx2.json",
+     functools.partial(deploy, ten_file="bench_ten_networks_8x25_avx2.json"), []),
     ("Deployment of the 8x ten-network pools and the demo pool (AVX-512 machine)",
-     "bench_deploy_8x.json", functools.partial(deploy, ten_file="bench_ten_networks_8x.json"),
-     []),
+     "bench_deploy_avx512.json",
+     functools.partial(deploy, ten_file="bench_ten_networks_avx512.json"), []),
     ("Deployment of the 8.5x MTZ + NWV pool (AVX-512 machine)", "bench_deploy_8x5.json",
-     functools.partial(deploy, ten_file="bench_ten_networks_8x.json"), []),
+     functools.partial(deploy, ten_file="bench_ten_networks_avx512.json"), []),
     ("Deployment of the 8.25x MTZ + NWV pool (AVX-512 machine)", "bench_deploy_8x25.json",
-     functools.partial(deploy, ten_file="bench_ten_networks_8x.json"), []),
+     functools.partial(deploy, ten_file="bench_ten_networks_avx512.json"), []),
     ("Scaling out: joint optimisation under tf.distribute", "bench_distributed.json",
      distributed, []),
     ("Zip + virtualize: task switching and simultaneous execution", "bench_zip_switch.json",
