@@ -452,6 +452,9 @@ def distributed(d):
     return rows
 
 
+# bench_deploy results of pools built on the AVX-512 machine's separate networks.
+deploy_avx512 = functools.partial(deploy, ten_file="bench_ten_networks_avx512.json")
+
 SECTIONS = [
     ("Main job: `scripts/demo.py` with default settings", "demo/summary.json", demo,
      ["demo/accuracy.png", "demo/switching.png"]),
@@ -510,11 +513,11 @@ SECTIONS = [
      functools.partial(deploy, ten_file="bench_ten_networks_8x25_avx2.json"), []),
     ("Deployment of the 8x ten-network pools and the demo pool (AVX-512 machine)",
      "bench_deploy_avx512.json",
-     functools.partial(deploy, ten_file="bench_ten_networks_avx512.json"), []),
+     deploy_avx512, []),
     ("Deployment of the 8.5x MTZ + NWV pool (AVX-512 machine)", "bench_deploy_8x5.json",
-     functools.partial(deploy, ten_file="bench_ten_networks_avx512.json"), []),
+     deploy_avx512, []),
     ("Deployment of the 8.25x MTZ + NWV pool (AVX-512 machine)", "bench_deploy_8x25.json",
-     functools.partial(deploy, ten_file="bench_ten_networks_avx512.json"), []),
+     deploy_avx512, []),
     ("Scaling out: joint optimisation under tf.distribute", "bench_distributed.json",
      distributed, []),
     ("Zip + virtualize: task switching and simultaneous execution", "bench_zip_switch.json",
