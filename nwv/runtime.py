@@ -18,7 +18,12 @@ and `load` reads one back (see `nwv.state`).
 
 Storage: `storage="float32"` keeps the pool as it is trained; `storage="int8"`
 keeps int8 codes [m, P] and one scale per page instead (`nwv.quantize`, ÷4 in
-memory) and dequantizes each network's pages after the gather. With
+memory) and dequantizes each network's pages after the gather. Each page's
+scale is, by default (`int8_scales="fisher"`), the grid point of least
+rounding error weighted by the summed Fisher of the networks reading it
+(`nwv.quantize.page_scales`; `load` reads the Fisher for it, and pages no
+network's Fisher covers get the max |w| scale); `int8_scales="max"` always
+takes the max |w| one. With
 `float_pages=k` the k pages whose int8 rounding costs most (Fisher-weighted,
 `nwv.quantize.choose_float_pages`) stay float32 beside the int8 ones
 (`page_slots`, `float_rows`), read exactly.
@@ -133,6 +138,7 @@ class _Network:
 
 
 STORAGES = ("float32", "int8")
+INT8_SCALES = ("fisher", "max")
 
 
 class VirtualizedNetworks:
@@ -147,19 +153,25 @@ class VirtualizedNetworks:
       fake_quant: run a float32 pool through int8 rounding (straight-through).
       float_pages: int8 storage: keep this many pages float32, those with the
         largest Fisher-weighted rounding error (needs the specs' Fisher).
-      paging: (ResidentPlan, PageReader) of a RAM budget: `pool` then holds the
-        resident pages and the swap buffer, and the specs' tables are slots
-        (built by `load(..., resident_bytes=B)`).
+      int8_scales: "fisher" (least Fisher-weighted rounding error, the specs'
+        Fisher summed per page; max |w| where none) or "max" (max |w| / 127): the
+        int8 storage's and fake quantisation's page scales (`nwv.quantize`).
+      paging: (ResidentPlan, PageReader, int8 scales of every pool page or None)
+        of a RAM budget: `pool` then holds the resident pages and the swap
+        buffer, and the specs' tables are slots (built by
+        `load(..., resident_bytes=B)`).
 
     Raises:
       ValueError: a table that does not fit the model's weights or the pool, an
         unsupported layer, an empty set of networks, a non-finite pool, an
-        unknown storage, float pages without int8 storage or without Fisher.
+        unknown storage or int8_scales, float pages without int8 storage or
+        without Fisher.
     """
 
     def __init__(self, pool, networks: Mapping[str, NetworkSpec], *,
                  pool_dir: str | None = None, storage: str = "float32",
-                 fake_quant: bool = False, float_pages: int = 0, paging=None):
+                 fake_quant: bool = False, float_pages: int = 0,
+                 int8_scales: str = "fisher", paging=None):
         pool = np.asarray(pool, np.float32)
         if pool.ndim != 2 or not np.all(np.isfinite(pool)):
             raise ValueError(f"expected a finite pool of shape [m, P], received {pool.shape}")
@@ -167,6 +179,9 @@ class VirtualizedNetworks:
             raise ValueError("expected at least one network, received none")
         if storage not in STORAGES:
             raise ValueError(f"expected storage in {list(STORAGES)}, received {storage!r}")
+        if int8_scales not in INT8_SCALES:
+            raise ValueError(f"expected int8_scales in {list(INT8_SCALES)}, received "
+                             f"{int8_scales!r}")
         float_pages = int(float_pages)
         if float_pages and (storage != "int8" or paging is not None):
             raise ValueError(f"float_pages={float_pages} needs storage='int8' and no RAM "
@@ -174,6 +189,8 @@ class VirtualizedNetworks:
         self.page_size = int(pool.shape[1])
         self.pool_dir = pool_dir
         self.storage, self.fake_quant = storage, bool(fake_quant)
+        self.int8_scales = int8_scales
+        self._fisher_tensor = None  # [m, P] page Fisher for fake quantisation (lazy)
         self.page_slots = self.float_rows = None
         self._nets = {}
         for name, spec in networks.items():
@@ -194,10 +211,17 @@ class VirtualizedNetworks:
                                  f"{np.shape(spec.fisher)}")
             self._nets[name] = _Network(
                 spec, tf.constant(table, tf.int32, name=f"page_table_{name}"), layout)
+        self._plan, self._reader, self._swap_scales = paging if paging else (None, None, None)
         with tf.distribute.get_strategy().scope():
-            if storage == "int8":
-                chosen = self.choose_float_pages(pool, float_pages)
-                codes, scales, slots, rows = quantize.quantize_mixed(pool, chosen)
+            if storage == "int8" and paging:
+                scales = np.ones(pool.shape[0], np.float32)   # swap buffer: filled on switch
+                scales[:len(self._plan.resident)] = self._swap_scales[self._plan.resident]
+                codes, slots, rows = quantize.encode(pool, scales), None, None
+                self.page_pool = None
+                self.page_codes = tf.Variable(codes, name="page_codes", trainable=False)
+                self.page_scales = tf.Variable(scales, name="page_scales", trainable=False)
+            elif storage == "int8":
+                codes, scales, slots, rows = self.quantize_pool(pool, float_pages)
                 self.page_pool = None
                 self.page_codes = tf.Variable(codes, name="page_codes", trainable=False)
                 self.page_scales = tf.Variable(scales, name="page_scales", trainable=False)
@@ -211,13 +235,13 @@ class VirtualizedNetworks:
         self._run_all_fns = {}
         self._origins = {}          # records read from disk: parts left unloaded there
         self._groups_left_out = []  # zipped groups dropped under a RAM budget
-        self._plan, self._reader = paging if paging else (None, None)
         self._buffer_owner = None
 
     # --- construction from and to disk ------------------------------------------
     @classmethod
     def from_state(cls, pool_state: state.PoolDirState, *, pool_dir: str | None = None,
                    storage: str = "float32", float_pages: int = 0,
+                   int8_scales: str = "fisher",
                    resident_bytes: int | None = None) -> "VirtualizedNetworks":
         """Builds every network of a `PoolDirState` (registry models or JSON assets).
 
@@ -226,6 +250,8 @@ class VirtualizedNetworks:
           pool_dir: the directory it was read from, if any.
           storage: "float32" or "int8" (see the class).
           float_pages: int8 storage: pages kept float32 (see the class).
+          int8_scales: "fisher" or "max" (see the class; "fisher" uses the records'
+            Fisher, so a state read without it gets max |w| scales).
           resident_bytes: a RAM budget for the pool (needs `pool_dir`; see the module).
         Returns:
           The runtime.
@@ -249,16 +275,17 @@ class VirtualizedNetworks:
             # run one at a time (run_all too), so the budget is the largest member's
             groups = [n for n, spec in nets.items() if spec.outputs]
             nets = {n: spec for n, spec in nets.items() if not spec.outputs}
-            pool, nets, paging = _paged(pool_state, nets, pool_dir, storage, resident_bytes)
+            pool, nets, paging = _paged(pool_state, nets, pool_dir, storage, resident_bytes,
+                                        int8_scales)
         runtime = cls(pool, nets, pool_dir=pool_dir, storage=storage,
-                      float_pages=float_pages, paging=paging)
+                      float_pages=float_pages, int8_scales=int8_scales, paging=paging)
         runtime._groups_left_out = groups
         runtime._origins = {n: r for n, r in pool_state.networks.items() if r.source_dir}
         return runtime
 
     @classmethod
     def load(cls, pool_dir: str, names=None, *, for_training: bool = False,
-             storage: str = "float32", float_pages: int = 0,
+             storage: str = "float32", float_pages: int = 0, int8_scales: str = "fisher",
              resident_bytes: int | None = None) -> "VirtualizedNetworks":
         """Loads (and checks) a pool directory.
 
@@ -269,6 +296,8 @@ class VirtualizedNetworks:
           storage: "float32" or "int8" (quantized on load, `nwv.quantize`).
           float_pages: int8 storage: keep this many pages float32, chosen by the
             Fisher-weighted rounding error for the networks loaded (`nwv.quantize`).
+          int8_scales: int8 storage: "fisher" (the default; the Fisher is read for
+            it) or "max" page scales (see the class).
           resident_bytes: keep at most this many bytes of pages in memory (two-level
             pages, `nwv.resident`); None or at least the pool: all of it.
         Returns:
@@ -278,10 +307,13 @@ class VirtualizedNetworks:
         """
         loaded = state.load_state(pool_dir, names,
                                   with_fisher=(for_training or bool(float_pages)
-                                               or resident_bytes is not None),
+                                               or resident_bytes is not None
+                                               or (storage == "int8"
+                                                   and int8_scales == "fisher")),
                                   with_teachers=for_training)
         return cls.from_state(loaded, pool_dir=pool_dir, storage=storage,
-                              float_pages=float_pages, resident_bytes=resident_bytes)
+                              float_pages=float_pages, int8_scales=int8_scales,
+                              resident_bytes=resident_bytes)
 
     def to_state(self) -> state.PoolDirState:
         """The runtime as a `PoolDirState` (current pool values, tables, Fisher, teachers).
@@ -395,7 +427,11 @@ class VirtualizedNetworks:
             slots = tf.cast(tf.gather(self.page_slots, table), tf.int32)
             return rows + tf.gather(self.float_rows, slots)
         gathered = tf.gather(self.page_pool if pool is None else pool, table)
-        return quantize.fake_quantize(gathered) if self.fake_quant else gathered
+        if not self.fake_quant:
+            return gathered
+        fisher = self._fisher_for_fake_quant()
+        return quantize.fake_quantize(
+            gathered, None if fisher is None else tf.gather(fisher, table))
 
     def weight_tensors(self, name: str, pool=None) -> list:
         """The network's variables read from `pool` (default: the runtime's storage)
@@ -452,7 +488,8 @@ class VirtualizedNetworks:
             values = self._reader.read(pages_)
             start = len(self._plan.resident)
             if self.storage == "int8":
-                codes, scales = quantize.quantize_pages(values)
+                scales = self._swap_scales[pages_]
+                codes = quantize.encode(values, scales)
                 self.page_codes[start:start + len(pages_)].assign(codes)
                 self.page_scales[start:start + len(pages_)].assign(scales)
             else:
@@ -550,7 +587,8 @@ class VirtualizedNetworks:
         self._swap_in(name)
         pool = self.pool_array()
         if self.fake_quant:
-            pool = quantize.dequantize_pages(*quantize.quantize_pages(pool))
+            pool = quantize.dequantize_pages(*quantize.quantize_pages(pool,
+                                                                      self._scale_fisher()))
         return pages.gather_weights(pool, net.table.numpy(), net.layout)
 
     def to_keras(self, name: str) -> keras.Model:
@@ -592,8 +630,8 @@ class VirtualizedNetworks:
 
     def choose_float_pages(self, pool, count: int) -> np.ndarray:
         """The `count` pages of `pool` [m, P] to keep float32 beside int8 ones: the
-        largest Fisher-weighted rounding error for these networks
-        (`nwv.quantize.choose_float_pages`, `page_fisher`).
+        largest Fisher-weighted rounding error for these networks, with the
+        runtime's int8 scales (`nwv.quantize.choose_float_pages`, `page_fisher`).
 
         Raises:
           ValueError: count > 0 and no network has a Fisher.
@@ -605,7 +643,57 @@ class VirtualizedNetworks:
             raise ValueError("float_pages are chosen by the networks' Fisher, and no network "
                              "has one (load the pool with float_pages or for_training=True, "
                              "which read it, or pass NetworkSpec.fisher)")
-        return quantize.choose_float_pages(pool, fisher, count)
+        scales = None if self.int8_scales == "fisher" else quantize.page_scales(pool)
+        return quantize.choose_float_pages(pool, fisher, count, scales)
+
+    def quantize_pool(self, pool, float_pages: int = 0):
+        """int8 pages of a float pool [m, P] as this runtime stores them: the
+        `float_pages` pages of largest Fisher-weighted rounding error kept float32, the
+        others with the runtime's `int8_scales` (`nwv.quantize.quantize_mixed`).
+
+        Returns:
+          (codes [m, P] int8, scales [m] float32, slots [m] int8, rows [k + 1, P]).
+        """
+        pool = np.asarray(pool, np.float32)
+        chosen = self.choose_float_pages(pool, float_pages)
+        return quantize.quantize_mixed(pool, chosen, self._scale_fisher(pool.shape[0]))
+
+    def _scale_fisher(self, pool_pages: int | None = None) -> np.ndarray | None:
+        """The page Fisher that int8 scales are chosen with (None: max |w| scales): the
+        networks' own, else (a runtime loaded without it) that of its pool directory's
+        Fisher files, so a float runtime quantizes as `load(..., storage="int8")` does."""
+        if self.int8_scales != "fisher":
+            return None
+        fisher = self.page_fisher(pool_pages)
+        if fisher is None and self.pool_dir is not None:
+            fisher = self._stored_page_fisher(pool_pages)
+        return fisher
+
+    def _stored_page_fisher(self, pool_pages: int | None = None) -> np.ndarray | None:
+        """`page_fisher` from the pool directory's Fisher files (None: none there, or
+        tables that differ from this runtime's)."""
+        try:
+            loaded = state.load_state(self.pool_dir, self.names, with_fisher=True)
+        except (OSError, ValueError, KeyError):
+            return None
+        m = self.page_count if pool_pages is None else int(pool_pages)
+        fisher, found = np.zeros((m, self.page_size), np.float64), False
+        for name, record in loaded.networks.items():
+            if record.outputs or record.fisher is None:
+                continue
+            if not np.array_equal(record.page_table, self.page_table(name)):
+                return None
+            np.add.at(fisher, record.page_table, record.fisher)
+            found = True
+        return fisher.astype(np.float32) if found else None
+
+    def _fisher_for_fake_quant(self):
+        """[m, P] constant page Fisher for fake quantisation's scales, or None."""
+        if self._fisher_tensor is None and self.int8_scales == "fisher":
+            fisher = self.page_fisher()
+            with tf.init_scope():          # eager, also when first asked inside a trace
+                self._fisher_tensor = False if fisher is None else tf.constant(fisher)
+        return self._fisher_tensor if self._fisher_tensor is not False else None
 
     def page_fisher(self, pool_pages: int | None = None) -> np.ndarray | None:
         """[m, P] float32 summed diagonal Fisher of the networks reading each page
@@ -636,15 +724,22 @@ def _pool_bytes(pool, storage) -> int:
     return int(m * (page + 4) if storage == "int8" else 4 * m * page)
 
 
-def _paged(pool_state, nets, pool_dir, storage, budget):
-    """(in-memory pool, specs with slot tables, (plan, reader)) under a RAM budget."""
+def _paged(pool_state, nets, pool_dir, storage, budget, int8_scales):
+    """(in-memory pool, specs with slot tables, (plan, reader, int8 scales of every
+    pool page or None)) under a RAM budget."""
     if pool_dir is None:
         raise ValueError("resident_bytes needs a pool directory to read pages from")
     pool = pool_state.pool
-    density = np.zeros(pool.shape[0])
+    fisher, found = np.zeros(pool.shape, np.float64), False
     for record in pool_state.networks.values():
         if record.fisher is not None and not record.outputs:
-            np.add.at(density, record.page_table, record.fisher.sum(axis=1))
+            np.add.at(fisher, record.page_table, record.fisher)
+            found = True
+    density = fisher.sum(axis=1)
+    scales = None
+    if storage == "int8":      # the scales of the all-in-memory runtime (`page_fisher`)
+        scales = quantize.page_scales(pool, fisher.astype(np.float32)
+                                      if found and int8_scales == "fisher" else None)
     page_bytes = _pool_bytes(pool[:1], storage)
     plan = resident.plan_resident({n: s.page_table for n, s in nets.items()}, density,
                                   page_bytes=page_bytes, budget=int(budget))
@@ -652,7 +747,7 @@ def _paged(pool_state, nets, pool_dir, storage, budget):
     memory[:len(plan.resident)] = pool[plan.resident]
     specs = {n: dataclasses.replace(s, page_table=plan.tables[n]) for n, s in nets.items()}
     reader = resident.PageReader(os.path.join(pool_dir, state.POOL_FILE))
-    return memory, specs, (plan, reader)
+    return memory, specs, (plan, reader, scales)
 
 
 def _same_architecture(a: keras.Model, b: keras.Model) -> bool:

@@ -131,7 +131,6 @@ import numpy as np
 import tensorflow as tf
 
 from mtz import ZippedLayer
-from nwv import quantize as quantize_lib
 from nwv.export import check_endpoint_name
 from nwv.runtime import VirtualizedNetworks
 
@@ -474,10 +473,9 @@ def _pool_arrays(runtime, quantize, float_pages=None):
         return arrays
     pool = runtime.page_pool.numpy()
     if quantize == "int8" or runtime.fake_quant:
-        chosen = runtime.choose_float_pages(pool, float_pages or 0)
-        codes, scales, slots, rows = quantize_lib.quantize_mixed(pool, chosen)
+        codes, scales, slots, rows = runtime.quantize_pool(pool, float_pages or 0)
         arrays = {"codes": codes, "scales": scales}
-        if len(chosen):
+        if float_pages:
             arrays.update(slots=slots, float_rows=rows)
         return arrays
     if float_pages:

@@ -65,9 +65,9 @@ def main(argv):
     from nwv import tflite
     from nwv.runtime import VirtualizedNetworks
     del argv
-    if FLAGS.float_pages:     # chosen on load, from the networks' Fisher
+    if FLAGS.quantize == "int8":   # scales and float pages chosen on load, with the Fisher
         runtime = VirtualizedNetworks.load(FLAGS.weights, None, storage="int8",
-                                           float_pages=FLAGS.float_pages)
+                                           float_pages=FLAGS.float_pages or 0)
     else:
         runtime = VirtualizedNetworks.load(FLAGS.weights, None)
     info = tflite.export_tflite(runtime, FLAGS.out, quantize=FLAGS.quantize,

@@ -144,3 +144,52 @@ def test_int8_runtime_with_float_pages_runs_them_exactly_and_exports_them(tmp_pa
         VirtualizedNetworks(without_fisher.pool_array(),
                             {n: without_fisher.spec(n) for n in without_fisher.names},
                             storage="int8", float_pages=1)
+
+
+def test_fisher_chooses_a_finer_scale_that_clips_weights_the_networks_ignore():
+    # page 0: one large weight the networks are insensitive to, small ones they are not
+    pool = np.array([[2.0, 0.013, -0.021, 0.034, 0.05], [0.4, -0.3, 0.2, 0.1, 0.0]],
+                    np.float32)
+    fisher = np.array([[0.0, 1e3, 1e3, 1e3, 1e3], [1.0] * 5], np.float32)
+    plain = quantize.page_scales(pool)
+    scales = quantize.page_scales(pool, fisher)
+    steps = 16 * np.log2(scales)
+    np.testing.assert_array_equal(steps, np.rint(steps))               # on the grid
+    # page 0: more than an octave finer (the search ends at two); the 2.0 clips to 127
+    assert plain[0] / 4 * (1 - 1e-6) <= scales[0] < plain[0] / 2
+    codes, same = quantize.quantize_pages(pool, fisher)
+    np.testing.assert_array_equal(same, scales)
+    assert codes[0, 0] == 127
+    assert quantize.quantization_error(pool, fisher)[0] < \
+        quantize.quantization_error(pool, fisher, plain)[0] / 10
+    # without Fisher (or with zero Fisher) the max |w| scale
+    np.testing.assert_array_equal(quantize.page_scales(pool, np.zeros_like(fisher)), plain)
+    rng = np.random.default_rng(6)
+    pool = (rng.normal(size=(40, 30)) * rng.uniform(0.01, 2, (40, 1))).astype(np.float32)
+    fisher = rng.exponential(size=pool.shape).astype(np.float32) * (rng.random(pool.shape) > .2)
+    chosen = quantize.quantization_error(pool, fisher)
+    assert np.all(chosen <= quantize.quantization_error(pool, fisher,
+                                                        quantize.page_scales(pool)))
+    # the straight-through rounding of quantisation-aware optimisation picks the same
+    np.testing.assert_allclose(
+        quantize.fake_quantize(tf.constant(pool), tf.constant(fisher)).numpy(),
+        quantize.dequantize_pages(*quantize.quantize_pages(pool, fisher)), atol=1e-6)
+    with pytest.raises(ValueError, match="positive scales"):
+        quantize.encode(pool, np.zeros(40, np.float32))
+
+
+def test_int8_storage_uses_the_networks_fisher_for_its_scales(tmp_path):
+    rt, q = _float_and_int8(tmp_path)
+    pool, fisher = rt.pool_array(), rt.page_fisher()
+    np.testing.assert_array_equal(q.page_scales.numpy(), quantize.page_scales(pool, fisher))
+    assert not np.array_equal(q.page_scales.numpy(), quantize.page_scales(pool))
+    plain = VirtualizedNetworks.load(str(tmp_path / "pool"), storage="int8", int8_scales="max")
+    np.testing.assert_array_equal(plain.page_scales.numpy(), quantize.page_scales(pool))
+    # a float runtime loaded without Fisher quantizes (for export) as the int8 one stores
+    without = VirtualizedNetworks.load(str(tmp_path / "pool"))
+    assert without.page_fisher() is None
+    codes, scales, _, _ = without.quantize_pool(without.pool_array())
+    np.testing.assert_array_equal(codes, q.page_codes.numpy())
+    np.testing.assert_array_equal(scales, q.page_scales.numpy())
+    with pytest.raises(ValueError, match="int8_scales"):
+        VirtualizedNetworks.load(str(tmp_path / "pool"), storage="int8", int8_scales="mse")

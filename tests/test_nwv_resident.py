@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from nwv import pages, resident
+from nwv import pages, quantize, resident
 from nwv.runtime import NetworkSpec, VirtualizedNetworks
 from tests.test_nwv_runtime import _dense, _fisher
 
@@ -44,6 +44,9 @@ def test_plan_fits_the_budget_and_prefers_shared_pages():
 @pytest.mark.parametrize("storage", ["float32", "int8"])
 def test_any_switch_sequence_gives_the_all_in_memory_logits(pool_dir, storage):
     full = VirtualizedNetworks.load(pool_dir, storage=storage)
+    if storage == "int8":    # swapped pages get the all-in-memory (Fisher-chosen) scales
+        floats = VirtualizedNetworks.load(pool_dir).pool_array()
+        assert not np.array_equal(full.page_scales.numpy(), quantize.page_scales(floats))
     largest = max(full.layout(n).n_pages for n in full.names)
     page_bytes = full.stored_bytes() // full.pool_array().shape[0]
     budget = (largest + 1) * page_bytes
