@@ -233,7 +233,7 @@ def pool_report(name, pool_dir) -> dict:
             data_dir=bench.resolve(FLAGS.data_dir), limit=FLAGS.limit)["accuracy"]
             for n in rt.task_names}
     report = {"pool_dir": pool_dir, "networks": rt.task_names, "groups": rt.groups(),
-              "float_pages": budget,
+              "float_pages": budget, "int8_scales": int8.int8_scales,
               "separate_float32_weight_bytes": int(sum(4 * rt.layout(n).n_weights
                                                        for n in rt.task_names)),
               "runtime_accuracy": runtime_accuracy,

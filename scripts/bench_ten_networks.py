@@ -39,8 +39,8 @@ method at the >= 8x point (keyword tasks also on their noisy, shifted variant),
 stored bytes and compression; per family the time of all members in ONE call
 (`run_all`, the group's shared layers once) against one at a time; a compression
 curve (c) of mean and worst accuracy drop against stored bytes for both methods;
-the same pools with int8 pages (post-training, per-page scales; compression
-against ten float32 networks); labels-only against distillation at equal budget
+the same pools with int8 pages (post-training, per-page scales chosen by the
+Fisher; compression against ten float32 networks); labels-only against distillation at equal budget
 for (b) (stage compare_distill); each network alone trained on from its separate
 weights with the joint run's budget and recipe, the control for what the extra
 training rather than sharing gives (stage equal_budget); wall time of every stage.
@@ -119,6 +119,10 @@ flags.DEFINE_list("methods", ["nwv", "mtz_nwv"], "Methods of the methods stage: 
                   "mtz_nwv (b).")
 flags.DEFINE_string("pools_name", "", "Suffix of the saved pool folders (pools/<method>"
                     "<suffix>), so an ablation keeps the main run's pools.")
+flags.DEFINE_bool("update", False, "Merge into the existing --out: the stages run here "
+                  "replace theirs and the rest is kept (e.g. --stages=int8 after a change "
+                  "to int8 storage, on the saved pools); refused unless --out's separate "
+                  "networks measure the same now.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 
 
@@ -449,6 +453,7 @@ def run_int8(separate_bytes, separate) -> dict:
         stored = rt.stored_bytes() + rt.table_bytes()
         test = member_accuracies(lambda name, rt=rt: (lambda x: rt.run(name, x)))
         out[key] = {"stored_bytes": int(stored), "compression": separate_bytes / stored,
+                    "int8_scales": rt.int8_scales,
                     "test_accuracy": test, "drops": drops(separate, test)}
         bench.log(f"(int8 {key}) {out[key]['compression']:.2f}x, drops {out[key]['drops']}")
     return out
@@ -576,11 +581,34 @@ def plot(report, path) -> None:
     plt.close(fig)
 
 
+def merged(report) -> dict:
+    """The report at --out with the stages of `report` in place of its own, and a
+    record of the update (--update)."""
+    path = bench.resolve(FLAGS.out)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--update: no report at {path} to update")
+    with open(path) as f:
+        old = json.load(f)
+    now = {n: v["test_accuracy"] for n, v in report["separate"].items()}
+    before = {n: v["test_accuracy"] for n, v in old.get("separate", {}).items()}
+    if now != before:
+        raise ValueError(f"--update: {path} was measured on other separate networks (test "
+                         f"accuracies {before}, now {now}); rerun it whole")
+    stages = [s for s in FLAGS.stages if s != "separate"]
+    out = {**old, **{s: report[s] for s in stages if s in report}}
+    out["updates"] = old.get("updates", []) + [{
+        "stages": stages, "flags": report["flags"], "seconds": report["seconds"],
+        "machine": bench.machine()}]
+    return out
+
+
 def main(argv):
     del argv
     report = compute()
     if FLAGS.stages == ["separate"]:
         return
+    if FLAGS.update:
+        report = merged(report)
     path = bench.write_result(FLAGS.out, report)
     plot(report, os.path.splitext(FLAGS.out)[0] + ".png")
     print_report(report)

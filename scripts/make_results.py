@@ -134,9 +134,13 @@ def zip_switch(d):
 
 
 def demo(d):
-    rows = ["| task | separate | zipped/virtualized pool |", "|---|---|---|"]
+    int8 = d.get("accuracy_after_int8")
+    rows = ["| task | separate | zipped/virtualized pool |" + (" same pool, int8 pages |"
+                                                               if int8 else ""),
+            "|---|---|---|" + ("---|" if int8 else "")]
     for t in d["tasks"]:
-        rows.append(f"| {t} | {pct(d['accuracy_before'][t])} | {pct(d['accuracy_after'][t])} |")
+        rows.append(f"| {t} | {pct(d['accuracy_before'][t])} | {pct(d['accuracy_after'][t])} |"
+                    + (f" {pct(int8[t])} |" if int8 else ""))
     m, w = d["memory"], d["switching"]
     rows.append(f"\nZipped: {', '.join(d['zipped'])}. Memory {m['separate_weights']} weights → "
                 f"{m['pool_weights']} pool weights ({m['ratio']:.2f}×), SavedModel variables "
@@ -197,7 +201,8 @@ def deploy(d, ten_file="bench_ten_networks.json"):
         sep = r["separate_tflite_bytes"]
         rows += [f"**{name}** ({len(r['networks'])} networks): one stock TFLite file per network "
                  f"would take {sep['float32'] / 1e3:.0f} kB (float32), "
-                 f"{sep['dynamic_int8'] / 1e3:.0f} kB (dynamic-range int8).", "",
+                 f"{sep['dynamic_int8'] / 1e3:.0f} kB (dynamic-range int8). int8 pages: "
+                 f"{scales(r)}.", "",
                  "| file | bytes | pool | tables | other | min / mean accuracy (interpreter) | "
                  "same as the pool runtime |", "|---|---|---|---|---|---|---|"]
         for label in [lb for lb in DEPLOY_LABELS if f"tflite_{lb}" in r]:
@@ -270,27 +275,47 @@ def int8_pages(d):
                  f"{r['float_stored_bytes'] / 1e3:.0f} kB, int8 {r['int8_stored_bytes'] / 1e3:.0f}"
                  f" kB{comp}.", ""]
         qat, fp = "int8_qat" in r, r.get("float_pages")
+        plain = "int8_max_scales" in r      # written with Fisher scales, max |w| beside
         fp_head = f" {with_float_pages(fp['chosen'])} |" if fp else ""
-        rows += ["| network | float32 pool | int8, post-training |" + fp_head
+        rows += ["| network | float32 pool |" + (" int8, max-abs scales |" if plain else "")
+                 + (" int8, Fisher scales |" if plain else " int8 (max-abs scales) |")
+                 + fp_head
                  + (" int8, quantisation-aware | (its float32 pool) |" if qat else ""),
-                 "|---|---|---|" + ("---|" if fp else "") + ("---|---|" if qat else "")]
+                 "|---|---|---|" + ("---|" if plain else "") + ("---|" if fp else "")
+                 + ("---|---|" if qat else "")]
         for key, value in r["float"].items():
             name = key[:-len("_noisy")] + " (noisy, shifted)" if key.endswith("_noisy") else key
-            row = f"| {name} | {pct(value)} | {pct(r['int8_post_training'][key])} |"
+            row = f"| {name} | {pct(value)} |"
+            if plain:
+                row += f" {pct(r['int8_max_scales'][key])} |"
+            row += f" {pct(r['int8_post_training'][key])} |"
             if fp:
                 row += f" {pct(fp['test'][key])} |"
             if qat:
                 row += f" {pct(r['int8_qat'][key])} | {pct(r['qat_float_pool'][key])} |"
             rows.append(row)
         rows.append("")
-        for key, what in (("post_training_lost", "post-training"),
-                          ("float_pages_lost", "+ float pages"),
-                          ("qat_lost", "quantisation-aware")):
+        changed = r.get("changed_predictions", {})
+        for key, variant, what in (
+                ("max_scales_lost", "int8_max_scales", "post-training, max-abs scales"),
+                ("post_training_lost", "int8_post_training",
+                 "post-training" + (", Fisher scales" if plain else "")),
+                ("float_pages_lost", "int8_float_pages", "+ float pages"),
+                ("qat_lost", "int8_qat", "quantisation-aware")):
             if key in r:
                 lost = r[key]
-                rows.append(f"- int8 {what}: worst {lost['worst']:.2f} pt, mean "
-                            f"{lost['mean']:.2f} pt below the float32 pool; every network "
-                            f"within {tol} pt: {'yes' if lost['within_tolerance'] else 'no'}.")
+                line = (f"- int8 {what}: worst {lost['worst']:.2f} pt, mean "
+                        f"{lost['mean']:.2f} pt below the float32 pool; every network "
+                        f"within {tol} pt: {'yes' if lost['within_tolerance'] else 'no'}")
+                if "within_tolerance_task_carves" in lost:
+                    line += (f" (on its own test carve, the noisy variants left out: worst "
+                             f"{lost['worst_task_carves']:.2f} pt, "
+                             f"{'yes' if lost['within_tolerance_task_carves'] else 'no'})")
+                if variant in changed:
+                    c = changed[variant]
+                    line += (f"; {c['total']} of {sum(c['examples'].values())} test "
+                             f"predictions differ from the float pool's")
+                rows.append(line + ".")
         if fp:
             comp = (f", {fp['compression']:.2f}x less than separate float32"
                     if fp.get("compression") else "")
@@ -323,12 +348,18 @@ def balanced(config) -> str:
 TEN_METHODS = {"nwv": "NWV alone", "mtz_nwv": "MTZ + NWV"}   # bench_ten_networks' keys
 
 
+def scales(entry) -> str:
+    """The int8 page-scale rule of a result entry: results written before the
+    Fisher-chosen scales record none and used max |w| / 127 ("max-abs")."""
+    return "Fisher scales" if (entry or {}).get("int8_scales") == "fisher" else "max-abs scales"
+
+
 def ten_networks(d):
     methods = d.get("methods", {})
     labels = TEN_METHODS
     head = "| network | task | separate |" + "".join(
         f" {labels[k]} |" for k in methods) + "".join(
-        f" {labels[k]} int8 |" for k in d.get("int8", {}))
+        f" {labels[k]} int8 ({scales(m)}) |" for k, m in d.get("int8", {}).items())
     rows = [f"Ten float32 networks: {d['separate_bytes'] / 1e6:.2f} MB stored separately."]
     if d.get("stale_removed"):
         rows.append(f"\n{d['stale_removed']}")
@@ -359,7 +390,8 @@ def ten_networks(d):
                     f"{o['config']['steps']} steps{balanced(o['config'])} ({o['best_round']}) "
                     f"| {m['seconds']:.0f} |")
     for key, m in d.get("int8", {}).items():
-        rows.append(f"| {labels[key]}, int8 pages | {m['stored_bytes'] / 1e3:.0f} kB | "
+        rows.append(f"| {labels[key]}, int8 pages ({scales(m)}) | "
+                    f"{m['stored_bytes'] / 1e3:.0f} kB | "
                     f"{m['compression']:.2f}x | {m['drops']['mean']:.2f} pt | "
                     f"{m['drops']['worst']:.2f} pt | (post-training) | |")
     other = d.get("compare_distill") or d.get("labels_only")
@@ -500,8 +532,8 @@ SECTIONS = [
     ("Ten networks, a point for int8 deployment: MTZ + NWV at 8.25x on the AVX-512 "
      "machine's separate networks, then int8 pages", "bench_ten_networks_8x25.json",
      ten_networks, []),
-    ("int8 pages of the default ten-network pools: post-training against "
-     "quantisation-aware", "bench_int8.json", int8_pages, []),
+    ("int8 pages of the demo pool and the default ten-network pools: max-abs against "
+     "Fisher scales, float pages, quantisation-aware", "bench_int8.json", int8_pages, []),
     ("int8 pages of the 8.25x ten-network pools (AVX2 separate networks)",
      "bench_int8_8x25_avx2.json", int8_pages, []),
     ("int8 pages of the 8x ten-network pools and the demo pool (AVX-512 machine)",

@@ -41,6 +41,21 @@ def test_two_family_run_builds_both_pools_and_evaluate_reads_them(tiny_data, tmp
         assert result["network"] == name and 0 < result["examples"] <= 24
     assert os.path.exists(tmp_path / "ten.png") is False      # no curve: no figure
 
+    # --update reruns one stage on the saved pools into the report, keeping the rest
+    quick = ["--families=digits,keywords", "--limit=24", "--epochs_scale=0.01",
+             "--batch_size=8", "--fisher_samples=8"]
+    run_script("bench_ten_networks.py", f"--data_dir={tiny_data}", f"--work_dir={work}",
+               f"--out={out}", "--stages=int8", "--update", *quick)
+    updated = json.load(open(out))
+    assert updated["methods"] == report["methods"] and updated["separate"] == report["separate"]
+    assert set(updated["int8"]) == {"nwv", "mtz_nwv"}
+    assert all(m["int8_scales"] == "fisher" for m in updated["int8"].values())
+    assert [u["stages"] for u in updated["updates"]] == [["int8"]]
+    proc = run_script("bench_ten_networks.py", f"--data_dir={tiny_data}",
+                      f"--work_dir={work}", f"--out={tmp_path / 'none.json'}",
+                      "--stages=int8", "--update", *quick, check=False)
+    assert proc.returncode != 0 and "no report at" in proc.stderr
+
     # the control: each network alone, same budget and recipe, nothing shared; the
     # saved pools' drops are taken against those networks
     alone = tmp_path / "alone.json"

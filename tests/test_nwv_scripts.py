@@ -114,8 +114,19 @@ def test_bench_int8_compares_post_training_and_quantization_aware(weights, tiny_
     report = json.load(open(out))["pools"]["tiny"]
     manifest = Path(pool, state.MANIFEST).read_bytes()
     assert report["pool_fingerprint"] == hashlib.sha256(manifest).hexdigest()
-    for key in ("float", "int8_post_training", "int8_qat", "qat_float_pool"):
+    for key in ("float", "int8_max_scales", "int8_post_training", "int8_qat",
+                "qat_float_pool"):
         assert set(report[key]) == {"digits", "objects"}
+    for key in ("int8_max_scales", "int8_post_training", "int8_float_pages", "int8_qat"):
+        changed = report["changed_predictions"][key]   # predictions unlike the float pool's
+        assert changed["examples"] == {"digits": 16, "objects": 16}
+        assert changed["total"] == sum(changed["per_network"].values()) and all(
+            0 <= n <= 16 for n in changed["per_network"].values())
+        lost = report[{"int8_max_scales": "max_scales_lost", "int8_float_pages":
+                       "float_pages_lost"}.get(key, key.replace("int8_", "") + "_lost")]
+        # accuracies move by at most the changed predictions (a point is 1/16 here)
+        assert all(abs(lost["per_network"][n]) <= 100 * changed["per_network"][n] / 16
+                   + 0.01 for n in ("digits", "objects"))
     budget = report["float_pages"]          # tried in increasing order, chosen on validation
     assert list(budget["tried"])[0] == "1" and budget["chosen"] in (1, 3)
     assert len(budget["pages"]) == budget["chosen"] and set(budget["test"]) == {"digits",
