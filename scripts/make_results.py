@@ -538,7 +538,8 @@ SECTIONS = [
      "bench_int8_8x25_avx2.json", int8_pages, []),
     ("int8 pages of the 8x ten-network pools and the demo pool (AVX-512 machine)",
      "bench_int8_avx512.json", int8_pages, []),
-    ("Deployment: one TFLite / TFLM file per default ten-network pool", "bench_deploy.json",
+    ("Deployment: one TFLite / TFLM file per pool (the demo pool and the default "
+     "ten-network pools)", "bench_deploy.json",
      deploy, []),
     ("Deployment of the 8.25x ten-network pools (AVX2 separate networks)",
      "bench_deploy_8x25_avx2.json",
