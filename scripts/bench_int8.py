@@ -104,7 +104,7 @@ def carve_predictions(rt, split: str = "test", noisy: bool = True) -> dict:
     return out
 
 
-def accuracies(predictions: dict) -> dict:
+def accuracies_of(predictions: dict) -> dict:
     """{key: accuracy} of `carve_predictions`."""
     return {k: float(np.mean(p == y)) for k, (p, y) in predictions.items()}
 
@@ -119,7 +119,7 @@ def changed(reference: dict, other: dict) -> dict:
 
 def carve_accuracies(rt, split: str = "test", noisy: bool = True) -> dict:
     """{network (or network_noisy): accuracy on `split`} (see `carve_predictions`)."""
-    return accuracies(carve_predictions(rt, split, noisy))
+    return accuracies_of(carve_predictions(rt, split, noisy))
 
 
 def differences(reference: dict, other: dict) -> dict:
@@ -159,7 +159,7 @@ def float_page_budget(pool_dir: str, label: str, as_float, separate_bytes) -> di
             "selected_on": "validation", "pages": tried[chosen]["pages"],
             "stored_bytes": stored,
             "compression": separate_bytes / stored if separate_bytes else None,
-            "test": accuracies(predictions)}, predictions
+            "test": accuracies_of(predictions)}, predictions
 
 
 def quantization_aware(pool_dir: str, label: str) -> tuple:
@@ -207,7 +207,7 @@ def pool_report(pool_dir: str, label: str) -> dict:
         points lost against the float pool, and its predictions that differ."""
         got = (rt_or_predictions if isinstance(rt_or_predictions, dict)
                else carve_predictions(rt_or_predictions))
-        report[key] = accuracies(got)
+        report[key] = accuracies_of(got)
         report[lost_key] = differences(report["float"], report[key])
         report["changed_predictions"][key] = changed(reference, got)
         bench.log(f"({label}) {key}: worst {report[lost_key]['worst']} pt, "
@@ -215,7 +215,7 @@ def pool_report(pool_dir: str, label: str) -> dict:
 
     bench.log(f"({label}) float pool")
     reference = carve_predictions(as_float)
-    report["float"] = accuracies(reference)
+    report["float"] = accuracies_of(reference)
     # the max |w| scales (the library's rule before the Fisher-chosen ones), for comparison
     measure("int8_max_scales", nwv.VirtualizedNetworks.load(pool_dir, storage="int8",
                                                             int8_scales="max"),

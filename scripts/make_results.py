@@ -534,14 +534,14 @@ SECTIONS = [
      ten_networks, []),
     ("int8 pages of the demo pool and the default ten-network pools: max-abs against "
      "Fisher scales, float pages, quantisation-aware", "bench_int8.json", int8_pages, []),
-    ("int8 pages of the 8.25x ten-network pools (AVX2 separate networks)",
+    ("int8 pages of the 8.25x MTZ + NWV pool (AVX2 separate networks)",
      "bench_int8_8x25_avx2.json", int8_pages, []),
     ("int8 pages of the 8x ten-network pools and the demo pool (AVX-512 machine)",
      "bench_int8_avx512.json", int8_pages, []),
     ("Deployment: one TFLite / TFLM file per pool (the demo pool and the default "
      "ten-network pools)", "bench_deploy.json",
      deploy, []),
-    ("Deployment of the 8.25x ten-network pools (AVX2 separate networks)",
+    ("Deployment of the 8.25x MTZ + NWV pool (AVX2 separate networks)",
      "bench_deploy_8x25_avx2.json",
      functools.partial(deploy, ten_file="bench_ten_networks_8x25_avx2.json"), []),
     ("Deployment of the 8x ten-network pools and the demo pool (AVX-512 machine)",
