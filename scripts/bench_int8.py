@@ -35,8 +35,8 @@ float pages: + a slot byte a page + the float rows);
 compression against the pool's networks stored separately in float32 (their
 teachers' weights). Target (issue 11): every network's int8 accuracy within
 0.3 points of the float pool on its test carve (`within_tolerance_task_carves`;
-`within_tolerance` also counts the keyword networks' noisy variants). Results: results/bench_int8.json; RESULTS.md via
-scripts/make_results.py. Run time on 2 CPU cores: about a minute per ten-network
+`within_tolerance` also counts the keyword networks' noisy variants). Results:
+results/bench_int8.json; RESULTS.md via scripts/make_results.py. Run time on 2 CPU cores: about a minute per ten-network
 pool with the defaults (2.5 minutes for the three pools above).
 """
 import os

@@ -40,8 +40,8 @@ stored bytes and compression; per family the time of all members in ONE call
 (`run_all`, the group's shared layers once) against one at a time; a compression
 curve (c) of mean and worst accuracy drop against stored bytes for both methods;
 the same pools with int8 pages (post-training, per-page scales chosen by the
-Fisher; compression against ten float32 networks); labels-only against distillation at equal budget
-for (b) (stage compare_distill); each network alone trained on from its separate
+Fisher; compression against ten float32 networks); labels-only against
+distillation at equal budget for (b) (stage compare_distill); each network alone trained on from its separate
 weights with the joint run's budget and recipe, the control for what the extra
 training rather than sharing gives (stage equal_budget); wall time of every stage.
 `<work_dir>/pools/nwv` and `<work_dir>/pools/mtz_nwv` keep the >= 8x pools
