@@ -87,10 +87,14 @@ def _grid_scale(steps) -> np.ndarray:
     return np.exp2(np.asarray(steps, np.float64) / SCALE_STEPS).astype(np.float32)
 
 
+def _codes(pool, scales) -> np.ndarray:
+    """clip(round(w / s), −127, 127) of checked pages [m, P] and scales [m] (float32)."""
+    return np.clip(np.rint(pool / scales[:, None]), -LEVELS, LEVELS)
+
+
 def _round(pool, scales) -> np.ndarray:
     """Dequantized pages clip(round(w / s), −127, 127) · s ([m, P] float32)."""
-    return (np.clip(np.rint(pool / scales[:, None]), -LEVELS, LEVELS).astype(np.float32)
-            * scales[:, None])
+    return _codes(pool, scales).astype(np.float32) * scales[:, None]
 
 
 def _check_pool(pool) -> np.ndarray:
@@ -170,7 +174,7 @@ def encode(pool, scales) -> np.ndarray:
     if scales.shape != (pool.shape[0],) or not np.all(scales > 0):
         raise ValueError(f"expected [{pool.shape[0]}] positive scales, received shape "
                          f"{scales.shape}")
-    return np.clip(np.rint(pool / scales[:, None]), -LEVELS, LEVELS).astype(np.int8)
+    return _codes(pool, scales).astype(np.int8)
 
 
 def dequantize_pages(codes, scales) -> np.ndarray:

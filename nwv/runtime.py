@@ -213,15 +213,13 @@ class VirtualizedNetworks:
                 spec, tf.constant(table, tf.int32, name=f"page_table_{name}"), layout)
         self._plan, self._reader, self._swap_scales = paging if paging else (None, None, None)
         with tf.distribute.get_strategy().scope():
-            if storage == "int8" and paging:
-                scales = np.ones(pool.shape[0], np.float32)   # swap buffer: filled on switch
-                scales[:len(self._plan.resident)] = self._swap_scales[self._plan.resident]
-                codes, slots, rows = quantize.encode(pool, scales), None, None
-                self.page_pool = None
-                self.page_codes = tf.Variable(codes, name="page_codes", trainable=False)
-                self.page_scales = tf.Variable(scales, name="page_scales", trainable=False)
-            elif storage == "int8":
-                codes, scales, slots, rows = self.quantize_pool(pool, float_pages)
+            if storage == "int8":
+                if paging:     # resident pages: the all-in-memory scales; the swap buffer 1
+                    scales = np.ones(pool.shape[0], np.float32)
+                    scales[:len(self._plan.resident)] = self._swap_scales[self._plan.resident]
+                    codes, slots, rows = quantize.encode(pool, scales), None, None
+                else:
+                    codes, scales, slots, rows = self.quantize_pool(pool, float_pages)
                 self.page_pool = None
                 self.page_codes = tf.Variable(codes, name="page_codes", trainable=False)
                 self.page_scales = tf.Variable(scales, name="page_scales", trainable=False)
@@ -676,21 +674,18 @@ class VirtualizedNetworks:
             loaded = state.load_state(self.pool_dir, self.names, with_fisher=True)
         except (OSError, ValueError, KeyError):
             return None
+        if any(not np.array_equal(r.page_table, self.page_table(n))
+               for n, r in loaded.networks.items() if r.fisher is not None and not r.outputs):
+            return None
         m = self.page_count if pool_pages is None else int(pool_pages)
-        fisher, found = np.zeros((m, self.page_size), np.float64), False
-        for name, record in loaded.networks.items():
-            if record.outputs or record.fisher is None:
-                continue
-            if not np.array_equal(record.page_table, self.page_table(name)):
-                return None
-            np.add.at(fisher, record.page_table, record.fisher)
-            found = True
-        return fisher.astype(np.float32) if found else None
+        fisher = _summed_fisher(((r.page_table, r.fisher, r.outputs)
+                                 for r in loaded.networks.values()), (m, self.page_size))
+        return None if fisher is None else fisher.astype(np.float32)
 
     def _fisher_for_fake_quant(self):
         """[m, P] constant page Fisher for fake quantisation's scales, or None."""
         if self._fisher_tensor is None and self.int8_scales == "fisher":
-            fisher = self.page_fisher()
+            fisher = self._scale_fisher()
             with tf.init_scope():          # eager, also when first asked inside a trace
                 self._fisher_tensor = False if fisher is None else tf.constant(fisher)
         return self._fisher_tensor if self._fisher_tensor is not False else None
@@ -699,13 +694,9 @@ class VirtualizedNetworks:
         """[m, P] float32 summed diagonal Fisher of the networks reading each page
         (zipped groups left out: their members count), None if no network has one."""
         m = self.page_count if pool_pages is None else int(pool_pages)
-        fisher, found = np.zeros((m, self.page_size), np.float64), False
-        for net in self._nets.values():
-            spec = net.spec
-            if spec.fisher is not None and not spec.outputs:
-                np.add.at(fisher, np.asarray(spec.page_table), spec.fisher)
-                found = True
-        return fisher.astype(np.float32) if found else None
+        fisher = _summed_fisher(((n.spec.page_table, n.spec.fisher, n.spec.outputs)
+                                 for n in self._nets.values()), (m, self.page_size))
+        return None if fisher is None else fisher.astype(np.float32)
 
     @property
     def page_count(self) -> int:
@@ -724,22 +715,32 @@ def _pool_bytes(pool, storage) -> int:
     return int(m * (page + 4) if storage == "int8" else 4 * m * page)
 
 
+def _summed_fisher(entries, shape) -> np.ndarray | None:
+    """[m, P] float64 sum of the Fisher pages [n, P] of every (table [n], fisher,
+    outputs) entry onto the pool pages its table names; zipped groups (outputs) and
+    entries without Fisher left out. None if none has one."""
+    fisher, found = np.zeros(shape, np.float64), False
+    for table, pages_fisher, outputs in entries:
+        if pages_fisher is not None and not outputs:
+            np.add.at(fisher, np.asarray(table), pages_fisher)
+            found = True
+    return fisher if found else None
+
+
 def _paged(pool_state, nets, pool_dir, storage, budget, int8_scales):
     """(in-memory pool, specs with slot tables, (plan, reader, int8 scales of every
     pool page or None)) under a RAM budget."""
     if pool_dir is None:
         raise ValueError("resident_bytes needs a pool directory to read pages from")
     pool = pool_state.pool
-    fisher, found = np.zeros(pool.shape, np.float64), False
-    for record in pool_state.networks.values():
-        if record.fisher is not None and not record.outputs:
-            np.add.at(fisher, record.page_table, record.fisher)
-            found = True
-    density = fisher.sum(axis=1)
+    fisher = _summed_fisher(((r.page_table, r.fisher, r.outputs)
+                             for r in pool_state.networks.values()), pool.shape)
+    density = np.zeros(pool.shape[0]) if fisher is None else fisher.sum(axis=1)
     scales = None
     if storage == "int8":      # the scales of the all-in-memory runtime (`page_fisher`)
         scales = quantize.page_scales(pool, fisher.astype(np.float32)
-                                      if found and int8_scales == "fisher" else None)
+                                      if fisher is not None and int8_scales == "fisher"
+                                      else None)
     page_bytes = _pool_bytes(pool[:1], storage)
     plan = resident.plan_resident({n: s.page_table for n, s in nets.items()}, density,
                                   page_bytes=page_bytes, budget=int(budget))

@@ -202,33 +202,33 @@ def pool_report(pool_dir: str, label: str) -> dict:
               "int8_compression": separate_bytes / stored if separate_bytes else None}
     report["changed_predictions"] = {}
 
-    def measure(key, rt_or_predictions, lost_key):
-        """report[key] = test accuracies of an int8 variant, report[lost_key] its
-        points lost against the float pool, and its predictions that differ."""
+    def measure(key, rt_or_predictions, lost_key) -> dict:
+        """Test accuracies of an int8 variant; report[lost_key] gets its points lost
+        against the float pool, changed_predictions[key] its predictions that differ."""
         got = (rt_or_predictions if isinstance(rt_or_predictions, dict)
                else carve_predictions(rt_or_predictions))
-        report[key] = accuracies_of(got)
-        report[lost_key] = differences(report["float"], report[key])
+        accuracy = accuracies_of(got)
+        report[lost_key] = differences(report["float"], accuracy)
         report["changed_predictions"][key] = changed(reference, got)
         bench.log(f"({label}) {key}: worst {report[lost_key]['worst']} pt, "
                   f"{report['changed_predictions'][key]['total']} predictions changed")
+        return accuracy
 
     bench.log(f"({label}) float pool")
     reference = carve_predictions(as_float)
     report["float"] = accuracies_of(reference)
     # the max |w| scales (the library's rule before the Fisher-chosen ones), for comparison
-    measure("int8_max_scales", nwv.VirtualizedNetworks.load(pool_dir, storage="int8",
-                                                            int8_scales="max"),
-            "max_scales_lost")
-    measure("int8_post_training", int8, "post_training_lost")
+    report["int8_max_scales"] = measure(
+        "int8_max_scales", nwv.VirtualizedNetworks.load(pool_dir, storage="int8",
+                                                        int8_scales="max"), "max_scales_lost")
+    report["int8_post_training"] = measure("int8_post_training", int8, "post_training_lost")
     if FLAGS.float_pages:
         report["float_pages"], predictions = float_page_budget(pool_dir, label, as_float,
                                                                separate_bytes)
-        measure("int8_float_pages", predictions, "float_pages_lost")
-        del report["int8_float_pages"]       # the same as report["float_pages"]["test"]
+        measure("int8_float_pages", predictions, "float_pages_lost")   # its "test"
     if FLAGS.qat_rounds:
         qat_int8, qat_float, report["qat"] = quantization_aware(pool_dir, label)
-        measure("int8_qat", qat_int8, "qat_lost")
+        report["int8_qat"] = measure("int8_qat", qat_int8, "qat_lost")
         report["qat_float_pool"] = carve_accuracies(qat_float)
     return report
 
