@@ -80,7 +80,13 @@ float32 scale a page: one int8 exponent a page (the scales are on a grid,
 `nwv.quantize`) with the scales computed in the graph was measured on the ten-network pools
 and gained nothing (1.7 kB fewer weight bytes, as many more graph bytes, 2.4 kB
 more arena, and it stopped `_rematerialize` from seeing the zipped branch's
-weight reads: the demo's arena went from 179 to 306 kB).
+weight reads: the demo's arena went from 179 to 306 kB); so did one int8 code a
+page into a float32 table of the grid points spanned (GATHER, CAST, ADD, GATHER;
+exact): on the 8.25x MTZ + NWV pool 1.4 kB fewer weight bytes, 10 kB more flash
+and a 191 kB arena instead of 159 kB. Likewise float pages stored as their k
+indices instead of a slot byte a page (read as EQUAL of the table against them,
+CAST, FULLY_CONNECTED with the float rows, ADD): with 4 float pages 1.0 kB fewer
+weight bytes, 2 kB more flash and a 216 kB arena instead of 200 kB.
 
 The micro target gathers pool pages per Keras layer (`gather="layer"`, its
 default): one GATHER of the layer's pages, one SPLIT_V into its variables. The

@@ -18,7 +18,8 @@ test-carve accuracy (keyword tasks also on their noisy, shifted variant) of:
     storage="int8", float_pages=K)`: the K pages whose rounding costs the networks
     most, Fisher-weighted, stay float32), K the smallest of --float_pages whose
     every network is within the tolerance of the float pool on the validation
-    split (else the one with the smallest worst drop there);
+    split, each network's joined with its carves of --fresh_data_dir when given
+    (else the one with the smallest worst drop there);
   * its int8 pages after --qat_rounds x --qat_steps steps of quantisation-aware
     joint optimisation of a copy of the pool in --work_dir
     (`OptimizeConfig(quantize="int8")`: every step and every validation reads the
@@ -30,6 +31,20 @@ For each int8 variant also the test predictions that differ from the float pool'
 (`changed_predictions`): a finer measure of what rounding does than the accuracy
 difference, in which changes in both directions cancel.
 
+A test carve of 300 keyword clips moves 0.33 points a clip, coarser than the
+0.3-point tolerance. --fresh_data_dir adds held-out data that the pool never saw:
+every carve of a folder made after the networks were trained, e.g. 3,000 new
+clips (about a minute with espeak-ng installed):
+
+    python ../shared/tools/make_tts_commands.py runs/fresh/tts_commands_train.tar.gz \
+        300 train 34 clean
+    python scripts/bench_int8.py ... --fresh_data_dir=runs/fresh
+
+Every variant is measured on it too (report["fresh"]: accuracies, points lost,
+changed predictions), and the float pages are chosen on each network's validation
+carve joined with its fresh carves: that choice then uses the fresh data, and the
+test carves stay the held-out measure of the chosen pool.
+
 Stored bytes of the int8 pool: codes + per-page scales + int32 page tables (with
 float pages: + a slot byte a page + the float rows);
 compression against the pool's networks stored separately in float32 (their
@@ -39,6 +54,7 @@ teachers' weights). Target (issue 11): every network's int8 accuracy within
 results/bench_int8.json; RESULTS.md via scripts/make_results.py. Run time on 2 CPU cores: about a minute per ten-network
 pool with the defaults (2.5 minutes for the three pools above).
 """
+import functools
 import os
 import shutil
 import time
@@ -66,6 +82,13 @@ flags.DEFINE_float("learning_rate", 2e-4, "Peak learning rate of the quantisatio
 flags.DEFINE_integer("batch_size", 32, "Examples per network and step.")
 flags.DEFINE_float("distill", 0.7, "Distillation weight beta (0: labels only).")
 flags.DEFINE_float("temperature", 2.0, "Distillation temperature T.")
+flags.DEFINE_string("fresh_data_dir", None, "A data folder with fresh examples of some of "
+                    "the pools' tasks, made after every network was trained (keyword clips: "
+                    "python ../shared/tools/make_tts_commands.py "
+                    "runs/fresh/tts_commands_train.tar.gz 300 train SEED clean): every carve "
+                    "of it (train, validation, test) is held-out data, measured beside the "
+                    "test carves and used with validation to choose the float pages "
+                    "(relative: repo root; empty: none).")
 flags.DEFINE_integer("limit", None, "At most this many examples per split (quick runs).")
 flags.DEFINE_integer("seed", 0, "Random seed (data order).")
 flags.DEFINE_string("out", "results/bench_int8.json", "Result JSON.")
@@ -82,25 +105,62 @@ def variants(task: str) -> dict:
     return out
 
 
-def carve_predictions(rt, split: str = "test", noisy: bool = True) -> dict:
-    """{network (or network_noisy): (predicted classes [n], labels [n])} on `split` of
-    every task network of a runtime (noisy: also the keyword tasks' noisy, shifted
-    variants); single-label tasks."""
-    import data
+SPLITS = ("train", "validation", "test")
+
+
+@functools.lru_cache(maxsize=None)
+def _batches(task: str, split: str, data_dir: str):
+    """A split's (x, y) batches, preprocessed once for every runtime measured."""
     from models import training
-    out = {}
+    return training.evaluation_batches(task, split, data_dir=data_dir, limit=FLAGS.limit)
+
+
+def _carves(rt, noisy: bool):
+    """(key, network, task): every task network, with its noisy, shifted variant."""
+    import data
     for name in rt.task_names:
         tasks = variants(rt.task(name)) if noisy else {"": rt.task(name)}
         for suffix, task in tasks.items():
             if data.get(task).multilabel:
                 raise ValueError(f"{task}: bench_int8 compares single-label predictions")
-            batches = training.evaluation_batches(
-                task, split, data_dir=bench.resolve(FLAGS.data_dir), limit=FLAGS.limit)
-            predicted, labels = [], []
-            for x, y in batches:
-                predicted.append(np.argmax(rt.run(name, x), axis=-1))
-                labels.append(np.asarray(y).reshape(-1))
-            out[name + suffix] = (np.concatenate(predicted), np.concatenate(labels))
+            yield name + suffix, name, task
+
+
+def _predict(rt, name: str, batches) -> tuple:
+    predicted, labels = [], []
+    for x, y in batches:
+        predicted.append(np.argmax(rt.run(name, x), axis=-1))
+        labels.append(np.asarray(y).reshape(-1))
+    return np.concatenate(predicted), np.concatenate(labels)
+
+
+def carve_predictions(rt, split: str = "test", noisy: bool = True) -> dict:
+    """{network (or network_noisy): (predicted classes [n], labels [n])} on `split` of
+    every task network of a runtime (noisy: also the keyword tasks' noisy, shifted
+    variants); single-label tasks."""
+    data_dir = bench.resolve(FLAGS.data_dir)
+    return {key: _predict(rt, name, _batches(task, split, data_dir))
+            for key, name, task in _carves(rt, noisy)}
+
+
+def fresh_predictions(rt, noisy: bool = True) -> dict:
+    """`carve_predictions` on every split of --fresh_data_dir, concatenated, for the
+    networks whose task it holds ({} without --fresh_data_dir)."""
+    if not FLAGS.fresh_data_dir:
+        return {}
+    data_dir = bench.resolve(FLAGS.fresh_data_dir)
+    if not os.path.exists(data_dir):
+        raise FileNotFoundError(f"--fresh_data_dir {data_dir!r} does not exist")
+    out = {}
+    for key, name, task in _carves(rt, noisy):
+        try:
+            parts = [_predict(rt, name, _batches(task, split, data_dir)) for split in SPLITS]
+        except FileNotFoundError:        # a task that folder does not hold
+            continue
+        out[key] = tuple(np.concatenate(p) for p in zip(*parts))
+    if not out:
+        raise ValueError(f"--fresh_data_dir {data_dir!r} holds no task of these networks "
+                         f"({sorted(rt.task_names)})")
     return out
 
 
@@ -134,32 +194,50 @@ def differences(reference: dict, other: dict) -> dict:
             "within_tolerance_task_carves": all(v <= TOLERANCE for v in own)}
 
 
-def float_page_budget(pool_dir: str, label: str, as_float, separate_bytes) -> dict:
-    """The int8 pool with the smallest float-page budget of --float_pages that keeps
-    every network within the tolerance of the float pool on validation; its test
-    accuracies, bytes and pages."""
+def selection_predictions(rt) -> tuple:
+    """(validation, selection) `carve_predictions` without noisy variants: selection
+    is each network's validation carve joined with its --fresh_data_dir carves (a
+    finer resolution than one keyword carve's 0.33 points a clip); without fresh
+    data the two are the same."""
+    validation = carve_predictions(rt, "validation", noisy=False)
+    fresh = fresh_predictions(rt, noisy=False)
+    joined = {k: tuple(np.concatenate(pair) for pair in zip(v, fresh[k])) if k in fresh
+              else v for k, v in validation.items()}
+    return validation, fresh, joined
+
+
+def float_page_budget(pool_dir: str, label: str, as_float, separate_bytes) -> tuple:
+    """(summary, runtime) of the int8 pool with the smallest float-page budget of
+    --float_pages that keeps every network within the tolerance of the float pool on
+    validation (each network's validation carve joined with its --fresh_data_dir
+    carves, when given); its bytes and pages."""
     import nwv
-    reference = carve_accuracies(as_float, "validation", noisy=False)
+    references = [accuracies_of(p) for p in selection_predictions(as_float)]
     tried, chosen = {}, None
     for k in sorted({int(k) for k in FLAGS.float_pages}):
         rt = nwv.VirtualizedNetworks.load(pool_dir, storage="int8", float_pages=k)
-        lost = differences(reference, carve_accuracies(rt, "validation", noisy=False))
-        tried[k] = {"validation_lost": lost, "pages": rt.float_pages.tolist(),
+        validation, fresh, joined = (differences(r, accuracies_of(p)) if r else None
+                                     for r, p in zip(references, selection_predictions(rt)))
+        tried[k] = {"validation_lost": validation, "pages": rt.float_pages.tolist(),
                     "stored_bytes": rt.stored_bytes() + rt.table_bytes()}
-        bench.log(f"({label}) {k} float pages: validation worst {lost['worst']} pt")
-        if lost["within_tolerance"]:
+        if fresh:
+            tried[k].update(fresh_lost=fresh, selection_lost=joined)
+        bench.log(f"({label}) {k} float pages: validation worst {validation['worst']} pt"
+                  + (f", fresh worst {fresh['worst']} pt, joined worst {joined['worst']} pt"
+                     if fresh else ""))
+        if joined["within_tolerance"]:
             chosen = k
             break
     if chosen is None:     # none within: the smallest worst drop, then the fewest pages
-        chosen = min(tried, key=lambda k: (tried[k]["validation_lost"]["worst"], k))
-    rt = nwv.VirtualizedNetworks.load(pool_dir, storage="int8", float_pages=chosen)
-    predictions = carve_predictions(rt)
+        chosen = min(tried, key=lambda k: (tried[k].get("selection_lost",
+                                                        tried[k]["validation_lost"])["worst"], k))
     stored = tried[chosen]["stored_bytes"]
-    return {"tried": {str(k): v for k, v in tried.items()}, "chosen": chosen,
-            "selected_on": "validation", "pages": tried[chosen]["pages"],
-            "stored_bytes": stored,
-            "compression": separate_bytes / stored if separate_bytes else None,
-            "test": accuracies_of(predictions)}, predictions
+    summary = {"tried": {str(k): v for k, v in tried.items()}, "chosen": chosen,
+               "selected_on": "validation" + (" joined with the fresh data"
+                                              if references[1] else ""),
+               "pages": tried[chosen]["pages"], "stored_bytes": stored,
+               "compression": separate_bytes / stored if separate_bytes else None}
+    return summary, nwv.VirtualizedNetworks.load(pool_dir, storage="int8", float_pages=chosen)
 
 
 def quantization_aware(pool_dir: str, label: str) -> tuple:
@@ -202,30 +280,46 @@ def pool_report(pool_dir: str, label: str) -> dict:
               "int8_compression": separate_bytes / stored if separate_bytes else None}
     report["changed_predictions"] = {}
 
-    def measure(key, rt_or_predictions, lost_key) -> dict:
+    def measure(key, rt, lost_key) -> dict:
         """Test accuracies of an int8 variant; report[lost_key] gets its points lost
-        against the float pool, changed_predictions[key] its predictions that differ."""
-        got = (rt_or_predictions if isinstance(rt_or_predictions, dict)
-               else carve_predictions(rt_or_predictions))
+        against the float pool, changed_predictions[key] its predictions that differ
+        (and report["fresh"] the same on --fresh_data_dir)."""
+        got = carve_predictions(rt)
         accuracy = accuracies_of(got)
         report[lost_key] = differences(report["float"], accuracy)
         report["changed_predictions"][key] = changed(reference, got)
-        bench.log(f"({label}) {key}: worst {report[lost_key]['worst']} pt, "
-                  f"{report['changed_predictions'][key]['total']} predictions changed")
+        line = (f"({label}) {key}: worst {report[lost_key]['worst']} pt, "
+                f"{report['changed_predictions'][key]['total']} predictions changed")
+        if fresh_reference:
+            fresh = fresh_predictions(rt)
+            report["fresh"][key] = accuracies_of(fresh)
+            report["fresh"][lost_key] = differences(report["fresh"]["float"],
+                                                    report["fresh"][key])
+            report["fresh"]["changed_predictions"][key] = changed(fresh_reference, fresh)
+            line += (f"; fresh data: worst {report['fresh'][lost_key]['worst']} pt, "
+                     f"{report['fresh']['changed_predictions'][key]['total']} changed")
+        bench.log(line)
         return accuracy
 
     bench.log(f"({label}) float pool")
     reference = carve_predictions(as_float)
     report["float"] = accuracies_of(reference)
+    fresh_reference = fresh_predictions(as_float)
+    if fresh_reference:       # every carve of the fresh folder, for every variant
+        report["fresh"] = {"data_dir": FLAGS.fresh_data_dir, "splits": list(SPLITS),
+                           "examples": {k: int(y.size) for k, (_, y) in
+                                        fresh_reference.items()},
+                           "float": accuracies_of(fresh_reference), "changed_predictions": {}}
     # the max |w| scales (the library's rule before the Fisher-chosen ones), for comparison
     report["int8_max_scales"] = measure(
         "int8_max_scales", nwv.VirtualizedNetworks.load(pool_dir, storage="int8",
                                                         int8_scales="max"), "max_scales_lost")
     report["int8_post_training"] = measure("int8_post_training", int8, "post_training_lost")
     if FLAGS.float_pages:
-        report["float_pages"], predictions = float_page_budget(pool_dir, label, as_float,
-                                                               separate_bytes)
-        measure("int8_float_pages", predictions, "float_pages_lost")   # its "test"
+        report["float_pages"], chosen = float_page_budget(pool_dir, label, as_float,
+                                                          separate_bytes)
+        report["float_pages"]["test"] = measure("int8_float_pages", chosen,
+                                                "float_pages_lost")
     if FLAGS.qat_rounds:
         qat_int8, qat_float, report["qat"] = quantization_aware(pool_dir, label)
         report["int8_qat"] = measure("int8_qat", qat_int8, "qat_lost")
@@ -264,6 +358,13 @@ def main(argv):
                              f"(task carves {entry[key]['within_tolerance_task_carves']}); "
                              f"{entry['changed_predictions'][variant]['total']} test "
                              f"predictions changed")
+        fresh = entry.get("fresh")
+        for key, variant in names.items() if fresh else ():
+            if key in fresh:
+                lines.append(f"  fresh data, {key}: worst {fresh[key]['worst']} pt, within "
+                             f"{TOLERANCE}: {fresh[key]['within_tolerance']}; "
+                             f"{fresh['changed_predictions'][variant]['total']} of "
+                             f"{sum(fresh['examples'].values())} predictions changed")
         print("\n".join(lines))
     print(f"-> {path} ({report['seconds']:.0f} s)")
 

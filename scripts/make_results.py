@@ -319,16 +319,23 @@ def int8_pages(d):
         if fp:
             comp = (f", {fp['compression']:.2f}x less than separate float32"
                     if fp.get("compression") else "")
-            tried = ", ".join(f"{k}: {v['validation_lost']['worst']:.2f}"
-                              for k, v in fp["tried"].items())
-            met = fp["tried"][str(fp["chosen"])]["validation_lost"]["within_tolerance"]
-            why = (f"the smallest tried whose every network is within {tol} pt on validation"
+            on = "validation" + (" joined with the fresh data" if "fresh" in r else "")
+
+            def selection(v):
+                return v.get("selection_lost", v["validation_lost"])
+            tried = ", ".join(f"{k}: {selection(v)['worst']:.2f}" + (
+                f" (validation alone {v['validation_lost']['worst']:.2f})"
+                if "selection_lost" in v else "") for k, v in fp["tried"].items())
+            met = selection(fp["tried"][str(fp["chosen"])])["within_tolerance"]
+            why = (f"the smallest tried whose every network is within {tol} pt on {on}"
                    if met else f"none tried kept every network within {tol} pt on "
-                   f"validation, so the one with the smallest worst drop there")
+                   f"{on}, so the one with the smallest worst drop there")
             rows.append(f"- Float pages: the {fp['chosen']} page(s) {fp['pages']} whose int8 "
                         f"rounding costs most (Fisher-weighted) kept float32, "
                         f"{fp['stored_bytes'] / 1e3:.1f} kB stored{comp}; budget: "
-                        f"{why} (worst validation drop by budget: {tried}).")
+                        f"{why} (worst drop by budget: {tried}).")
+        if "fresh" in r:
+            rows += fresh_data(r["fresh"], tol)
         if qat:
             q = r["qat"]
             cfg = q["config"]
@@ -337,6 +344,27 @@ def int8_pages(d):
                         f"{cfg['distill']}), best round {q['best_round']} on validation, "
                         f"{q['seconds']:.0f} s.")
         rows.append("")
+    return rows
+
+
+def fresh_data(fresh, tol) -> list:
+    """Lines of bench_int8's measurements on --fresh_data_dir."""
+    total = sum(fresh["examples"].values())
+    rows = [f"- Fresh held-out data (`{fresh['data_dir']}`, every carve: "
+            + ", ".join(f"{k} {n}" for k, n in fresh["examples"].items())
+            + " examples), float32 pool: "
+            + ", ".join(f"{k} {pct(v)}" for k, v in fresh["float"].items()) + "."]
+    for key, variant, what in (("max_scales_lost", "int8_max_scales", "max-abs scales"),
+                               ("post_training_lost", "int8_post_training", "post-training"),
+                               ("float_pages_lost", "int8_float_pages", "+ float pages"),
+                               ("qat_lost", "int8_qat", "quantisation-aware")):
+        if key in fresh:
+            lost = fresh[key]
+            rows.append(f"  - int8 {what} there: worst {lost['worst']:.2f} pt "
+                        f"({max(lost['per_network'], key=lost['per_network'].get)}), every "
+                        f"network within {tol} pt: {'yes' if lost['within_tolerance'] else 'no'}"
+                        f"; {fresh['changed_predictions'][variant]['total']} of {total} "
+                        f"predictions differ from the float pool's.")
     return rows
 
 

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import data
 import models
 from models import artifacts
 from nwv import api, state
+from tests.conftest import write_images
 from tests.test_scripts import run_script
 
 
@@ -107,11 +109,27 @@ def test_bench_int8_compares_post_training_and_quantization_aware(weights, tiny_
         api.add_network(pool, weights[name], name=name, task=task, model_name=model_name,
                         data_dir=tiny_data, page_size=100, fisher_samples=8, seed=i)
     before = state.load_state(pool).pool
+    fresh = str(tmp_path / "fresh")      # new digits only: the objects network is skipped
+    write_images(fresh, "mnist", "train", data.get("mnist").class_names, 6,
+                 (28, 28, 1), seed=7)
     out = str(tmp_path / "int8.json")
     run_script("bench_int8.py", f"--pools={pool}", "--labels=tiny", f"--data_dir={tiny_data}",
                f"--work_dir={tmp_path / 'work'}", "--qat_rounds=1", "--qat_steps=2",
-               "--limit=16", "--float_pages=3,1", f"--out={out}")
+               "--limit=16", "--float_pages=3,1", f"--fresh_data_dir={fresh}", f"--out={out}")
     report = json.load(open(out))["pools"]["tiny"]
+    on_fresh = report["fresh"]        # every carve of the folder: more than one carve's 16
+    assert set(on_fresh["examples"]) == {"digits"} and on_fresh["examples"]["digits"] > 16
+    for key, lost_key in (("int8_post_training", "post_training_lost"),
+                          ("int8_float_pages", "float_pages_lost"), ("int8_qat", "qat_lost")):
+        assert on_fresh[lost_key]["per_network"]["digits"] == pytest.approx(
+            round(100 * (on_fresh["float"]["digits"] - on_fresh[key]["digits"]), 2))
+        assert 0 <= on_fresh["changed_predictions"][key]["total"] <= on_fresh["examples"][
+            "digits"]
+    assert report["float_pages"]["selected_on"] == "validation joined with the fresh data"
+    for tried in report["float_pages"]["tried"].values():    # digits: more examples joined
+        assert {"fresh_lost", "selection_lost"} <= set(tried)
+        assert tried["selection_lost"]["per_network"]["objects"] == tried[
+            "validation_lost"]["per_network"]["objects"]
     manifest = Path(pool, state.MANIFEST).read_bytes()
     assert report["pool_fingerprint"] == hashlib.sha256(manifest).hexdigest()
     for key in ("float", "int8_max_scales", "int8_post_training", "int8_qat",
