@@ -195,10 +195,11 @@ def differences(reference: dict, other: dict) -> dict:
 
 
 def selection_predictions(rt) -> tuple:
-    """(validation, selection) `carve_predictions` without noisy variants: selection
-    is each network's validation carve joined with its --fresh_data_dir carves (a
-    finer resolution than one keyword carve's 0.33 points a clip); without fresh
-    data the two are the same."""
+    """(validation, fresh, joined) predictions without noisy variants
+    (`carve_predictions`, `fresh_predictions`): joined is each network's validation
+    carve with its --fresh_data_dir carves appended (a finer resolution than one
+    keyword carve's 0.33 points a clip); without fresh data fresh is {} and joined
+    is validation."""
     validation = carve_predictions(rt, "validation", noisy=False)
     fresh = fresh_predictions(rt, noisy=False)
     joined = {k: tuple(np.concatenate(pair) for pair in zip(v, fresh[k])) if k in fresh

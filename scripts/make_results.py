@@ -532,6 +532,9 @@ SECTIONS = [
      "bench_ten_networks.json", ten_networks, ["bench_ten_networks.png"]),
     ("Ten networks at 8.25x (24 x 400 joint steps, labels only, balanced losses) on the same "
      "AVX2 separate networks", "bench_ten_networks_8x25_avx2.json", ten_networks, []),
+    ("Ten networks at 8.5x, MTZ + NWV (24 x 400 joint steps, labels only, balanced losses) "
+     "on the same AVX2 separate networks", "bench_ten_networks_8x5_avx2.json", ten_networks,
+     []),
     ("Ten networks at 8x (24 x 400 joint steps, labels only, balanced losses) on the "
      "separate networks the AVX-512 machine trained: every ten-network section below uses "
      "those networks", "bench_ten_networks_avx512.json", ten_networks,
@@ -564,6 +567,8 @@ SECTIONS = [
      "Fisher scales, float pages, quantisation-aware", "bench_int8.json", int8_pages, []),
     ("int8 pages of the 8.25x MTZ + NWV pool (AVX2 separate networks)",
      "bench_int8_8x25_avx2.json", int8_pages, []),
+    ("int8 pages of the 8.5x MTZ + NWV pool (AVX2 separate networks)",
+     "bench_int8_8x5_avx2.json", int8_pages, []),
     ("int8 pages of the 8x ten-network pools and the demo pool (AVX-512 machine)",
      "bench_int8_avx512.json", int8_pages, []),
     ("Deployment: one TFLite / TFLM file per pool (the demo pool and the default "
@@ -572,6 +577,9 @@ SECTIONS = [
     ("Deployment of the 8.25x MTZ + NWV pool (AVX2 separate networks)",
      "bench_deploy_8x25_avx2.json",
      functools.partial(deploy, ten_file="bench_ten_networks_8x25_avx2.json"), []),
+    ("Deployment of the 8.5x MTZ + NWV pool (AVX2 separate networks)",
+     "bench_deploy_8x5_avx2.json",
+     functools.partial(deploy, ten_file="bench_ten_networks_8x5_avx2.json"), []),
     ("Deployment of the 8x ten-network pools and the demo pool (AVX-512 machine)",
      "bench_deploy_avx512.json",
      deploy_avx512, []),
