@@ -330,10 +330,10 @@ def int8_pages(d):
             why = (f"the smallest tried whose every network is within {tol} pt on {on}"
                    if met else f"none tried kept every network within {tol} pt on "
                    f"{on}, so the one with the smallest worst drop there")
-            rows.append(f"- Float pages: the {fp['chosen']} page(s) {fp['pages']} whose int8 "
-                        f"rounding costs most (Fisher-weighted) kept float32, "
-                        f"{fp['stored_bytes'] / 1e3:.1f} kB stored{comp}; budget: "
-                        f"{why} (worst drop by budget: {tried}).")
+            kept = (f"the {fp['chosen']} page(s) {fp['pages']} whose int8 rounding costs "
+                    f"most (Fisher-weighted) kept float32" if fp["chosen"] else "none kept")
+            rows.append(f"- Float pages: {kept}, {fp['stored_bytes'] / 1e3:.1f} kB "
+                        f"stored{comp}; budget: {why} (worst drop by budget: {tried}).")
         if "fresh" in r:
             rows += fresh_data(r["fresh"], tol)
         if qat:
