@@ -11,8 +11,8 @@ is optimised jointly with distillation from the separate networks. Prints
 per-task test accuracy apart / pooled / pooled with int8 pages, memory,
 switching latency (in-memory vs reload from disk) and writes summary.json,
 accuracy.png, switching.png, the pool, a SavedModel and one TFLite file under
---out. The committed run (results/demo/) took 8.9 minutes from scratch on a
-2-core CPU machine with AVX-512 (6.8 of them training the three networks);
+--out. The committed run (results/demo/) took 7.5 minutes on a 2-core AMD EPYC
+after reusing the three networks, whose training took 9.1 (about 17 from scratch);
 --quick runs the same path on 64 examples per split in about a minute.
 `--other_tasks=cifar10,tts_commands` adds the synthetic keywords (local only:
 ../shared/datasets; 60 more epochs).
