@@ -16,8 +16,9 @@ For every pool directory (name=path; missing ones are skipped with a message):
     is checked against its members'.
   * microcontroller (target "micro", TensorFlow Lite Micro's host interpreter
     from `tflite-micro`), float32 and int8 pages: flash bytes (the file), the
-    weight bytes it stores (pool with its scales, and the page tables as two
-    int8 planes) and their compression against the networks' float32 weights
+    weight bytes it stores (pool with its scales, and the page tables as stored:
+    an int8 plane and 2-bit high digits, `nwv.tflite`) and their compression
+    against the networks' float32 weights
     stored separately, the
     smallest arena for the file and for each network alone, whether they fit a
     typical 256 kB SRAM / 1 MB flash board, and for --micro_examples test

@@ -215,8 +215,9 @@ def deploy(d, ten_file="bench_ten_networks.json"):
                         f"{t['other_bytes'] / 1e3:.1f} kB | {pct(min(acc))} / "
                         f"{pct(sum(acc) / len(acc))} | {'yes' if same else 'no'} |")
         rows += ["", "TFLM files: weights = the pool (int8: codes and a float32 scale a page) "
-                 "+ the page tables as stored (two int8 "
-                 "planes, no padding); against separate float32 = the networks' float32 "
+                 "+ the page tables as stored (an int8 plane and 2-bit high digits, four "
+                 "to a byte, for pools up to 896 pages); against separate float32 = the "
+                 "networks' float32 "
                  "weights / these weights.",
                  "", "| TFLM file | flash | weights: pool + tables | against separate float32 "
                  "| arena (all) | arena (largest alone) | 256 kB SRAM / 1 MB flash | worst logit "
@@ -512,9 +513,6 @@ def distributed(d):
     return rows
 
 
-# bench_deploy results of pools built on the AVX-512 machine's separate networks.
-deploy_avx512 = functools.partial(deploy, ten_file="bench_ten_networks_avx512.json")
-
 SECTIONS = [
     ("Main job: `scripts/demo.py` with default settings", "demo/summary.json", demo,
      ["demo/accuracy.png", "demo/switching.png"]),
@@ -580,13 +578,6 @@ SECTIONS = [
     ("Deployment of the 8.5x MTZ + NWV pool (AVX2 separate networks)",
      "bench_deploy_8x5_avx2.json",
      functools.partial(deploy, ten_file="bench_ten_networks_8x5_avx2.json"), []),
-    ("Deployment of the 8x ten-network pools and the demo pool (AVX-512 machine)",
-     "bench_deploy_avx512.json",
-     deploy_avx512, []),
-    ("Deployment of the 8.5x MTZ + NWV pool (AVX-512 machine)", "bench_deploy_8x5.json",
-     deploy_avx512, []),
-    ("Deployment of the 8.25x MTZ + NWV pool (AVX-512 machine)", "bench_deploy_8x25.json",
-     deploy_avx512, []),
     ("Scaling out: joint optimisation under tf.distribute", "bench_distributed.json",
      distributed, []),
     ("Zip + virtualize: task switching and simultaneous execution", "bench_zip_switch.json",

@@ -303,10 +303,12 @@ def test_names_that_cannot_be_signatures_are_refused(tmp_path):
         nwv.export_tflite(runtime, str(tmp_path / "x.tflite"), quantize="int4")
 
 
-@pytest.mark.parametrize("int8", [False, True])
-def test_micro_entry_point_runs_every_network(pool, tmp_path, int8):
+@pytest.mark.parametrize("int8,packed", [(False, True), (True, True), (False, False)])
+def test_micro_entry_point_runs_every_network(pool, tmp_path, monkeypatch, int8, packed):
     micro = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
     pool_dir, runtime, inputs = pool
+    if not packed:     # a pool past PACKED_MAX pages: the high plane a byte an entry
+        monkeypatch.setattr(tflite, "PACKED_MAX", -1)
     reference = VirtualizedNetworks.load(pool_dir, storage="int8") if int8 else runtime
     path = tmp_path / "micro.tflite"
     info = nwv.export_tflite(runtime, str(path), target="micro",
@@ -330,8 +332,12 @@ def test_micro_entry_point_runs_every_network(pool, tmp_path, int8):
     assert info["pool_bytes"] == main.nbytes + (4 * main.shape[0] if int8 else 0)
     if int8:           # the float32 scales are one constant of the file, stored once
         assert blob.count(reference.page_scales.numpy().tobytes()) == 1
-    entries = sum(runtime.page_table(n).size for n in ("digits", combined.GROUP))
-    assert info["table_bytes"] == 2 * entries + 4 * len(info["tasks"])
+    sizes = sorted(runtime.page_table(n).size for n in ("digits", combined.GROUP))
+    if packed:         # tables start at multiples of 4; 2-bit high digits, four a byte
+        entries = sum(n + -n % 4 for n in sizes[:-1]) + sizes[-1]
+        assert info["table_bytes"] == entries + -(-entries // 4) + 8 * len(info["tasks"])
+    else:
+        assert info["table_bytes"] == 2 * sum(sizes) + 4 * len(info["tasks"])
     model = _model(blob)
     for subgraph in model.subgraphs:   # no IF operand (copied into the arena) holds it
         names = tflite_ops(model, subgraph)
