@@ -211,9 +211,10 @@ def float_page_budget(pool_dir: str, label: str, as_float, separate_bytes) -> tu
     carves, when given); its bytes and pages."""
     import nwv
     references = [accuracies_of(p) for p in selection_predictions(as_float)]
-    tried, chosen = {}, None
+    tried, runtimes, chosen = {}, {}, None
     for k in sorted({int(k) for k in FLAGS.float_pages}):
-        rt = nwv.VirtualizedNetworks.load(pool_dir, storage="int8", float_pages=k)
+        rt = runtimes[k] = nwv.VirtualizedNetworks.load(pool_dir, storage="int8",
+                                                        float_pages=k)
         validation, fresh, joined = (differences(r, accuracies_of(p)) if r else None
                                      for r, p in zip(references, selection_predictions(rt)))
         tried[k] = {"validation_lost": validation, "pages": rt.float_pages.tolist(),
@@ -235,7 +236,7 @@ def float_page_budget(pool_dir: str, label: str, as_float, separate_bytes) -> tu
                                               if references[1] else ""),
                "pages": tried[chosen]["pages"], "stored_bytes": stored,
                "compression": separate_bytes / stored if separate_bytes else None}
-    return summary, nwv.VirtualizedNetworks.load(pool_dir, storage="int8", float_pages=chosen)
+    return summary, runtimes[chosen]
 
 
 def quantization_aware(pool_dir: str, label: str) -> tuple:
